@@ -1,0 +1,64 @@
+"""backbonekit: Darknet-53, ResNet and DetNet-59 backbones for classification and detection."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Sequence
+
+from .models import Backbone, FeatureInfo, list_models, model_entrypoint, model_info
+
+__version__ = "0.1.0"
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    pretrained: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    output_stride: int | None = None,
+    **kwargs: Any,
+) -> Backbone:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models` (``KeyError`` with close matches otherwise).
+        num_classes: classifier outputs; 0 drops the classifier (``forward`` returns pooled features).
+        in_chans: input channels.
+        pretrained: a local weights file: a backbonekit checkpoint, a torchvision or timm state_dict
+            (layout detected from its keys), loaded strictly. The classifier is left initialised
+            when its number of classes differs from ``num_classes``.
+        features_only: return a multi-scale feature extractor whose forward returns a list of maps.
+        out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three).
+        output_stride: 32, 16 or 8; strides beyond it become dilation. ``None``: the model's native stride.
+        **kwargs: architecture options: ``frozen_stages``, ``norm_eval``, ``zero_init_residual``,
+            ``act_slope`` (darknet).
+    """
+    from . import weights
+
+    builder = model_entrypoint(name)
+    if output_stride is not None:
+        kwargs["output_stride"] = output_stride
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices only applies with features_only=True, found features_only=False")
+    state, layout = None, None
+    if pretrained is not None:
+        state, meta = weights.read_weights(pretrained)
+        layout = weights.detect_layout(state)
+        for key, value in {**meta.get("model_kwargs", {}), **weights.architecture_overrides(layout)}.items():
+            kwargs.setdefault(key, value)  # what the checkpoint was trained with, unless overridden here
+    model = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if state is not None:
+        skipped = weights.load_into(model, weights.to_backbonekit(state, layout), source=f"weights file {pretrained}")
+        if skipped:
+            warnings.warn(f"classifier left initialised: {pretrained} has a classifier of another shape "
+                          f"({', '.join(skipped)})", stacklevel=2)
+    if features_only:
+        model.as_features(out_indices)
+    return model
+
+
+__all__ = ["Backbone", "FeatureInfo", "create_model", "list_models", "model_info", "__version__"]

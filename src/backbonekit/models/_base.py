@@ -1,0 +1,204 @@
+"""The interface every backbone shares: stages, feature maps, classifier head, freezing.
+
+A model is a stem followed by stages. ``feature_info`` describes the output of the stem
+(index 0) and of every stage (indices 1..N): channels and stride. Classification runs them
+all and applies the head; ``features_only`` keeps the stages up to the deepest requested
+index, drops the head, and returns the requested maps as a list (shallow to deep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    index: int  # 0 = stem, i = i-th stage
+    module: str  # module path whose output this is
+    channels: int
+    stride: int  # total stride (reduction) relative to the input
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses build their modules, then call :meth:`_finish_init`.
+
+    Subclasses implement ``stem_modules``, ``stage_modules``, ``forward_stem`` and
+    ``forward_head`` and set ``feature_info`` (all levels), ``num_features`` and ``in_chans``.
+    """
+
+    feature_info: list[FeatureInfo]
+    num_features: int
+    in_chans: int
+
+    def _finish_init(self, frozen_stages: int = -1, norm_eval: bool = False) -> None:
+        num_levels = len(self.feature_info)
+        if not -1 <= frozen_stages < num_levels:
+            raise ValueError(
+                f"frozen_stages must be in [-1, {num_levels - 1}] (0 = stem only), found {frozen_stages}"
+            )
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.features_only = False
+        self.out_indices: tuple[int, ...] = (num_levels - 1,)
+        self._freeze()
+
+    # -- hooks for subclasses ---------------------------------------------------------
+    def stem_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def stage_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError
+
+    # -- shared behaviour --------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Total stride of the deepest output this model computes."""
+        return self._all_feature_info[max(self.out_indices)].stride if self.features_only else (
+            self.feature_info[-1].stride
+        )
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each output map (features_only) or of the final feature map."""
+        return [info.channels for info in self.feature_info] if self.features_only else [self.num_features]
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a one-line ValueError for input the network cannot take, before any conv runs."""
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (N, C, H, W), found shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels, found {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
+        stride = self.stride
+        if x.shape[2] < stride or x.shape[3] < stride:
+            raise ValueError(
+                f"input {x.shape[2]}x{x.shape[3]} is smaller than the network's total stride {stride}: "
+                f"expected height and width >= {stride}"
+            )
+
+    def enter_stage(self, index: int, x: Tensor) -> Tensor:
+        """Work between two stages that belongs to no stage (ResNet's maxpool before layer1)."""
+        return x
+
+    def forward_levels(self, x: Tensor) -> list[Tensor]:
+        """Outputs of the stem and of every (kept) stage, shallow to deep."""
+        x = self.forward_stem(x)
+        outputs = [x]
+        for i, stage in enumerate(self.stage_modules()):
+            x = stage(self.enter_stage(i, x))
+            outputs.append(x)
+        return outputs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's feature map (what the classifier head pools)."""
+        x = self.forward_stem(x)
+        for i, stage in enumerate(self.stage_modules()):
+            x = stage(self.enter_stage(i, x))
+        return x
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        self.check_input(x)
+        if self.features_only:
+            levels = self.forward_levels(x)
+            return [levels[i] for i in self.out_indices]
+        return self.forward_head(self.forward_features(x))
+
+    def as_features(self, out_indices: tuple[int, ...] | list[int] | None = None) -> "Backbone":
+        """Turn this model (in place) into a multi-scale feature extractor and return it.
+
+        Stages deeper than the deepest requested index and the classifier head are removed,
+        so the module holds exactly the parameters it uses (what DDP and profilers expect).
+        """
+        num_levels = len(self.feature_info)
+        if out_indices is None:
+            out_indices = tuple(range(num_levels - 3, num_levels))
+        out_indices = tuple(int(i) for i in out_indices)
+        bad = [i for i in out_indices if not 0 <= i < num_levels]
+        if not out_indices or bad or len(set(out_indices)) != len(out_indices):
+            raise ValueError(
+                f"out_indices must be distinct integers in [0, {num_levels - 1}] "
+                f"(0 = stem, {num_levels - 1} = last stage), found {out_indices}"
+            )
+        out_indices = tuple(sorted(out_indices))
+        self._all_feature_info = list(self.feature_info)
+        self._drop_stages_after(max(out_indices))
+        self._drop_head()
+        self.features_only = True
+        self.out_indices = out_indices
+        self.feature_info = [self._all_feature_info[i] for i in out_indices]
+        return self
+
+    def _drop_stages_after(self, last_index: int) -> None:
+        raise NotImplementedError
+
+    def _drop_head(self) -> None:
+        raise NotImplementedError
+
+    # -- freezing (mmdetection's backbone contract) -------------------------------------
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return self.stem_modules() + self.stage_modules()[: self.frozen_stages]
+
+    def _freeze(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+
+def init_weights(model: nn.Module, zero_init_residual_bn: list[nn.BatchNorm2d] | None = None) -> None:
+    """He (fan_out) init for convs, unit BatchNorm, and optionally zero the last BN of each residual."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for bn in zero_init_residual_bn or []:
+        nn.init.zeros_(bn.weight)
+
+
+def dilation_schedule(strides: list[int], output_stride: int, base_stride: int) -> list[tuple[int, int, int]]:
+    """Per stage (stride, first_dilation, dilation) when strides beyond ``output_stride`` become dilation.
+
+    ``base_stride`` is the stride before the first stage. The first conv of a dilated stage keeps the
+    previous dilation (as torchvision and timm do), the rest of the stage uses the new one.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, found {output_stride}")
+    current, dilation, plan = base_stride, 1, []
+    for stride in strides:
+        previous = dilation
+        if current * stride > output_stride:
+            dilation *= stride
+            stride = 1
+        current *= stride
+        plan.append((stride, previous, dilation))
+    return plan
