@@ -1,0 +1,338 @@
+"""Every registered model through the same checks, against torchvision, timm and published figures."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import backbonekit as bk
+from backbonekit.checkpoint import CheckpointError
+from backbonekit.detection import fpn_backbone
+
+MODELS = bk.list_models()
+RESNETS = bk.list_models("resnet*")
+SMALL = 64  # input side for shape/gradient checks: divisible by every model's stride
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_registry_lists_every_family():
+    assert set(MODELS) == {"darknet53", "detnet59", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    assert bk.list_models("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("train", [False, True])
+def test_classification_shape(name, batch, train):
+    model = bk.create_model(name, num_classes=7).train(train)
+    if train and batch == 1:
+        pytest.skip("BatchNorm cannot train on one value per channel at the last stage")
+    out = model(torch.randn(batch, 3, SMALL, SMALL))
+    assert out.shape == (batch, 7)  # seed 001's torch.squeeze gave shape (7,) for batch 1
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_features_shapes_follow_feature_info(name, batch):
+    model = bk.create_model(name, features_only=True).eval()
+    outs = model(torch.randn(batch, 3, SMALL, SMALL))
+    assert isinstance(outs, list) and len(outs) == 3 == len(model.feature_info)
+    for out, info in zip(outs, model.feature_info):
+        assert out.shape == (batch, info.channels, SMALL // info.stride, SMALL // info.stride)
+    assert model.out_channels == [i.channels for i in model.feature_info]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    model = bk.create_model(name, num_classes=3).train()
+    model(torch.randn(2, 3, SMALL, SMALL)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_model_keeps_only_used_parameters(name):
+    model = bk.create_model(name, features_only=True, out_indices=(1, 2))
+    outs = model(torch.randn(2, 3, SMALL, SMALL))
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is not None for p in model.parameters())  # DDP's find_unused_parameters not needed
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_export_matches_eager(name):
+    model = bk.create_model(name).eval()
+    x = torch.randn(2, 3, SMALL, SMALL)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_param_count_equals_published(name):
+    assert n_params(bk.create_model(name)) == bk.model_info(name).params
+
+
+def test_darknet53_published_figures():
+    # seed 002 (thop, torchsummaryX): 40,584,928 backbone params; timm: 41.61M with the 1000-class fc
+    assert n_params(bk.create_model("darknet53", num_classes=0)) == 40_584_928
+    assert n_params(bk.create_model("darknet53", features_only=True, out_indices=(5,))) == 40_584_928
+    assert n_params(bk.create_model("darknet53")) == 41_609_928
+
+
+def test_darknet53_structure_matches_yolov3():
+    model = bk.create_model("darknet53")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 52 and all(c.bias is None for c in convs)  # 52 convs + the fc = Darknet-53
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())  # seed 000 claims two max-pools
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.1}
+    assert [len(s.blocks) for s in model.stages] == [1, 2, 8, 8, 4]
+
+
+def test_detnet59_structure():
+    model = bk.create_model("detnet59")
+    for name in ("layer4", "layer5"):  # the paper's stages 5 and 6
+        blocks = list(getattr(model, name))
+        assert len(blocks) == 3
+        assert blocks[0].downsample is not None and blocks[1].downsample is None and blocks[2].downsample is None
+        for b in blocks:
+            assert b.conv2.dilation == (2, 2) and b.conv2.stride == (1, 1)
+            assert (b.conv1.out_channels, b.conv2.out_channels, b.conv3.out_channels) == (256, 256, 1024)
+    # stages 1-4 are exactly ResNet-50's: a torchvision resnet50's weights for them load unchanged
+    tv = torchvision.models.resnet50().state_dict()
+    own = model.state_dict()
+    shared = [k for k in own if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")]
+    assert shared and all(own[k].shape == tv[k].shape for k in shared)
+    assert model.feature_info[-1].stride == 16
+
+
+def test_detnet59_has_residual_connections():
+    # seed 003's DetBottleneck has no skip: with every conv weight zeroed, a residual block passes its input through
+    block = bk.create_model("detnet59").layer5[1].eval()
+    for p in block.conv3.parameters():
+        nn.init.zeros_(p)
+    x = torch.rand(1, 1024, 4, 4)
+    torch.testing.assert_close(block(x), torch.relu(x))
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_torchvision_state_dict_gives_same_logits(name, tmp_path):
+    reference = getattr(torchvision.models, name)().eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = bk.create_model(name, pretrained=path).eval()
+    assert n_params(model) == n_params(reference)
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_timm_darknet53_state_dict_gives_same_logits(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("darknet53").eval()
+    with torch.no_grad():  # timm zero-inits the last BN of each block; give every tensor a non-trivial value
+        for p in reference.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "timm_darknet53.pth"
+    torch.save(reference.state_dict(), path)
+    model = bk.create_model("darknet53", pretrained=path).eval()
+    assert model.act_slope == 0.01  # timm trains with nn.LeakyReLU() defaults
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_timm_darknet53_features_match(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("darknet53").eval()
+    path = tmp_path / "timm_darknet53.pth"
+    torch.save(reference.state_dict(), path)
+    model = bk.create_model("darknet53", pretrained=path, features_only=True).eval()
+    timm_info = reference.feature_info[3:]  # timm: stem + 5 stages; detectors take the last three
+    assert [i.channels for i in model.feature_info] == [i["num_chs"] for i in timm_info]
+    assert [i.stride for i in model.feature_info] == [i["reduction"] for i in timm_info]
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        theirs, y = [], reference.stem(x)
+        for stage in reference.stages:
+            y = stage(y)
+            theirs.append(y)
+        for ours, ref in zip(model(x), theirs[2:]):
+            torch.testing.assert_close(ours, ref)
+
+
+def test_own_state_dict_round_trip_keeps_darknet_slope(tmp_path):
+    model = bk.create_model("darknet53", num_classes=5).eval()
+    path = tmp_path / "own.pth"
+    torch.save(model.state_dict(), path)
+    loaded = bk.create_model("darknet53", num_classes=5, pretrained=path).eval()
+    assert loaded.act_slope == 0.1
+    x = torch.randn(1, 3, SMALL, SMALL)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_pretrained_with_other_num_classes_keeps_backbone(tmp_path):
+    reference = torchvision.models.resnet18().eval()
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)
+    with pytest.warns(UserWarning, match="classifier left initialised"):
+        model = bk.create_model("resnet18", num_classes=10, pretrained=path).eval()
+    torch.testing.assert_close(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.fc.out_features == 10
+
+
+def test_pretrained_for_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(CheckpointError, match="missing keys") as info:
+        bk.create_model("resnet50", pretrained=path)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_checkpoint_is_one_clear_line(tmp_path):
+    path = tmp_path / "broken.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        bk.create_model("resnet18", pretrained=path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        bk.create_model("resnet18", pretrained=tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_output_stride_replaces_strides_by_dilation(name, output_stride):
+    model = bk.create_model(name, features_only=True, output_stride=output_stride).eval()
+    assert model.feature_info[-1].stride == output_stride
+    outs = model(torch.randn(1, 3, SMALL, SMALL))
+    for out, info in zip(outs, model.feature_info):
+        assert out.shape[-1] == SMALL // info.stride
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_dilated_resnet_matches_torchvision(name):
+    if name in ("resnet18", "resnet34"):
+        pytest.skip("torchvision's BasicBlock does not support dilation")
+    reference = getattr(torchvision.models, name)(replace_stride_with_dilation=[False, True, True]).eval()
+    model = bk.create_model(name, output_stride=8).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dilated_darknet_matches_timm():
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("darknet53", output_stride=16).eval()
+    from backbonekit.weights import timm_darknet_to_backbonekit
+
+    model = bk.create_model("darknet53", output_stride=16, act_slope=0.01).eval()
+    model.load_state_dict(timm_darknet_to_backbonekit(reference.state_dict()))
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_frozen_stages_and_norm_eval(name):
+    model = bk.create_model(name, frozen_stages=1, norm_eval=True).train()
+    frozen = model.stem_modules() + model.stage_modules()[:1]
+    frozen_params = {id(p) for m in frozen for p in m.parameters()}
+    for p in model.parameters():
+        assert p.requires_grad == (id(p) not in frozen_params)
+    assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    stats = {k: v.clone() for k, v in model.stage_modules()[-1].state_dict().items()}
+    model(torch.randn(2, 3, SMALL, SMALL))
+    after = model.stage_modules()[-1].state_dict()  # running stats stay put under norm_eval
+    assert all(torch.equal(stats[k], after[k]) for k in stats if "running" in k)
+
+
+def test_frozen_stages_without_norm_eval_keeps_other_bns_training():
+    model = bk.create_model("resnet18", frozen_stages=2).train()
+    assert not model.bn1.training and not model.layer2[0].bn1.training
+    assert model.layer3[0].bn1.training and model.training
+
+
+def test_fpn_feeds_torchvision_ops():
+    body = bk.create_model("darknet53", features_only=True).eval()
+    fpn = torchvision.ops.FeaturePyramidNetwork(body.out_channels, 64)
+    feats = body(torch.randn(1, 3, 128, 128))
+    out = fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+    assert [v.shape for v in out.values()] == [(1, 64, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4)]
+
+
+@pytest.mark.parametrize("name", ["darknet53", "detnet59"])
+def test_faster_rcnn_with_backbonekit_backbone(name):
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = fpn_backbone(name, out_channels=64)  # three levels + the FPN's max-pool level
+    anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    detector = FasterRCNN(backbone, num_classes=5, min_size=128, max_size=128,
+                          rpn_anchor_generator=anchors, box_roi_pool=roi_pool).eval()
+    with torch.no_grad():
+        (result,) = detector([torch.rand(3, 128, 160)])
+    assert set(result) == {"boxes", "labels", "scores"} and result["boxes"].shape[1] == 4
+
+
+# -- bad input: one clear line, raised before any convolution runs ---------------------
+
+def _first_conv_guard(model: nn.Module) -> list[bool]:
+    ran = []
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first.register_forward_pre_hook(lambda *_: ran.append(True))
+    return ran
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape, message", [
+    ((1, 1, 64, 64), "expected 3 input channels, found 1"),
+    ((3, 64, 64), "expected a 4-D input"),
+    ((1, 3, 8, 64), "smaller than the network's total stride"),
+])
+def test_bad_input_is_rejected_before_any_conv(name, shape, message):
+    model = bk.create_model(name)
+    ran = _first_conv_guard(model)
+    with pytest.raises(ValueError, match=message) as info:
+        model(torch.randn(*shape))
+    assert not ran and "\n" not in str(info.value)
+
+
+def test_in_chans_changes_the_stem():
+    model = bk.create_model("darknet53", in_chans=1, num_classes=2).eval()
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+
+
+def test_unknown_model_suggests_close_matches():
+    with pytest.raises(KeyError, match="did you mean darknet53"):
+        bk.create_model("darknet35")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(features_only=True, out_indices=(3, 6)), r"out_indices must be distinct integers in \[0, 5\]"),
+    (dict(output_stride=4), "output_stride must be 8, 16 or 32, found 4"),
+    (dict(out_indices=(1,)), "out_indices only applies with features_only=True"),
+    (dict(frozen_stages=9), r"frozen_stages must be in \[-1, 5\]"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bk.create_model("darknet53", **kwargs)
+
+
+def test_detnet_output_stride_32_is_refused():
+    with pytest.raises(ValueError, match="detnet59 has output stride 16 by design"):
+        bk.create_model("detnet59", output_stride=32)
