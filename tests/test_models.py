@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
@@ -336,3 +337,20 @@ def test_bad_options(kwargs, message):
 def test_detnet_output_stride_32_is_refused():
     with pytest.raises(ValueError, match="detnet59 has output stride 16 by design"):
         bk.create_model("detnet59", output_stride=32)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_macs_equal_published(name):
+    # torch's own FlopCounterMode (2 FLOPs per multiply-add) against torchvision's _ops / seed 002 / the paper table
+    info = bk.model_info(name)
+    model = bk.create_model(name).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, info.input_size, info.input_size))
+    assert counter.get_total_flops() / 2 / 1e9 == pytest.approx(info.gmacs, abs=5e-4)
+
+
+def test_darknet53_backbone_macs_at_416_equal_seed_002():
+    model = bk.create_model("darknet53", num_classes=0).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 416, 416))
+    assert counter.get_total_flops() // 2 == 24_515_805_184
