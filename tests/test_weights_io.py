@@ -174,6 +174,16 @@ def test_empty_and_text_files_are_refused(tmp_path: Path) -> None:
         read_weights(tmp_path / "notes.weights")
 
 
+def test_damaged_safetensors_file_is_refused(tmp_path: Path) -> None:
+    from backbonekit.weights import write_safetensors
+
+    path = tmp_path / "small.safetensors"
+    write_safetensors({"conv1.weight": torch.ones(8, 3, 3, 3)}, path, "resnet18", {})
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="expected a valid safetensors file"):
+        read_weights(path)
+
+
 # -- full-size darknet53 files ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def darknet_ref() -> Darknet:
@@ -194,7 +204,7 @@ def darknet_files(darknet_ref: Darknet, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def image() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 def test_darknet53_file_sizes_match_the_published_layout(darknet_files: dict[str, Path]) -> None:
@@ -226,6 +236,15 @@ def test_create_model_from_backbone_file_keeps_head_initialised(darknet_ref: Dar
     torch.manual_seed(123)
     fresh = backbonekit.create_model("darknet53")
     assert torch.equal(model.head.fc.weight, fresh.head.fc.weight)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(image), darknet_ref.forward_features(image))
+
+
+def test_backbone_only_safetensors_keeps_head_initialised(darknet_ref: Darknet, darknet_files: dict[str, Path],
+                                                          tmp_path: Path, image: torch.Tensor) -> None:
+    path = tmp_path / "backbone.safetensors"
+    assert convert_weights(darknet_files["classifier"], path, backbone_only=True).num_tensors == 314 - 2
+    model = backbonekit.create_model("darknet53", pretrained=path).eval()
     with torch.no_grad():
         assert torch.equal(model.forward_features(image), darknet_ref.forward_features(image))
 
@@ -266,6 +285,7 @@ def test_darknet_to_timm_warns_and_matches_timm_with_darknet_slope(darknet_ref: 
         torch.testing.assert_close(timm_model(image), darknet_ref(image))
 
 
+@pytest.mark.slow  # five full-size conversions and four darknet53 builds
 def test_timm_state_dict_through_every_format(tmp_path: Path, image: torch.Tensor) -> None:
     torch.manual_seed(2)
     timm_model = randomize_batchnorm(timm_darknet53(0.01))  # timm's own slope, carried as act_slope=0.01
@@ -334,7 +354,8 @@ def test_conversion_errors(darknet_files: dict[str, Path], tmp_path: Path) -> No
     assert output_format_for("darknet53.conv.74") == "darknet" and output_format_for("a.weights") == "darknet"
     with pytest.raises(CheckpointError, match="records weights for darknet53, found --model resnet18"):
         convert_weights(darknet_files["backbone"], tmp_path / "x.safetensors", model="resnet18")
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    not_a_resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)}
+    torch.save(not_a_resnet, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="cannot tell which model"):
         convert_weights(tmp_path / "bad.pth", tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="does not fit ResNet: 1.. missing keys"):

@@ -22,7 +22,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name (default: recorded in SRC or inferred from its keys)")
     p.add_argument("--to", choices=OUTPUT_FORMATS, default=None, help="output format (default: from DST's name)")
     p.add_argument("--backbone-only", action="store_true",
-                   help="Darknet output without the classifier, like darknet53.conv.74")
+                   help="drop the classifier (Darknet output: like darknet53.conv.74)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
     p.set_defaults(func=run)
 

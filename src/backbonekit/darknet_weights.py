@@ -190,7 +190,7 @@ def _read_arrays(path: Path, offset: int, layers: list[ConvLayer]) -> Iterator[t
                 if values.size != count:  # the file changed under us since its size was checked
                     raise CheckpointError(f"{path} ended early: {layer.describe()} expected {count:,} floats for "
                                           f"{key}, found {values.size:,}")
-                yield key, torch.from_numpy(values.astype(np.float32)).reshape(shape)
+                yield key, torch.from_numpy(values.astype(np.float32, copy=False)).reshape(shape)
 
 
 def read_darknet_weights(path: str | os.PathLike, config: DarknetConfig = DARKNET_CONFIGS["darknet53"],

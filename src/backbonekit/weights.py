@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from .models.darknet import DARKNET_SLOPE
 
 TIMM_DARKNET_SLOPE = 0.01  # timm maps 'leaky_relu' to nn.LeakyReLU() with its default slope
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
 
 
 def detect_file_format(path: str | os.PathLike) -> str:
@@ -40,7 +41,7 @@ def detect_file_format(path: str | os.PathLike) -> str:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= path.stat().st_size:
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < SAFETENSORS_MAX_HEADER:
         return "safetensors"
     return "darknet"
 
@@ -53,7 +54,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     told apart by content. ``metadata`` has ``format`` ('backbonekit', 'torch', 'safetensors' or
     'darknet'), and ``model`` and ``model_kwargs`` when the file records them (backbonekit
     checkpoints and safetensors files, Darknet files: darknet53 with act_slope 0.1).
-    A Darknet backbone file sets ``backbone_only``: it has no classifier.
+    ``backbone_only`` is set for files without a classifier that say so (Darknet backbone files like
+    ``darknet53.conv.74``, and backbonekit checkpoints and safetensors files written without one).
     """
     path = Path(path)
     kind = detect_file_format(path)
@@ -70,8 +72,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
 def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
     """The state_dict inside a torch.save object, and what the wrapper says about it."""
     if isinstance(obj, Mapping) and obj.get("format") == "backbonekit":
-        meta = {"format": "backbonekit", "model": obj.get("model"),
-                "model_kwargs": dict(obj.get("model_kwargs") or {})}
+        meta = {"format": "backbonekit", "model": obj.get("model"), "model_kwargs": dict(obj.get("model_kwargs") or {}),
+                "backbone_only": bool(obj.get("backbone_only"))}
         return obj.get("state_dict"), meta
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         return obj["state_dict"], {"format": "torch"}  # common wrappers: Lightning, mmengine
@@ -107,7 +109,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except Exception as exc:  # bad JSON header, truncated data, ...
         raise CheckpointError(f"cannot read {path}: expected a valid safetensors file, found "
                               f"an unreadable one ({_first_line(exc)})") from None
-    meta: dict[str, Any] = {"format": "safetensors"}
+    meta: dict[str, Any] = {"format": "safetensors", "backbone_only": header.get("backbone_only") == "true"}
     if header.get("model"):
         meta["model"] = header["model"]
     if header.get("model_kwargs"):
@@ -120,15 +122,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def write_safetensors(state: Mapping[str, Tensor], path: str | os.PathLike, model: str | None = None,
-                      model_kwargs: Mapping[str, Any] | None = None) -> None:
-    """Write ``state`` as a ``.safetensors`` file (atomically), recording the model and its
-    architecture arguments (e.g. ``act_slope``) in the file's metadata."""
+                      model_kwargs: Mapping[str, Any] | None = None, backbone_only: bool = False) -> None:
+    """Write ``state`` as a ``.safetensors`` file (atomically), recording the model, its architecture
+    arguments (e.g. ``act_slope``) and whether it lacks the classifier in the file's metadata."""
     safetensors = _import_safetensors()
     metadata = {"format": "pt", "producer": "backbonekit"}
     if model:
         metadata["model"] = model
     if model_kwargs:
         metadata["model_kwargs"] = json.dumps(dict(model_kwargs), sort_keys=True)
+    if backbone_only:
+        metadata["backbone_only"] = "true"
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     try:
         data = safetensors.torch.save(tensors, metadata=metadata)
@@ -308,16 +312,20 @@ def _slope_notes(name: str, slope: float | None, dst_format: str) -> list[str]:
 
 
 def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, dst_format: str, model: str,
-                  model_kwargs: Mapping[str, Any], backbone_only: bool = False) -> None:
-    """Write ``state`` (this package's names, already checked against ``model``) in ``dst_format``."""
-    if backbone_only and dst_format != "darknet":
-        raise ValueError(f"backbone-only output is for the Darknet format (like darknet53.conv.74), found {dst_format}")
+                  model_kwargs: Mapping[str, Any]) -> None:
+    """Write ``state`` (this package's names, already checked against ``model``) in ``dst_format``.
+
+    A ``state`` without a classifier is written as a backbone-only file (Darknet: like
+    ``darknet53.conv.74``; backbonekit and safetensors: marked ``backbone_only`` so that
+    ``create_model`` leaves the classifier initialised).
+    """
+    backbone_only = _num_classes(state) == 0
     if dst_format == "darknet":
         from .darknet_weights import write_darknet_weights
 
         if model != "darknet53":
             raise ValueError(f"the Darknet weights format holds darknet53 only, found {model}")
-        write_darknet_weights(state, path, include_classifier="head.fc.weight" in state and not backbone_only)
+        write_darknet_weights(state, path, include_classifier=not backbone_only)
     elif dst_format in ("timm", "torchvision"):
         if not (model.startswith("resnet") or (dst_format == "timm" and model == "darknet53")):
             raise ValueError(f"{dst_format} has no model with this package's {model} layout: expected "
@@ -326,9 +334,9 @@ def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, dst_form
         atomic_save(backbonekit_darknet_to_timm(state) if model == "darknet53" else dict(state), path)
     elif dst_format == "backbonekit":
         atomic_save({"format": "backbonekit", "model": model, "model_kwargs": dict(model_kwargs),
-                     "state_dict": dict(state)}, path)
+                     "backbone_only": backbone_only, "state_dict": dict(state)}, path)
     elif dst_format == "safetensors":
-        write_safetensors(state, path, model, model_kwargs)
+        write_safetensors(state, path, model, model_kwargs, backbone_only)
     else:
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, found {dst_format!r}")
 
@@ -343,7 +351,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     (default: recorded in the file, else inferred from its keys) before anything is written.
     Architecture arguments the weights need (Darknet-53's LeakyReLU ``act_slope``) are recorded in
     backbonekit checkpoints and safetensors metadata; where the target cannot record them (timm,
-    Darknet) and its own slope differs, a warning says so.
+    Darknet) and its own slope differs, a warning says so. ``backbone_only`` drops the classifier.
     """
     src, dst = Path(src), Path(dst)
     dst_format = to or output_format_for(dst)
@@ -360,7 +368,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     name = model or meta.get("model") or infer_model_name(state, layout)
     kwargs = {**meta.get("model_kwargs", {}), **architecture_overrides(layout)}
     checked = _build_on_meta(name, state, kwargs)
-    check_fits(checked, state, source=f"weights file {src}", allow_missing_head=bool(meta.get("backbone_only")))
+    check_fits(checked, state, source=f"weights file {src}")
     if hasattr(checked, "act_slope"):
         kwargs["act_slope"] = checked.act_slope  # record the slope the weights compute with, default included
     dropped = _head_keys(checked) if backbone_only else set()
@@ -368,5 +376,5 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     notes = _slope_notes(name, kwargs.get("act_slope"), dst_format)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    write_weights(state, dst, dst_format, name, kwargs, backbone_only)
+    write_weights(state, dst, dst_format, name, kwargs)
     return Conversion(src, dst, meta.get("format", "torch"), dst_format, name, kwargs, len(state), notes)
