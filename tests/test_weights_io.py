@@ -22,7 +22,7 @@ from backbonekit.checkpoint import CheckpointError
 from backbonekit.darknet_weights import (DarknetHeader, inspect_darknet_file, read_darknet_weights,
                                          write_darknet_weights)
 from backbonekit.models.darknet import Darknet, DarknetConfig
-from backbonekit.weights import convert_weights, output_format_for, read_weights
+from backbonekit.weights import convert_weights, output_format_for, read_weights, write_safetensors
 
 # REFERENCES.md section 4: darknet53.weights and darknet53.conv.74 with a 20-byte header
 CLASSIFIER_FILE_BYTES = 166_582_580
@@ -175,13 +175,29 @@ def test_empty_and_text_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_damaged_safetensors_file_is_refused(tmp_path: Path) -> None:
-    from backbonekit.weights import write_safetensors
-
     path = tmp_path / "small.safetensors"
     write_safetensors({"conv1.weight": torch.ones(8, 3, 3, 3)}, path, "resnet18", {})
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="expected a valid safetensors file"):
         read_weights(path)
+
+
+def test_legacy_torch_file_is_read_as_torch(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.weights"  # a Darknet-like name, but the content decides
+    torch.save({"fc.weight": torch.ones(2, 3)}, path, _use_new_zipfile_serialization=False)
+    state, meta = read_weights(path)
+    assert meta["format"] == "torch" and torch.equal(state["fc.weight"], torch.ones(2, 3))
+
+
+def test_weights_for_another_model_are_refused(tmp_path: Path) -> None:
+    path = pack_tiny_file(tmp_path / "tiny.weights")
+    with pytest.raises(CheckpointError) as exc_info:
+        backbonekit.create_model("resnet18", pretrained=path)
+    assert "expected 40,620,640" in first_line_error(exc_info)  # read as darknet53, refused by size
+    path = tmp_path / "d.safetensors"
+    write_safetensors({"stem.conv.weight": torch.ones(1)}, path, "darknet53", {"act_slope": 0.1})
+    with pytest.raises(CheckpointError, match="holds weights for darknet53, found resnet18"):
+        backbonekit.create_model("resnet18", pretrained=path)
 
 
 # -- full-size darknet53 files ----------------------------------------------------------------

@@ -48,6 +48,8 @@ def create_model(
     state, layout = None, None
     if pretrained is not None:
         state, meta = weights.read_weights(pretrained)
+        if meta.get("model") and meta["model"] != name:
+            raise weights.CheckpointError(f"{pretrained} holds weights for {meta['model']}, found {name}")
         layout = weights.detect_layout(state)
         for key, value in {**meta.get("model_kwargs", {}), **weights.architecture_overrides(layout)}.items():
             kwargs.setdefault(key, value)  # what the checkpoint was trained with, unless overridden here
