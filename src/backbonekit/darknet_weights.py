@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -91,10 +91,6 @@ class DarknetFileInfo:
     num_floats: int
     has_classifier: bool  # darknet53.weights; False for the backbone file darknet53.conv.74
 
-    @property
-    def contents(self) -> str:
-        return "classifier" if self.has_classifier else "backbone"
-
 
 def darknet_layers(config: DarknetConfig = DARKNET_CONFIGS["darknet53"], in_chans: int = 3,
                    num_classes: int = DARKNET_CLASSES) -> list[ConvLayer]:
@@ -126,7 +122,8 @@ def _tensor_slots(layer: ConvLayer) -> list[tuple[str, tuple[int, ...]]]:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_header(f, path: Path) -> DarknetHeader:
+def _read_header(f: BinaryIO, path: Path) -> DarknetHeader:
+    """The header at the start of ``f``; refuses versions other than 0.1 and 0.2 and short files."""
     head = f.read(12)
     if len(head) < 12:
         raise CheckpointError(f"cannot read {path} as Darknet weights: expected a header of at least 16 bytes, "
@@ -164,7 +161,7 @@ def inspect_darknet_file(path: str | os.PathLike, config: DarknetConfig = DARKNE
     if not path.is_file():
         raise CheckpointError(f"weights file not found: expected a file at {path}")
     with open(path, "rb") as f:
-        header = read_header(f, path)
+        header = _read_header(f, path)
     payload = path.stat().st_size - header.nbytes
     num_floats = payload // FLOAT.itemsize
     with_head = darknet_layers(config, num_classes=num_classes)
