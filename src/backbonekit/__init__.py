@@ -29,8 +29,9 @@ def create_model(
         num_classes: classifier outputs; 0 drops the classifier (``forward`` returns pooled features).
         in_chans: input channels.
         pretrained: a local weights file: a backbonekit checkpoint, a torchvision or timm state_dict
-            (layout detected from its keys), loaded strictly. The classifier is left initialised
-            when its number of classes differs from ``num_classes``.
+            (layout detected from its keys), a ``.safetensors`` file, or a Darknet weights file
+            (``darknet53.weights``; ``darknet53.conv.74`` leaves the classifier initialised), loaded
+            strictly. The classifier is left initialised when its number of classes differs from ``num_classes``.
         features_only: return a multi-scale feature extractor whose forward returns a list of maps.
         out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three).
         output_stride: 32, 16 or 8; strides beyond it become dilation. ``None``: the model's native stride.
@@ -47,12 +48,15 @@ def create_model(
     state, layout = None, None
     if pretrained is not None:
         state, meta = weights.read_weights(pretrained)
+        if meta.get("model") and meta["model"] != name:
+            raise weights.CheckpointError(f"{pretrained} holds weights for {meta['model']}, found {name}")
         layout = weights.detect_layout(state)
         for key, value in {**meta.get("model_kwargs", {}), **weights.architecture_overrides(layout)}.items():
             kwargs.setdefault(key, value)  # what the checkpoint was trained with, unless overridden here
     model = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if state is not None:
-        skipped = weights.load_into(model, weights.to_backbonekit(state, layout), source=f"weights file {pretrained}")
+        skipped = weights.load_into(model, weights.to_backbonekit(state, layout), source=f"weights file {pretrained}",
+                                    allow_missing_head=bool(meta.get("backbone_only")))
         if skipped:
             warnings.warn(f"classifier left initialised: {pretrained} has a classifier of another shape "
                           f"({', '.join(skipped)})", stacklevel=2)
