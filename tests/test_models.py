@@ -354,3 +354,13 @@ def test_darknet53_backbone_macs_at_416_equal_seed_002():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, 416, 416))
     assert counter.get_total_flops() // 2 == 24_515_805_184
+
+
+@pytest.mark.parametrize("name", ["resnet18", "darknet53"])
+def test_pretrained_into_a_model_without_classifier(name, tmp_path):
+    full = bk.create_model(name).eval()
+    path = tmp_path / "full.pth"
+    torch.save(full.state_dict(), path)
+    headless = bk.create_model(name, num_classes=0, pretrained=path).eval()
+    x = torch.randn(1, 3, SMALL, SMALL)
+    torch.testing.assert_close(headless(x), full.forward_head(full.forward_features(x), pre_logits=True))

@@ -176,6 +176,9 @@ def to_backbonekit(state: Mapping[str, Tensor], layout: str) -> dict[str, Tensor
     return timm_darknet_to_backbonekit(state) if layout == "timm-darknet" else dict(state)
 
 
+CLASSIFIER_PREFIXES = ("fc.", "head.")  # ResNet/DetNet (torchvision names), Darknet (timm names)
+
+
 def _head_keys(model: nn.Module) -> set[str]:
     head = getattr(model, "head", None)
     if head is not None:
@@ -193,6 +196,8 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
     """
     own = model.state_dict()
     head = _head_keys(model)
+    if not head:  # a model built without a classifier (num_classes=0) takes a file's backbone part
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     skipped = sorted(k for k in head if k in state and state[k].shape != own[k].shape)
     absent_head = sorted(k for k in head if k not in state) if allow_missing_head else []
     state = {k: v for k, v in state.items() if k not in skipped}
@@ -220,7 +225,9 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "chec
     of the skipped classifier keys of another shape.
     """
     skipped = check_fits(model, state, source, allow_missing_head)
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)  # keys checked above
+    own = model.state_dict().keys()
+    kept = {k: v for k, v in state.items() if k not in skipped and k in own}
+    model.load_state_dict(kept, strict=False)  # every key was checked above
     return skipped
 
 
