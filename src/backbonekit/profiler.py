@@ -344,15 +344,15 @@ def profile_model(model: nn.Module, input_size: int | tuple[int, int] = DEFAULT_
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     in_chans = in_chans or _infer_in_chans(model)
-    x = torch.randn(batch_size, in_chans, height, width, device=device, dtype=dtype)
 
     modes = {module: module.training for module in model.modules()}
     counter = FlopCounterMode(display=False)
-    memory = _LiveTensorBytes(exclude=[x, *model.parameters(), *model.buffers()])
     try:
         model.eval()
-        # FlopCounterMode counts nothing under inference_mode, so make sure it is off
+        # some torch releases' FlopCounterMode counts nothing under inference_mode (pytorch#126268)
         with torch.inference_mode(False), torch.no_grad(), _ModuleRecorder(model, counter) as recorder:
+            x = torch.randn(batch_size, in_chans, height, width, device=device, dtype=dtype)
+            memory = _LiveTensorBytes(exclude=[x, *model.parameters(), *model.buffers()])
             with counter, memory:
                 output = _run_forward(model, x)
                 output_shape = _shape_of(output)
