@@ -387,11 +387,12 @@ def profile(spec: str, input_size: int | tuple[int, int] | None = None, *, batch
 
 # -- formatting ------------------------------------------------------------------------------
 def _dims(shape: Shape) -> str:
+    """``[1, 32, 416, 416]`` -> ``1x32x416x416``; a list of shapes -> ``[1x256x52x52, ...]``."""
     if shape is None:
         return "-"
-    if shape and isinstance(shape[0], list) or (not shape):
+    if any(isinstance(s, list) or s is None for s in shape):
         return "[" + ", ".join(_dims(s) for s in shape) + "]"
-    return "x".join(str(d) for d in shape)
+    return "x".join(str(d) for d in shape) or "scalar"
 
 
 def _share(macs: int, total: int) -> str:
@@ -419,12 +420,17 @@ def _total_lines(result: ProfileResult) -> list[tuple[str, str]]:
     ]
 
 
+def _aligned_rows(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    numeric = {4, 5, 6}  # params, MMACs, share: right-aligned
+    return ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in rows]
+
+
 def format_table(result: ProfileResult, depth: int | None) -> str:
-    rows = [LAYER_HEADER] + [_layer_cells(layer, result.macs) for layer in result.layers_to(depth)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(LAYER_HEADER))]
-    numeric = {4, 5, 6}
-    lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             .rstrip() for row in rows] if depth != 0 else []
+    """One row per module down to ``depth``, then the totals."""
+    layers = result.layers_to(depth)
+    lines = _aligned_rows([LAYER_HEADER] + [_layer_cells(layer, result.macs) for layer in layers]) if layers else []
     if lines:
         lines.insert(1, "-" * len(lines[0]))
         lines.append("")
@@ -474,11 +480,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="a registered name (darknet53), torchvision:NAME, timm:NAME or module.path:callable")
     p.add_argument("--input-size", nargs="+", metavar="SIZE",
                    help="SIZE or H W (default: the model's native size, else 224)")
-    p.add_argument("--batch-size", default="1", help="images per forward (default 1)")
-    p.add_argument("--depth", default="2", help="module levels shown in the layer table (default 2; 0: totals only)")
+    p.add_argument("--batch-size", default="1", metavar="N", help="images per forward (default 1)")
+    p.add_argument("--depth", default="2", metavar="N",
+                   help="module levels shown in the layer table (default 2; 0: totals only)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--features-only", action="store_true", help="profile the multi-scale feature extractor")
-    p.add_argument("--num-classes", default=None,
+    p.add_argument("--num-classes", default=None, metavar="N",
                    help="classifier outputs (0: no classifier; default: the model's own default)")
     p.set_defaults(func=run)
 
