@@ -98,7 +98,8 @@ class Backbone(nn.Module):
         x = self.forward_stem(x)
         outputs = [x]
         for i, stage in enumerate(self.stage_modules()):
-            x = stage(self.enter_stage(i, x))
+            x = self.enter_stage(i, x)
+            x = stage(x)
             outputs.append(x)
         return outputs
 
@@ -106,7 +107,8 @@ class Backbone(nn.Module):
         """The last stage's feature map (what the classifier head pools)."""
         x = self.forward_stem(x)
         for i, stage in enumerate(self.stage_modules()):
-            x = stage(self.enter_stage(i, x))
+            x = self.enter_stage(i, x)  # rebinding x lets the stem output be freed before the stage runs
+            x = stage(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
