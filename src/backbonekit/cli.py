@@ -27,7 +27,10 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backbonekit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="backbonekit",
+        description="Detection backbones (Darknet-53, ResNet, DetNet-59): models, profiling, training, weights, export.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
