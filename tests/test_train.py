@@ -15,7 +15,8 @@ from backbonekit import create_model
 from backbonekit.checkpoint import CheckpointError, load_file
 from backbonekit.cli import main
 from backbonekit.train import TrainConfig, evaluate_checkpoint, predict, resolve_config, train, trainer
-from backbonekit.train.data import epoch_generator, epoch_indices, load_dataset, random_crop, random_hflip
+from backbonekit.train.data import (Batches, Normalizer, Split, epoch_generator, epoch_indices, load_dataset,
+                                    random_crop_flip)
 
 TINY = dict(model="resnet18", dataset="fake:32", epochs=2, batch_size=8, lr=0.02, workers=0, seed=3)
 
@@ -54,25 +55,49 @@ def test_config_file_errors(tmp_path, text, message):
 
 # -- data -----------------------------------------------------------------------------------------
 
-def test_random_crop_matches_torchvision_pad_and_crop():
-    images = torch.randint(0, 256, (16, 3, 12, 10), dtype=torch.uint8)
-    out = random_crop(images, 2, torch.Generator().manual_seed(0))
+def crop_offsets(image: torch.Tensor, result: torch.Tensor, padding: int) -> set[tuple[int, int, bool]]:
+    """(top, left, flipped) such that torchvision's pad -> crop (-> hflip) of ``image`` gives ``result``."""
+    h, w = image.shape[-2:]
+    padded = TF.pad(image, [padding] * 4, fill=0)
+    found = set()
+    for top in range(2 * padding + 1):
+        for left in range(2 * padding + 1):
+            crop = TF.crop(padded, top, left, h, w)
+            found |= {(top, left, False)} if torch.equal(crop, result) else set()
+            found |= {(top, left, True)} if torch.equal(TF.hflip(crop), result) else set()
+    return found
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_random_crop_flip_matches_torchvision_pad_crop_flip(hflip):
+    images = torch.randint(0, 256, (48, 3, 12, 10), dtype=torch.uint8)
+    out = random_crop_flip(images, 2, hflip, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
-    offsets = set()
+    seen = set()
     for img, res in zip(images, out):
-        padded = TF.pad(img, [2, 2, 2, 2], fill=0)
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(TF.crop(padded, t, l, 12, 10), res)]
-        assert matches, "every output must be a crop of the zero-padded image"
-        offsets.update(matches)
-    assert len(offsets) > 3  # offsets vary from image to image
+        offsets = crop_offsets(img, res, 2)
+        assert offsets, "every output must be a crop of the zero-padded image (or its mirror image)"
+        seen |= offsets
+    assert len({(t, l) for t, l, _ in seen}) > 10  # offsets vary from image to image
+    assert any(f for *_, f in seen) == hflip and any(not f for *_, f in seen)
 
 
-def test_random_hflip_matches_torchvision():
-    images = torch.randint(0, 256, (64, 3, 5, 7), dtype=torch.uint8)
-    out = random_hflip(images, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(o, TF.hflip(i)) for i, o in zip(images, out)]
-    assert all(f or torch.equal(o, i) for f, i, o in zip(flipped, images, out))
-    assert 10 < sum(flipped) < 54
+def test_in_memory_training_batches_are_augmented_normalised_and_cover_the_epoch():
+    split = Split(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20))
+    normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
+    batches = Batches(split, 8, normalize, torch.device("cpu"), seed=0, epoch=3, train=True, crop_padding=1,
+                      hflip=True)
+    seen = []
+    for x, y, idx in batches:
+        assert torch.equal(y, idx)
+        restored = (x * 0.25 + 0.5) * 255  # undo TF.normalize, then compare with uint8 crops
+        for img, res in zip(split.images[idx], restored.round().to(torch.uint8)):
+            assert crop_offsets(img, res, 1)
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(20)) and len(batches) == 3
+    again = [x for x, _, _ in Batches(split, 8, normalize, torch.device("cpu"), seed=0, epoch=3, train=True,
+                                      crop_padding=1, hflip=True)]
+    assert all(torch.equal(a, b) for a, b in zip(again, [x for x, _, _ in batches]))
 
 
 @pytest.mark.parametrize("n, world", [(10, 1), (10, 3), (17, 4)])

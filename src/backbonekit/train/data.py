@@ -2,7 +2,9 @@
 
 In-memory datasets (digits, CIFAR-10/100, fake) are held as one uint8 tensor (N, 3, H, W) on the
 training device and augmented a whole batch at a time with tensor ops (random crop with zero padding,
-horizontal flip, normalisation), as cifar10-airbench does: no per-image Python, no DataLoader.
+horizontal flip, normalisation), as cifar10-airbench does: no per-image Python, no DataLoader. The
+training split is zero-padded once (and mirrored once when flips are on: twice the padded split's
+memory), so one indexing op gathers, crops and flips a batch.
 ImageFolder data is decoded and resized by a DataLoader with workers and pinned memory; its uint8
 batches then go through the same batched augmentation on the device.
 
@@ -49,6 +51,14 @@ class Split:
 
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
+
+    def windows(self, padding: int, hflip: bool) -> Tensor:
+        """The split's crop/flip windows (see ``crop_flip_windows``), built once and kept."""
+        cache = self.__dict__.setdefault("_windows", {})
+        if (padding, hflip) not in cache:
+            cache.clear()
+            cache[(padding, hflip)] = crop_flip_windows(self.images, padding, hflip)
+        return cache[(padding, hflip)]
 
 
 @dataclass
@@ -244,23 +254,33 @@ def epoch_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0
     return order[rank::world]
 
 
-def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Per-image random crop of the zero-padded batch back to its size (a random translation)."""
-    if padding == 0:
-        return images
-    n, _, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
-    rows = torch.arange(h, device=images.device) + dy[:, None]
-    cols = torch.arange(w, device=images.device) + dx[:, None]
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (n, h, w, c) -> nchw
+def crop_flip_windows(images: Tensor, padding: int, hflip: bool) -> Tensor:
+    """Every crop of the zero-padded images (and of their mirror images when ``hflip``), as one view.
+
+    Shape (flips, N, C, 2p+1, 2p+1, H, W), built with ``unfold`` (no copy beyond the padding): one
+    indexing op then gathers, crops and flips a whole batch. Cropping the mirror image at offset dx is
+    the mirror of the crop at 2p-dx, so with uniform offsets this is RandomCrop(padding) + RandomHorizontalFlip.
+    """
+    padded = F.pad(images, (padding,) * 4) if padding else images
+    stack = torch.stack([padded, padded.flip(-1)]) if hflip else padded[None]
+    h, w = images.shape[-2:]
+    return stack.unfold(3, h, 1).unfold(4, w, 1)
 
 
-def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
-    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+def sample_windows(windows: Tensor, indices: Tensor, generator: torch.Generator) -> Tensor:
+    """One random crop (and flip) per index: uint8 (len(indices), C, H, W)."""
+    flips, _, _, ny, nx = windows.shape[:5]
+    n, device = len(indices), windows.device
+    f = torch.randint(0, flips, (n,), generator=generator, device=device)
+    dy = torch.randint(0, ny, (n,), generator=generator, device=device)
+    dx = torch.randint(0, nx, (n,), generator=generator, device=device)
+    return windows[f, indices, :, dy, dx]
+
+
+def random_crop_flip(images: Tensor, padding: int, hflip: bool, generator: torch.Generator) -> Tensor:
+    """RandomCrop(size, padding) with zero fill, then RandomHorizontalFlip, for a whole uint8 batch."""
+    windows = crop_flip_windows(images, padding, hflip)
+    return sample_windows(windows, torch.arange(len(images), device=images.device), generator)
 
 
 class Normalizer:
@@ -305,25 +325,27 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         aug = epoch_generator(self.seed, self.epoch, 1 + self.rank, self.device)
-        for images, labels, idx in self._raw_batches():
-            if self.train and len(labels) < 2:
-                continue  # BatchNorm cannot train on a batch of one
-            images = images.to(self.device, non_blocking=True)
-            if self.train:
-                images = random_crop(images, self.crop_padding, aug)
-                if self.hflip:
-                    images = random_hflip(images, aug)
-            yield self.normalize(images), labels.to(self.device, non_blocking=True), idx
-
-    def _raw_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         order = self.indices()
         if isinstance(self.data, Split):
-            for chunk in order.split(self.batch_size):
-                on_device = chunk.to(self.data.images.device)
-                yield self.data.images[on_device], self.data.labels[on_device], chunk
+            yield from self._in_memory(order, aug)
             return
         loader = torch.utils.data.DataLoader(
             self.data, batch_size=self.batch_size, sampler=order.tolist(), num_workers=self.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         for chunk, (images, labels) in zip(order.split(self.batch_size), loader):
-            yield images, labels, chunk
+            if self.train and len(labels) < 2:
+                continue  # BatchNorm cannot train on a batch of one
+            images = images.to(self.device, non_blocking=True)
+            if self.train:
+                images = random_crop_flip(images, self.crop_padding, self.hflip, aug)
+            yield self.normalize(images), labels.to(self.device, non_blocking=True), chunk
+
+    def _in_memory(self, order: Tensor, aug: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        split = self.data
+        windows = split.windows(self.crop_padding, self.hflip) if self.train else None
+        for chunk in order.split(self.batch_size):
+            if self.train and len(chunk) < 2:
+                continue
+            idx = chunk.to(split.images.device)
+            images = sample_windows(windows, idx, aug) if self.train else split.images.index_select(0, idx)
+            yield self.normalize(images), split.labels.index_select(0, idx), chunk
