@@ -277,6 +277,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
                                       if v.is_floating_point())
 
 
+def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--sync-bn needs --device cuda"):
+        train(tiny_config(tmp_path, sync_bn=True, device="cpu"))
+
+
 def test_existing_run_folder_is_not_overwritten(trained_run):
     out, _ = trained_run
     with pytest.raises(ValueError, match="already holds a run"):

@@ -69,12 +69,13 @@ def sum_values(*values: float) -> tuple[float, ...]:
     return tuple(t.tolist())
 
 
-def all_finite(value: float) -> bool:
-    """True when ``value`` is finite on every rank: all ranks stop together on a NaN, none hangs."""
-    bad = 0.0 if math.isfinite(value) else 1.0
+def nonfinite_ranks(value: float) -> list[int]:
+    """The ranks whose ``value`` is NaN/inf: every rank learns it, so all stop together and none hangs."""
+    flags = [0.0] * world_size()
+    flags[rank()] = 0.0 if math.isfinite(value) else 1.0
     if is_distributed():
-        (bad,) = sum_values(bad)
-    return bad == 0
+        flags = list(sum_values(*flags))
+    return [r for r, flag in enumerate(flags) if flag]
 
 
 def gather_in_order(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:

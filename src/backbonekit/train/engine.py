@@ -108,8 +108,11 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
             logits = model(x)
             loss = loss_fn(logits, y)
         loss_value = loss.item()
-        if not dist.all_finite(loss_value):
-            raise NonFiniteLoss(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}")
+        bad_ranks = dist.nonfinite_ranks(loss_value)
+        if bad_ranks:
+            value = "non-finite" if math.isfinite(loss_value) else loss_value
+            where = f" on rank {', '.join(map(str, bad_ranks))}" if dist.world_size() > 1 else ""
+            raise NonFiniteLoss(f"loss became {value}{where} at epoch {epoch + 1}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -170,6 +170,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
                          f"or choose another --out")
     cfg = dataclasses.replace(cfg, out=str(out))
     amp_dtype = resolve_amp(cfg.amp, device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
+                         f"(found device {device.type})")
     set_determinism(cfg.seed, cfg.deterministic, device)
     data = _load_data_once(cfg)
     cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip)
