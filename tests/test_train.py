@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from backbonekit import create_model
-from backbonekit.checkpoint import CheckpointError, load_file
+from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
 from backbonekit.train import TrainConfig, evaluate_checkpoint, predict, resolve_config, train, trainer
 from backbonekit.train.data import (Batches, Normalizer, Split, epoch_generator, epoch_indices, load_dataset,
@@ -341,3 +341,23 @@ def test_predict_rejects_a_non_image(tmp_path, trained_run, capsys):
     (tmp_path / "x.png").write_text("not an image")
     assert main(["predict", str(out / "best.pt"), str(tmp_path / "x.png")]) == 2
     assert "expected a PNG or JPEG" in capsys.readouterr().err
+
+
+def test_cli_config_file_with_flag_override_trains_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    import yaml
+
+    for split in ("train", "val"):
+        for c, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(6 if split == "train" else 2):
+                Image.new("RGB", (40, 36), color).save(tmp_path / "imgs" / split / c / f"{i}.jpg")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({
+        "model": "resnet18", "dataset": f"imagefolder:{tmp_path / 'imgs'}", "image_size": 32, "epochs": 3,
+        "batch_size": 4, "workers": 0, "out": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--epochs", "1"]) == 0
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (written["epochs"], written["batch_size"], written["crop_padding"], written["hflip"]) == (1, 4, 4, True)
+    report = json.loads((tmp_path / "run" / "classification_report.json").read_text())
+    assert set(report) >= {"red", "blue"} and report["macro avg"]["support"] == 4

@@ -20,7 +20,8 @@ class DistributedFailure(ValueError):
     """A process of a distributed run failed; the job was stopped."""
 
 
-def launch(fn: Callable[..., Any], args: Sequence[Any], nproc: int, threads_per_process: int | None = None) -> dict[int, Any]:
+def launch(fn: Callable[..., Any], args: Sequence[Any], nproc: int,
+           threads_per_process: int | None = None) -> dict[int, Any]:
     """Run ``fn(*args)`` in ``nproc`` local processes under torchrun's elastic agent; results by rank.
 
     ``fn`` must be importable by name (processes are spawned). Raises DistributedFailure naming the

@@ -18,7 +18,7 @@ from .. import create_model
 from ..checkpoint import CheckpointError, atomic_save, load_file
 from . import dist
 from .config import TrainConfig, write_config
-from .data import Batches, DataBundle, Normalizer, Split, load_dataset
+from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
@@ -158,17 +158,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
     """
     device = resolve_device(cfg.device)
     dist.setup(device.type)
-    resumed = None
-    if cfg.resume:
-        ckpt_path = resume_checkpoint(cfg.resume)
-        resumed = read_training_checkpoint(ckpt_path)
-        cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
-                                  nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if resumed is None and (out / "last.pt").exists():
-        raise ValueError(f"run folder {out} already holds a run (last.pt): pass --resume {out} to continue it, "
-                         f"or choose another --out")
-    cfg = dataclasses.replace(cfg, out=str(out))
+    cfg, out, resumed = _resolve_run(cfg)
     amp_dtype = resolve_amp(cfg.amp, device)
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
@@ -240,6 +230,21 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
         final = _final_report(out, model, data, batches, eval_loss, device, amp_dtype, log)
     dist.barrier()
     return TrainResult(out, history, best_acc, final, unwrap(model), val_count)
+
+
+def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """The config to run, its folder, and the checkpoint to resume from (``None`` for a new run)."""
+    resumed = None
+    if cfg.resume:
+        ckpt_path = resume_checkpoint(cfg.resume)
+        resumed = read_training_checkpoint(ckpt_path)
+        cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
+                                  nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if resumed is None and (out / "last.pt").exists():
+        raise ValueError(f"run folder {out} already holds a run (last.pt): pass --resume {out} to continue it, "
+                         f"or choose another --out")
+    return dataclasses.replace(cfg, out=str(out)), out, resumed
 
 
 def _load_data_once(cfg: TrainConfig) -> DataBundle:
