@@ -15,6 +15,7 @@ from .checkpoint import CheckpointError
 # modules that contribute subcommands, in the order they appear in --help
 COMMAND_MODULES = (
     "backbonekit.cli_models",
+    "backbonekit.train.cli",
     "backbonekit.profiler",
     "backbonekit.cli_convert",
 )

@@ -1,0 +1,148 @@
+"""``backbonekit train``, ``evaluate`` and ``predict``: parse, call the Python API, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from .config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+FLAG_HELP = {
+    "model": "a registered model name (backbonekit models)",
+    "dataset": "digits, cifar10, cifar100, fake, fake:N or imagefolder:PATH",
+    "data_dir": "where cifar10/cifar100 archives are (or are downloaded to)",
+    "download": "download CIFAR when absent (--no-download: fail with the list of expected files)",
+    "epochs": "number of epochs",
+    "batch_size": "images per step per process",
+    "lr": "peak learning rate",
+    "optimizer": "/".join(OPTIMIZERS),
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "weight decay on conv/linear weights (not on BatchNorm or biases)",
+    "schedule": "/".join(SCHEDULES) + " (per step; cosine with linear warm-up)",
+    "warmup_epochs": "warm-up length of the cosine schedule",
+    "label_smoothing": "cross-entropy label smoothing",
+    "grad_clip": "clip the gradient norm to this value (0: off)",
+    "image_size": "train/test image size (default: 32 for digits/cifar/fake, 224 for imagefolder)",
+    "crop_padding": "random-crop padding in pixels (default: cifar 4, digits 2, imagefolder size/8)",
+    "hflip": "random horizontal flips (default: on, off for digits)",
+    "device": "/".join(DEVICES),
+    "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only (auto: bf16 where supported)",
+    "channels_last": "channels_last memory format on CUDA",
+    "deterministic": "deterministic algorithms (slower on CUDA)",
+    "seed": "random seed (weights, order, augmentation)",
+    "workers": "DataLoader workers for imagefolder data",
+    "out": "run folder (default runs/MODEL-DATASET[-N])",
+    "resume": "continue the run in this folder (or from this last.pt) with its saved config",
+    "pretrained": "initialise from a weights file (fine-tuning; the classifier is re-initialised "
+                  "when the class count differs)",
+    "zero_init_residual": "zero the last BatchNorm of each residual branch when training from scratch",
+    "sync_bn": "SyncBatchNorm across processes (distributed runs)",
+    "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel)",
+}
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_predict(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model; writes a run folder with checkpoints, metrics and a report",
+        description="Train a model. Defaults (darknet53 on digits) run offline in minutes on a CPU. Every option "
+                    "can also be set in a YAML/JSON file given with --config; command-line flags win.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML or JSON file with any of the options below (same names, '_' for '-')")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        help_text = f"{FLAG_HELP[f.name]} (default: {f.default})"
+        if kind.startswith("bool"):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind.startswith("int"):
+            p.add_argument(flag, dest=f.name, type=int, metavar="N", help=help_text)
+        elif kind.startswith("float"):
+            p.add_argument(flag, dest=f.name, type=float, metavar="X", help=help_text)
+        else:
+            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES}
+            p.add_argument(flag, dest=f.name, choices=choices.get(f.name), help=help_text)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import config_keys, resolve_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in config_keys()}
+    cfg = resolve_config(getattr(args, "config", None), overrides)
+    if cfg.nproc > 1:
+        from .launch import launch_local
+
+        return launch_local(cfg)
+    import torch
+
+    from . import dist
+    from .trainer import train
+
+    # denormal floats make the first CPU steps of a zero-initialised residual net several times slower
+    torch.set_flush_denormal(True)
+    try:
+        train(cfg)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="the training report (accuracy, classification report, "
+                                               "confusion matrix, predictions) for a saved model")
+    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit train")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT)")
+    p.add_argument("--no-download", dest="download", action="store_false")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .trainer import evaluate_checkpoint
+
+    quiet = args.format == "json"
+    ev = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+                             device=args.device, batch_size=args.batch_size, out=args.out, download=args.download,
+                             log=(lambda _: None) if quiet else print)
+    if quiet:
+        print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "count": ev.count, "loss": ev.loss,
+                          "top1": ev.top1, "top5": ev.top5}, indent=2))
+    return 0
+
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="class names and probabilities for image files")
+    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit train")
+    p.add_argument("images", nargs="+", help="PNG/JPEG files (resized the way the model was trained)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .trainer import predict
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, found {args.topk}")
+    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    if args.format == "json":
+        print(json.dumps([{"image": str(path), "top": [{"class": c, "prob": p} for c, p in top]}
+                          for path, top in zip(args.images, results)], indent=2))
+        return 0
+    for path, top in zip(args.images, results):
+        print(f"{path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+    return 0

@@ -1,0 +1,164 @@
+"""One typed training configuration: dataclass defaults, then a YAML/JSON file, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; ``config.yaml`` in the run folder is this, resolved.
+
+    The defaults are the README quickstart: Darknet-53 on scikit-learn's digits, SGD + one-cycle,
+    2-pixel random translation, 4 epochs (>= 98% test accuracy in a few minutes on a 2-core CPU).
+    ``zero_init_residual`` (from scratch only) starts each residual branch at zero: without it
+    Darknet-53 diverges within a few SGD steps at this learning rate.
+    ``None`` means "the dataset's default" (image size, crop padding, flip).
+    """
+
+    model: str = "darknet53"
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = True
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    image_size: int | None = None
+    crop_padding: int | None = None
+    hflip: bool | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    deterministic: bool = False
+    seed: int = 0
+    workers: int = 2
+    out: str | None = None
+    resume: str | None = None
+    pretrained: str | None = None
+    zero_init_residual: bool = True
+    sync_bn: bool = False
+    nproc: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise one-line ValueErrors for values no run can use."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("device", self.device, DEVICES)
+        _choice("amp", self.amp, AMP_MODES)
+        for name in ("epochs", "batch_size", "nproc"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
+        for name in ("weight_decay", "label_smoothing", "grad_clip", "warmup_epochs", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"label_smoothing must be < 1, found {self.label_smoothing}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, found {self.image_size}")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, found {self.crop_padding}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, found {value!r}")
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a config-file value against the field's type (YAML already parsed it)."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    annotation = str(TrainConfig.__dataclass_fields__[name].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ValueError(f"config key {name!r} cannot be empty (expected a value like {default!r})")
+    if annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:  # str
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    if not ok:
+        raise ValueError(f"config key {name!r} expects {annotation}, found {type(value).__name__} {value!r}")
+    return value
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of config keys (unknown keys are an error)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"cannot parse config file {path}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
+    unknown = sorted(set(data) - set(config_keys()))
+    if unknown:
+        raise ValueError(f"unknown keys in {path}: {', '.join(map(str, unknown))} "
+                         f"(known: {', '.join(config_keys())})")
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def resolve_config(config_file: str | os.PathLike | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Dataclass defaults, updated by ``config_file``, updated by ``overrides`` (command-line flags win)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items()})
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def write_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (rerunning ``train --config`` on it repeats the run)."""
+    import yaml
+
+    data = cfg.to_dict()
+    data["resume"] = None  # the file describes the run, not how this process was started
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,176 @@
+"""The training loop: one function trains an epoch, one evaluates; optimizers and schedules."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from . import dist
+
+
+class NonFiniteLoss(ValueError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+@dataclass
+class EvalResult:
+    """Validation figures over the whole set (all ranks), predictions in dataset order."""
+
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    indices: Tensor = field(repr=False)
+    targets: Tensor = field(repr=False)
+    preds: Tensor = field(repr=False)
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
+                    nesterov: bool = True) -> torch.optim.Optimizer:
+    """sgd (momentum, nesterov), adamw or adam. BatchNorm and bias parameters get no weight decay."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}: expected sgd, adamw or adam")
+
+
+class WarmupCosine:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total`` steps (a LambdaLR factor).
+
+    A class, not a closure, so LambdaLR's state_dict holds plain values.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
+                    warmup_epochs: float = 1.0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedules: ``onecycle`` (torchvision's OneCycleLR) or ``cosine`` with linear warm-up."""
+    total = epochs * steps_per_epoch
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
+                                                   pct_start=0.25)
+    if name == "cosine":
+        warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch))) if total > 1 else 0
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(warmup, 0), total))
+    raise ValueError(f"unknown schedule {name!r}: expected onecycle or cosine")
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """Mixed precision on CUDA only; a no-op context elsewhere."""
+    if amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=amp_dtype)
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, *,
+                    device: torch.device, amp_dtype: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0,
+                    progress=None, epoch: int = 0) -> EpochStats:
+    """Train over ``batches`` once; raise NonFiniteLoss as soon as the loss is NaN/inf.
+
+    ``progress``: an optional tqdm bar to update with running loss, accuracy and images/s.
+    Loss and accuracy are averaged over this rank's images, then over all ranks.
+    """
+    model.train()
+    start = time.perf_counter()
+    total_loss, correct, seen = 0.0, 0, 0
+    for step, (x, y, _) in enumerate(batches):
+        with autocast(device, amp_dtype):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        loss_value = loss.item()
+        bad_ranks = dist.nonfinite_ranks(loss_value)
+        if bad_ranks:
+            value = "non-finite" if math.isfinite(loss_value) else loss_value
+            where = f" on rank {', '.join(map(str, bad_ranks))}" if dist.world_size() > 1 else ""
+            raise NonFiniteLoss(f"loss became {value}{where} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        scheduler.step()
+        total_loss += loss_value * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%",
+                                 img_s=f"{seen * dist.world_size() / max(elapsed, 1e-9):.0f}")
+    total_loss, correct, seen = dist.sum_values(total_loss, correct, seen)
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, device: torch.device,
+             amp_dtype: torch.dtype | None = None, reduce: bool = True) -> EvalResult:
+    """Loss, top-1 and top-5 accuracy over every sample of the (sharded) set, each counted once.
+
+    ``reduce``: sum the figures and gather the predictions of all ranks (each rank passes its shard).
+    """
+    model.eval()
+    total_loss, top1, top5 = 0.0, 0, 0
+    indices, targets, preds = [], [], []
+    for x, y, idx in batches:
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        total_loss += float(loss_fn(logits, y)) * len(y)
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hits = topk == y[:, None]
+        top1 += int(hits[:, 0].sum())
+        top5 += int(hits.any(1).sum())
+        indices.append(idx.cpu())
+        targets.append(y.cpu())
+        preds.append(topk[:, 0].cpu())
+    indices_t, targets_t, preds_t = (torch.cat(t) if t else torch.zeros(0, dtype=torch.long)
+                                     for t in (indices, targets, preds))
+    count = len(targets_t)
+    if reduce:
+        total_loss, top1, top5, count = dist.sum_values(total_loss, top1, top5, count)
+        indices_t, targets_t, preds_t = dist.gather_in_order(indices_t, targets_t, preds_t)
+    else:
+        order = indices_t.argsort()
+        indices_t, targets_t, preds_t = indices_t[order], targets_t[order], preds_t[order]
+    count = int(count)
+    return EvalResult(total_loss / max(count, 1), top1 / max(count, 1), top5 / max(count, 1), count,
+                      indices_t, targets_t, preds_t)

@@ -1,0 +1,190 @@
+"""Report files in a run folder: scikit-learn classification report, plots (matplotlib, Agg) and report.html.
+
+``write_run_report`` rebuilds curves.png and report.html from the files in the folder alone, so a
+report can be regenerated at any time (``python -m backbonekit.train.report RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .data import DataBundle, Split
+from .engine import EvalResult
+
+MAX_ANNOTATED_CLASSES = 20  # beyond this the confusion-matrix counts are unreadable
+GRID_COLUMNS, GRID_ROWS = 8, 4
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_evaluation(out: str | Path, ev: EvalResult, data: DataBundle, title: str) -> None:
+    """classification_report.txt/.json, confusion_matrix.png, predictions.png and eval.json for ``ev``."""
+    from sklearn.metrics import classification_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(range(data.num_classes))
+    y_true, y_pred = ev.targets.tolist(), ev.preds.tolist()
+    text = classification_report(y_true, y_pred, labels=labels, target_names=data.classes, digits=4,
+                                 zero_division=0)
+    (out / "classification_report.txt").write_text(f"{title}\n\n{text}", encoding="utf-8")
+    as_dict = classification_report(y_true, y_pred, labels=labels, target_names=data.classes,
+                                    output_dict=True, zero_division=0)
+    (out / "classification_report.json").write_text(json.dumps(as_dict, indent=2), encoding="utf-8")
+    (out / "eval.json").write_text(json.dumps({"title": title, "count": ev.count, "loss": ev.loss,
+                                               "top1": ev.top1, "top5": ev.top5}, indent=2), encoding="utf-8")
+    plot_confusion_matrix(y_true, y_pred, data.classes, out / "confusion_matrix.png")
+    split = data.val
+    plot_predictions(images_at(split, ev.indices), ev.targets, ev.preds, data.classes, out / "predictions.png")
+
+
+def images_at(split, indices: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) images of a split by dataset index, on the CPU."""
+    if isinstance(split, Split):
+        return split.images[indices.to(split.images.device)].cpu()
+    return torch.stack([split[int(i)][0] for i in indices])
+
+
+def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str], path: Path) -> None:
+    """Counts with class names (annotated up to 20 classes), scikit-learn's ConfusionMatrixDisplay."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    n = len(classes)
+    size = min(max(6.0, 0.55 * n + 2), 30.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(n)), display_labels=list(classes), cmap="Blues", ax=ax,
+        values_format="d", include_values=n <= MAX_ANNOTATED_CLASSES, xticks_rotation=45 if n > 10 else 0,
+        colorbar=True)
+    ax.set_title(f"Confusion matrix ({len(y_true)} images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def select_for_grid(targets: Tensor, preds: Tensor, count: int) -> list[int]:
+    """Up to half the grid are mistakes (if any), the rest correct predictions, in dataset order."""
+    wrong = (targets != preds).nonzero().flatten().tolist()
+    right = (targets == preds).nonzero().flatten().tolist()
+    chosen_wrong = wrong[: count // 2]
+    chosen = chosen_wrong + right[: count - len(chosen_wrong)]
+    if len(chosen) < count:
+        chosen += wrong[len(chosen_wrong): len(chosen_wrong) + count - len(chosen)]
+    return sorted(chosen)
+
+
+def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Sequence[str], path: Path) -> None:
+    """A grid of test images titled with true and predicted labels; mistakes in red with a red frame."""
+    plt = _pyplot()
+    positions = select_for_grid(targets, preds, GRID_COLUMNS * GRID_ROWS)
+    rows = max(1, (len(positions) + GRID_COLUMNS - 1) // GRID_COLUMNS)
+    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(GRID_COLUMNS * 1.6, rows * 2.3 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, positions):
+        t, p = int(targets[i]), int(preds[i])
+        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        wrong = t != p
+        ax.set_title(f"true: {classes[t]}\npred: {classes[p]}", fontsize=8, color="red" if wrong else "black", pad=3)
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+    n_wrong = int((targets != preds).sum())
+    fig.suptitle(f"Test predictions: {n_wrong} mistakes in {len(targets)} images (mistakes in red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
+    """Loss and accuracy per epoch, train and val."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "s-", label="val")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "s-", label="val top-1")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """curves.png and report.html from config.yaml, metrics.csv, eval.json and the report files present."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
+    if rows:
+        plot_curves(rows, run_dir / "curves.png")
+    parts = [f"<h1>backbonekit run: {html.escape(run_dir.name)}</h1>"]
+    if (run_dir / "eval.json").is_file():
+        ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+        parts.append(f"<h2>Final figures</h2><p>{html.escape(ev['title'])}: top-1 <b>{100 * ev['top1']:.2f}%</b>, "
+                     f"top-5 {100 * ev['top5']:.2f}%, loss {ev['loss']:.4f} on {ev['count']} images.</p>")
+    if rows:
+        parts.append("<h2>Per epoch (metrics.csv)</h2>" + _table(rows))
+    for name, caption in (("curves.png", "Loss and accuracy"), ("confusion_matrix.png", "Confusion matrix"),
+                          ("predictions.png", "Test predictions (mistakes in red)")):
+        if (run_dir / name).is_file():
+            parts.append(f"<h2>{caption}</h2><img src=\"{name}\" alt=\"{caption}\">")
+    for name, caption in (("classification_report.txt", "Classification report (scikit-learn)"),
+                          ("config.yaml", "Config (config.yaml: rerun with backbonekit train --config)")):
+        if (run_dir / name).is_file():
+            text = (run_dir / name).read_text(encoding="utf-8")
+            parts.append(f"<h2>{caption}</h2><pre>{html.escape(text)}</pre>")
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>backbonekit run "
+            f"{html.escape(run_dir.name)}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}"
+            "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
+            "text-align:right}pre{background:#f6f6f6;padding:8px}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _table(rows: Sequence[dict[str, float]]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in r.items()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(key: str, value: float) -> str:
+    if key == "epoch":
+        return str(int(value))
+    if key in ("train_acc", "val_top1", "val_top5"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+if __name__ == "__main__":
+    print(write_run_report(sys.argv[1] if len(sys.argv) > 1 else "."))

@@ -1,0 +1,398 @@
+"""``train``, ``evaluate_checkpoint`` and ``predict``: the run folder, checkpoints, resume and reports."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import create_model
+from ..checkpoint import CheckpointError, atomic_save, load_file
+from . import dist
+from .config import TrainConfig, write_config
+from .data import Batches, DataBundle, Normalizer, load_dataset
+from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
+EVAL_BATCH_SIZE = 256
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    history: list[dict[str, float]]
+    best_acc: float
+    final: EvalResult | None  # best.pt on the whole validation set (rank 0; None on other ranks)
+    model: nn.Module  # the trained model after the last epoch (unwrapped from DDP)
+    val_count: int  # validation images evaluated in the last epoch, over all ranks
+
+
+# -- devices and precision ----------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Under torchrun each rank takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: expected a CUDA GPU, found none (use --device cpu or auto)")
+        return torch.device("cuda", dist.local_rank())
+    return torch.device("cpu")
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision is a CUDA feature here; ``auto`` picks bf16 where the GPU has it, else fp16."""
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            raise ValueError(f"--amp {mode} needs --device cuda, found device {device.type}")
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def set_determinism(seed: int, deterministic: bool, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+
+
+# -- run folder ---------------------------------------------------------------------------------
+
+def default_out(cfg: TrainConfig) -> Path:
+    """``runs/MODEL-DATASET``, numbered when taken."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset.split(':')[0]}")
+    out, n = Path("runs") / stem, 1
+    while (out / "last.pt").exists() or (out / "config.yaml").exists():
+        n += 1
+        out = Path("runs") / f"{stem}-{n}"
+    return out
+
+
+def resume_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder (its last.pt) or a checkpoint file."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
+    """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
+            f"  val loss {row['val_loss']:.4f} top1 {100 * row['val_top1']:.2f}% top5 {100 * row['val_top5']:.2f}%"
+            f"  lr {row['lr']:.3g}  {row['time_s']:.1f}s")
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def checkpoint_dict(model: nn.Module, cfg: TrainConfig, data: DataBundle, model_kwargs: dict[str, Any], *,
+                    epoch: int, history: list[dict[str, float]], best_acc: float,
+                    training_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """backbonekit checkpoint: tensors and plain Python values only (loadable with weights_only=True)."""
+    ckpt = {"format": "backbonekit", "model": cfg.model, "model_kwargs": dict(model_kwargs),
+            "num_classes": data.num_classes, "state_dict": unwrap(model).state_dict(),
+            "preprocessing": data.preprocessing(), "config": cfg.to_dict(), "epoch": epoch,
+            "history": [dict(r) for r in history], "best_acc": best_acc}
+    if training_state:
+        ckpt.update(training_state)
+    return ckpt
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    ckpt = load_file(path)
+    needed = ("config", "state_dict", "optimizer", "scheduler", "epoch", "history")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "backbonekit" or any(k not in ckpt for k in needed):
+        raise CheckpointError(f"cannot resume from {path}: expected a last.pt written by backbonekit train "
+                              f"(with {', '.join(needed)}), found another kind of file")
+    return ckpt
+
+
+def pretrained_kwargs(path: str | None) -> dict[str, Any]:
+    """Architecture arguments a weights file implies (timm's darknet53: LeakyReLU slope 0.01)."""
+    if not path:
+        return {}
+    from .. import weights
+
+    state, meta = weights.read_weights(path)
+    return {**meta.get("model_kwargs", {}), **weights.architecture_overrides(weights.detect_layout(state))}
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.dataset``, writing the run folder ``cfg.out``; see docs/training.md.
+
+    With ``cfg.resume`` (a run folder or last.pt) the run continues exactly where it stopped, with the
+    saved config (only ``device``, ``workers`` and ``nproc`` are taken from ``cfg``).
+    """
+    device = resolve_device(cfg.device)
+    dist.setup(device.type)
+    cfg, out, resumed = _resolve_run(cfg)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
+                         f"(found device {device.type})")
+    set_determinism(cfg.seed, cfg.deterministic, device)
+    data = _load_data_once(cfg)
+    cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out / "config.yaml")
+    if data.in_memory:
+        data.train, data.val = data.train.to(device), data.val.to(device)
+    model_kwargs = dict(resumed["model_kwargs"]) if resumed else pretrained_kwargs(cfg.pretrained)
+    init_kwargs = {"zero_init_residual": True} if cfg.zero_init_residual and not cfg.pretrained else {}
+    model = create_model(cfg.model, num_classes=data.num_classes,
+                         pretrained=None if resumed else cfg.pretrained, **model_kwargs, **init_kwargs)
+    model = _prepare_model(model, cfg, device)
+    normalize = Normalizer(data.mean, data.std, device, channels_last=cfg.channels_last and device.type == "cuda")
+
+    def batches(split: str, epoch: int) -> Batches:
+        train_split = split == "train"
+        return Batches(data.train if train_split else data.val,
+                       cfg.batch_size if train_split else max(cfg.batch_size, EVAL_BATCH_SIZE),
+                       normalize, device, cfg.seed, epoch, train=train_split, crop_padding=data.crop_padding,
+                       hflip=data.hflip, rank=dist.rank(), world=dist.world_size(), workers=cfg.workers)
+
+    steps = len(batches("train", 0))
+    if steps == 0:
+        raise ValueError(f"dataset {cfg.dataset} has too few training images ({len(data.train)}) for one step")
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    history: list[dict[str, float]] = []
+    best_acc, start_epoch, val_count = -1.0, 0, 0
+    if resumed:
+        start_epoch, history, best_acc = _restore(resumed, model, optimizer, scheduler, scaler, device)
+        if dist.is_main():
+            log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+
+    def save(epoch: int, improved: bool) -> None:
+        if not dist.is_main():
+            return
+        common = dict(epoch=epoch, history=history, best_acc=best_acc)
+        if improved:
+            atomic_save(checkpoint_dict(model, cfg, data, model_kwargs, **common), out / "best.pt")
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(device)}
+        atomic_save(checkpoint_dict(model, cfg, data, model_kwargs, **common, training_state=state), out / "last.pt")
+        write_metrics(out / "metrics.csv", history)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = _train_epoch(model, batches("train", epoch), optimizer, scheduler, loss_fn, cfg, device,
+                             amp_dtype, scaler, epoch, out)
+        ev = evaluate(model, batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
+        row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": ev.loss,
+               "val_top1": ev.top1, "val_top5": ev.top5, "lr": lr, "time_s": round(stats.seconds, 3)}
+        history.append(row)
+        val_count = ev.count
+        improved = ev.top1 > best_acc
+        best_acc = max(best_acc, ev.top1)
+        save(epoch + 1, improved)
+        if dist.is_main():
+            log(epoch_line(row, cfg.epochs))
+    final = None
+    if dist.is_main():
+        final = _final_report(out, model, data, batches, eval_loss, device, amp_dtype, log)
+    dist.barrier()
+    return TrainResult(out, history, best_acc, final, unwrap(model), val_count)
+
+
+def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """The config to run, its folder, and the checkpoint to resume from (``None`` for a new run)."""
+    resumed = None
+    if cfg.resume:
+        ckpt_path = resume_checkpoint(cfg.resume)
+        resumed = read_training_checkpoint(ckpt_path)
+        cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
+                                  nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if resumed is None and (out / "last.pt").exists():
+        raise ValueError(f"run folder {out} already holds a run (last.pt): pass --resume {out} to continue it, "
+                         f"or choose another --out")
+    return dataclasses.replace(cfg, out=str(out)), out, resumed
+
+
+def _load_data_once(cfg: TrainConfig) -> DataBundle:
+    """Rank 0 loads first (and downloads if needed) while the other ranks wait, then they read the files."""
+    if not dist.is_main():
+        dist.barrier()
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding, cfg.hflip, cfg.download)
+    if dist.is_main():
+        dist.barrier()
+    return data
+
+
+def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.is_distributed():
+        if cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, device: torch.device):
+    try:
+        unwrap(model).load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"cannot resume: the checkpoint does not fit the model/optimizer ({first})") from None
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng") or {}
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    return int(ckpt["epoch"]), [dict(r) for r in ckpt["history"]], float(ckpt["best_acc"])
+
+
+def _train_epoch(model, batches: Batches, optimizer, scheduler, loss_fn, cfg: TrainConfig, device, amp_dtype,
+                 scaler, epoch: int, out: Path):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+               disable=None if dist.is_main() else True, dynamic_ncols=True)
+    try:
+        return train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device=device, amp_dtype=amp_dtype,
+                               scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, epoch=epoch)
+    except NonFiniteLoss as exc:
+        kept = (f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch})" if epoch > 0
+                else "no checkpoint was written")
+        raise NonFiniteLoss(f"{exc}; training stopped, {kept}. Try a lower --lr or --grad-clip") from None
+    finally:
+        bar.close()
+
+
+def _final_report(out: Path, model: nn.Module, data: DataBundle, batches, loss_fn, device, amp_dtype,
+                  log: Callable[[str], None]) -> EvalResult:
+    """Evaluate best.pt on the whole validation set (rank 0 alone) and write the report files."""
+    from . import report
+
+    best = load_file(out / "best.pt")
+    net = copy.deepcopy(unwrap(model))  # the trained model itself keeps its last-epoch weights
+    net.load_state_dict(best["state_dict"])
+    val = batches("val", 0)
+    val.rank, val.world = 0, 1
+    ev = evaluate(net, val, loss_fn, device=device, amp_dtype=amp_dtype, reduce=False)
+    report.write_evaluation(out, ev, data, title=f"best.pt (epoch {best['epoch']}) on {data.name} test split")
+    report.write_run_report(out)
+    log(f"best.pt (epoch {best['epoch']}): test loss {ev.loss:.4f} top1 {100 * ev.top1:.2f}% "
+        f"top5 {100 * ev.top5:.2f}% on {ev.count} images; report: {out / 'report.html'}")
+    return ev
+
+
+# -- evaluate and predict saved models ------------------------------------------------------------
+
+def load_trained_model(checkpoint: str | os.PathLike, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a checkpoint written by ``train`` (best.pt / last.pt), with its preprocessing."""
+    ckpt = load_file(checkpoint)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "backbonekit" or "preprocessing" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: expected a best.pt/last.pt written by backbonekit train "
+                              f"(format 'backbonekit' with preprocessing), found another kind of file")
+    model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]), pretrained=checkpoint,
+                         **dict(ckpt.get("model_kwargs") or {}))
+    return model.to(device).eval(), ckpt
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, split: str = "test",
+                        data_dir: str = "data", device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
+                        out: str | os.PathLike | None = None, download: bool = True,
+                        log: Callable[[str], None] = print) -> EvalResult:
+    """The training report (classification report, confusion matrix, predictions grid) for a saved model."""
+    from . import report
+
+    if split not in ("test", "train"):
+        raise ValueError(f"--split must be test or train, found {split!r}")
+    dev = resolve_device(device)
+    model, ckpt = load_trained_model(checkpoint, dev)
+    prep = ckpt["preprocessing"]
+    name = dataset or prep["dataset"]
+    data = load_dataset(name, data_dir, prep["image_size"], 0, False, download)
+    if data.classes != prep["classes"]:
+        raise ValueError(f"dataset {name} has classes {_few(data.classes)}, the checkpoint was trained on "
+                         f"{_few(prep['classes'])}")
+    data.mean, data.std = tuple(prep["mean"]), tuple(prep["std"])
+    if split == "train":
+        data.val = data.train
+    if data.in_memory:
+        data.val = data.val.to(dev)
+    batches = Batches(data.val, batch_size, Normalizer(data.mean, data.std, dev), dev, 0, 0, train=False)
+    ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
+    out = Path(out) if out else Path(checkpoint).parent / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{split}"
+    report.write_evaluation(out, ev, data, title=f"{checkpoint} on {name} {split} split")
+    log(f"{checkpoint} on {name} {split}: loss {ev.loss:.4f} top1 {100 * ev.top1:.2f}% "
+        f"top5 {100 * ev.top5:.2f}% ({ev.count} images); report in {out}")
+    return ev
+
+
+def _few(items: Sequence[str], n: int = 4) -> str:
+    return "[" + ", ".join(items[:n]) + (", ..." if len(items) > n else "") + "]"
+
+
+def load_image(path: str | os.PathLike, size: int) -> Tensor:
+    """An image file as uint8 (3, size, size): RGB (grayscale/RGBA converted), resized like training."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    try:
+        with Image.open(path) as img:
+            tensor = pil_to_tensor(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read image {path}: expected a PNG or JPEG file ({type(exc).__name__})") from None
+    return resize(tensor, [size, size], antialias=True)
+
+
+def predict(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], *, topk: int = 5,
+            device: str = "auto") -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file."""
+    dev = resolve_device(device)
+    model, ckpt = load_trained_model(checkpoint, dev)
+    prep = ckpt["preprocessing"]
+    batch = torch.stack([load_image(p, int(prep["image_size"])) for p in images]).to(dev)
+    with torch.no_grad():
+        probs = model(Normalizer(prep["mean"], prep["std"], dev)(batch)).float().softmax(1)
+    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return [[(prep["classes"][i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
+            for vs, ix in zip(values, indices)]

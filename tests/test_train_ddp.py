@@ -1,0 +1,86 @@
+"""DistributedDataParallel: two CPU processes with gloo, launched through torchrun's API."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from backbonekit.checkpoint import load_file
+from backbonekit.train import TrainConfig
+from backbonekit.train.launch import DistributedFailure, launch
+
+pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~10-30 s on 2 cores
+
+# fake:30 -> 30 train images (15 per rank) and 7 validation images (shards of 4 and 3)
+DDP = dict(model="resnet18", dataset="fake:30", epochs=2, batch_size=5, lr=0.02, workers=0, seed=1)
+
+
+def ddp_worker(cfg_dict: dict, folders: list[str]) -> dict:
+    """Each rank runs in its own working directory, so a file rank 1 wrote would show up in its folder."""
+    from backbonekit.train import dist, train
+
+    os.chdir(folders[int(os.environ["RANK"])])
+    try:
+        result = train(TrainConfig(**cfg_dict), log=lambda _: None)
+        return {"state": {k: v.clone() for k, v in result.model.state_dict().items()},
+                "val_count": result.val_count, "history": result.history,
+                "world": dist.world_size(), "sync_bn": any(isinstance(m, torch.nn.SyncBatchNorm)
+                                                           for m in result.model.modules())}
+    finally:
+        dist.cleanup()
+
+
+def failing_worker(cfg_dict: dict, folder: str, failure: str) -> None:
+    """Rank 1 fails in its first epoch (an exception, or a NaN in its weights); rank 0 must not hang."""
+    from backbonekit.train import dist, trainer
+
+    os.chdir(folder)
+    real = trainer.train_one_epoch
+
+    def rank1_fails(model, *args, **kwargs):
+        if os.environ["RANK"] == "1":
+            if failure == "exception":
+                raise RuntimeError("rank 1 cannot go on")
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return real(model, *args, **kwargs)
+
+    trainer.train_one_epoch = rank1_fails
+    try:
+        trainer.train(TrainConfig(**cfg_dict), log=lambda _: None)
+    finally:
+        dist.cleanup()
+
+
+def test_two_gloo_ranks_agree_cover_the_val_set_once_and_only_rank0_writes(tmp_path):
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+    for f in folders:
+        f.mkdir()
+    results = launch(ddp_worker, (TrainConfig(**DDP, out="run").to_dict(),
+                                  [str(f) for f in folders]), nproc=2, threads_per_process=1)
+    r0, r1 = results[0], results[1]
+    assert r0["world"] == r1["world"] == 2 and not r0["sync_bn"]
+    assert r0["state"].keys() == r1["state"].keys()
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert r0["val_count"] == r1["val_count"] == 7  # every validation image once: no duplicate, none dropped
+    untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in r["history"]] for r in (r0, r1)]
+    assert untimed[0] == untimed[1]  # reduced metrics agree on every rank
+    assert list(folders[1].rglob("*")) == []  # rank 1 wrote nothing
+    assert {"last.pt", "best.pt", "metrics.csv", "report.html"} <= {p.name for p in (folders[0] / "run").iterdir()}
+    saved = load_file(folders[0] / "run" / "last.pt")["state_dict"]
+    assert not any(k.startswith("module.") for k in saved)  # saved unwrapped: loadable without DDP
+    assert all(torch.equal(saved[k], r0["state"][k]) for k in saved)
+
+
+NAN_MESSAGE = r"rank \d failed.*loss became (nan|non-finite) on rank 1 at epoch 1, step 1"
+
+
+@pytest.mark.parametrize("failure, message", [("exception", "rank 1 failed.*rank 1 cannot go on"),
+                                               ("nan", NAN_MESSAGE)])
+def test_a_failing_rank_stops_the_whole_job(tmp_path, failure, message):
+    with pytest.raises(DistributedFailure, match=message):
+        launch(failing_worker, (TrainConfig(**DDP, out="run").to_dict(), str(tmp_path), failure), nproc=2,
+               threads_per_process=1)
