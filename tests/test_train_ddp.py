@@ -84,3 +84,29 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path, failure, message):
     with pytest.raises(DistributedFailure, match=message):
         launch(failing_worker, (TrainConfig(**DDP, out="run").to_dict(), str(tmp_path), failure), nproc=2,
                threads_per_process=1)
+
+
+def test_distributed_run_resumes_a_checkpoint(tmp_path, monkeypatch):
+    from backbonekit.train import train, trainer
+
+    real, calls = trainer.train_one_epoch, []
+
+    def interrupted_after_one_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+    for f in folders:
+        f.mkdir()
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**DDP, out=str(folders[0] / "run")), log=lambda _: None)
+    first = load_file(folders[0] / "run" / "last.pt")
+    # every rank reads the checkpoint (an absolute path here; only rank 0 writes, checked above)
+    results = launch(ddp_worker, (TrainConfig(resume=str(folders[0] / "run")).to_dict(), [str(f) for f in folders]),
+                     nproc=2, threads_per_process=1)
+    assert [len(r["history"]) for r in results.values()] == [2, 2]
+    assert results[0]["history"][0] == first["history"][0]  # epoch 1 kept, epoch 2 trained by two ranks
+    assert results[0]["val_count"] == 7 and load_file(folders[0] / "run" / "last.pt")["epoch"] == 2
