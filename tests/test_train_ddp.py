@@ -110,3 +110,15 @@ def test_distributed_run_resumes_a_checkpoint(tmp_path, monkeypatch):
     assert [len(r["history"]) for r in results.values()] == [2, 2]
     assert results[0]["history"][0] == first["history"][0]  # epoch 1 kept, epoch 2 trained by two ranks
     assert results[0]["val_count"] == 7 and load_file(folders[0] / "run" / "last.pt")["epoch"] == 2
+
+
+def test_cli_nproc_reports_a_failing_rank_in_one_line(tmp_path, capfd):
+    from backbonekit.cli import main
+
+    code = main(["train", "--nproc", "2", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
+                 "--out", str(tmp_path / "run")])
+    err_lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("backbonekit train")]
+    assert code == 2
+    assert err_lines[-1].startswith("backbonekit train: error: distributed run stopped: rank 0 failed (exit code 2")
+    assert err_lines[0].startswith("backbonekit train (rank 0): error: cifar10 not found")  # the rank's own line
+    assert "cifar-10-batches-py" in err_lines[0] and len(err_lines) == 2
