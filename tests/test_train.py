@@ -361,3 +361,30 @@ def test_cli_config_file_with_flag_override_trains_on_an_image_folder(tmp_path):
     assert (written["epochs"], written["batch_size"], written["crop_padding"], written["hflip"]) == (1, 4, 4, True)
     report = json.loads((tmp_path / "run" / "classification_report.json").read_text())
     assert set(report) >= {"red", "blue"} and report["macro avg"]["support"] == 4
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_scheduler_and_optimizer_state_survive_a_weights_only_checkpoint(tmp_path, schedule):
+    from backbonekit.checkpoint import atomic_save
+    from backbonekit.train.engine import build_optimizer, build_scheduler
+
+    def make():
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        opt = build_optimizer("sgd", model, 0.1, 1e-4)
+        return model, opt, build_scheduler(schedule, opt, 0.1, epochs=3, steps_per_epoch=5, warmup_epochs=1)
+
+    model, opt, sched = make()
+    for _ in range(4):
+        model(torch.randn(8, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    atomic_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp_path / "s.pt")
+    saved = load_file(tmp_path / "s.pt")
+    model2, opt2, sched2 = make()
+    opt2.load_state_dict(saved["optimizer"])
+    sched2.load_state_dict(saved["scheduler"])
+    for _ in range(6):
+        for o, s in ((opt, sched), (opt2, sched2)):
+            o.step()
+            s.step()
+        assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]

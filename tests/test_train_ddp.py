@@ -54,12 +54,22 @@ def failing_worker(cfg_dict: dict, folder: str, failure: str) -> None:
         dist.cleanup()
 
 
-def test_two_gloo_ranks_agree_cover_the_val_set_once_and_only_rank0_writes(tmp_path):
-    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+def rank_folders(root) -> list:
+    folders = [root / "rank0", root / "rank1"]
     for f in folders:
         f.mkdir()
-    results = launch(ddp_worker, (TrainConfig(**DDP, out="run").to_dict(),
-                                  [str(f) for f in folders]), nproc=2, threads_per_process=1)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    folders = rank_folders(tmp_path_factory.mktemp("ddp"))
+    return folders, launch(ddp_worker, (TrainConfig(**DDP, out="run").to_dict(), [str(f) for f in folders]),
+                           nproc=2, threads_per_process=1)
+
+
+def test_two_gloo_ranks_agree_cover_the_val_set_once_and_only_rank0_writes(ddp_run):
+    folders, results = ddp_run
     r0, r1 = results[0], results[1]
     assert r0["world"] == r1["world"] == 2 and not r0["sync_bn"]
     assert r0["state"].keys() == r1["state"].keys()
@@ -84,3 +94,56 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path, failure, message):
     with pytest.raises(DistributedFailure, match=message):
         launch(failing_worker, (TrainConfig(**DDP, out="run").to_dict(), str(tmp_path), failure), nproc=2,
                threads_per_process=1)
+
+
+def interrupted_worker(cfg_dict: dict, folders: list[str]) -> None:
+    """Every rank stops when its second epoch starts (as if the job were killed after epoch 1)."""
+    from backbonekit.train import trainer
+
+    real, calls = trainer.train_one_epoch, []
+
+    def stop_at_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    trainer.train_one_epoch = stop_at_second_epoch
+    ddp_worker(cfg_dict, folders)
+
+
+def test_distributed_resume_repeats_the_uninterrupted_run(tmp_path, ddp_run):
+    _, full = ddp_run
+    folders = rank_folders(tmp_path)
+    with pytest.raises(DistributedFailure, match="interrupted"):
+        launch(interrupted_worker, (TrainConfig(**DDP, out="run").to_dict(), [str(f) for f in folders]), nproc=2,
+               threads_per_process=1)
+    assert load_file(folders[0] / "run" / "last.pt")["epoch"] == 1
+    # every rank reads the checkpoint (an absolute path here; that only rank 0 writes is checked above)
+    results = launch(ddp_worker, (TrainConfig(resume=str(folders[0] / "run")).to_dict(), [str(f) for f in folders]),
+                     nproc=2, threads_per_process=1)
+    for rank in (0, 1):
+        for key, value in full[0]["state"].items():
+            assert torch.equal(results[rank]["state"][key], value), key
+    untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in r["history"]] for r in (full[0], results[0])]
+    assert untimed[0] == untimed[1]
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, ddp_run):
+    from backbonekit.train import train
+
+    folders, _ = ddp_run
+    with pytest.raises(ValueError, match="trained with 2 process"):
+        train(TrainConfig(resume=str(folders[0] / "run")))
+
+
+def test_cli_nproc_reports_a_failing_rank_in_one_line(tmp_path, capfd):
+    from backbonekit.cli import main
+
+    code = main(["train", "--nproc", "2", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
+                 "--out", str(tmp_path / "run")])
+    err_lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("backbonekit train")]
+    assert code == 2
+    assert err_lines[-1].startswith("backbonekit train: error: distributed run stopped: rank 0 failed (exit code 2")
+    assert err_lines[0].startswith("backbonekit train (rank 0): error: cifar10 not found")  # the rank's own line
+    assert "cifar-10-batches-py" in err_lines[0] and len(err_lines) == 2

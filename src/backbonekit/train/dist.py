@@ -89,15 +89,6 @@ def gather_in_order(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     return (indices[order], *(t[order] for t in tensors))
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's decision, on every rank."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_device())
-    td.broadcast(t, 0)
-    return bool(t.item())
-
-
 def barrier() -> None:
     if is_distributed():
         td.barrier()

@@ -49,7 +49,8 @@ def _failure_reason(message) -> str:
     if isinstance(message, dict):
         message = message.get("message", "")
     lines = str(message or "").strip().splitlines()
-    return " ".join(lines[-1].split())[:300] if lines else ""
+    reason = " ".join(lines[-1].split())[:300] if lines else ""
+    return "" if reason.startswith("To enable traceback") else reason  # exited without a recorded error
 
 
 def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print) -> int:

@@ -116,7 +116,7 @@ def checkpoint_dict(model: nn.Module, cfg: TrainConfig, data: DataBundle, model_
     ckpt = {"format": "backbonekit", "model": cfg.model, "model_kwargs": dict(model_kwargs),
             "num_classes": data.num_classes, "state_dict": unwrap(model).state_dict(),
             "preprocessing": data.preprocessing(), "config": cfg.to_dict(), "epoch": epoch,
-            "history": [dict(r) for r in history], "best_acc": best_acc}
+            "history": [dict(r) for r in history], "best_acc": best_acc, "world_size": dist.world_size()}
     if training_state:
         ckpt.update(training_state)
     return ckpt
@@ -238,6 +238,11 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | 
     if cfg.resume:
         ckpt_path = resume_checkpoint(cfg.resume)
         resumed = read_training_checkpoint(ckpt_path)
+        saved_world = int(resumed.get("world_size", 1))
+        if saved_world != dist.world_size():
+            # shards, steps per epoch and the schedule's length all depend on the number of processes
+            raise ValueError(f"cannot resume: the run was trained with {saved_world} process(es), found "
+                             f"{dist.world_size()}; resume with the same number (--nproc / torchrun --nproc_per_node)")
         cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
                                   nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
