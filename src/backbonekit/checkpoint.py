@@ -15,6 +15,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: missing, corrupt, truncated or for another model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_open`: a reader, or a crash at any moment, sees either
     the old file or the complete new one."""
@@ -44,6 +50,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file what open() would
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
