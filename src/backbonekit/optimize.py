@@ -1,0 +1,205 @@
+"""Speed: an inference fast path (BatchNorm folding, channels_last, ``torch.compile``) and training-step helpers.
+
+Everything here keeps the model's class and interface (``features_only``, ``feature_info``,
+``forward_levels``); only the modules inside change. Figures: ``benchmarks/`` and ``docs/speed.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+_BATCHNORMS = (nn.BatchNorm2d,)
+
+
+# -- BatchNorm folding ------------------------------------------------------------------------
+def conv_bn_pairs(model: nn.Module, example: Tensor | None = None) -> list[tuple[str, str]]:
+    """Names of (conv, BatchNorm) pairs where the BatchNorm's input is exactly that conv's output.
+
+    Found by running ``example`` (default: a small input the model accepts) once with forward hooks,
+    so the pairing follows the data flow rather than the order modules were registered in. A conv
+    seen more than once (a shared module) is never folded.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    produced_by: dict[int, str] = {}
+    calls: dict[str, int] = {}
+    pairs: list[tuple[str, str]] = []
+
+    def after_conv(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        name = names[module]
+        calls[name] = calls.get(name, 0) + 1
+        produced_by[id(output)] = name
+
+    def before_bn(module: nn.Module, inputs: tuple) -> None:
+        conv = produced_by.get(id(inputs[0]))
+        if conv is not None:
+            pairs.append((conv, names[module]))
+
+    handles = [m.register_forward_hook(after_conv) for m in model.modules() if type(m) is nn.Conv2d]
+    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BATCHNORMS)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            outputs = model(_example_input(model) if example is None else example)
+        del outputs  # kept alive until here so that no tensor id is reused during the pass
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    bn_uses = [bn for _, bn in pairs]
+    return [(conv, bn) for conv, bn in pairs if calls[conv] == 1 and bn_uses.count(bn) == 1]
+
+
+def _example_input(model: nn.Module) -> Tensor:
+    stride = int(getattr(model, "stride", 32))
+    size = max(2 * stride, 64)
+    param = next(model.parameters())
+    return torch.zeros(1, int(getattr(model, "in_chans", 3)), size, size, dtype=param.dtype, device=param.device)
+
+
+def fuse_batchnorm(model: nn.Module, example: Tensor | None = None) -> nn.Module:
+    """Fold every BatchNorm that directly follows a conv into the conv's weights (in place), return the model.
+
+    Uses ``torch.nn.utils.fusion.fuse_conv_bn_eval`` (the running statistics, i.e. eval-mode
+    BatchNorm); the BatchNorm becomes ``nn.Identity``. The model is put in eval mode: a folded
+    model is for inference only.
+    """
+    model.eval()
+    for conv_name, bn_name in conv_bn_pairs(model, example):
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        _replace(model, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace(model, bn_name, nn.Identity())
+    return model
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    """Number of BatchNorm layers left in ``model``."""
+    return sum(isinstance(m, _BATCHNORMS) for m in model.modules())
+
+
+# -- the inference fast path --------------------------------------------------------------------
+def channels_last_is_faster(device: torch.device | str) -> bool:
+    """Whether NHWC helps convolutions on this device: on CUDA (tensor cores) and on CPU (oneDNN's
+    blocked kernels avoid reordering NCHW input at every conv). See ``benchmarks/bench_inference.py``."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = None, compile: bool = False,
+                           freezing: bool = True, example: Tensor | None = None) -> nn.Module:
+    """Return ``model`` folded, in eval mode and ready for fast inference (its outputs are unchanged).
+
+    Args:
+        model: any backbonekit model (classifier or ``features_only``); changed in place.
+        channels_last: store weights NHWC (``None``: where :func:`channels_last_is_faster` says so).
+            Inputs may stay NCHW; outputs then come back NHWC-strided, with the same values.
+        compile: wrap in ``torch.compile`` (the first call compiles, which takes tens of seconds on CPU).
+            The result is an ``OptimizedModule``; the original model is its ``_orig_mod``.
+        freezing: with ``compile``, let Inductor treat the weights as constants (``freezing``), which
+            lets it pre-pack them for oneDNN; run it under ``torch.no_grad()`` for that to apply.
+        example: an input used once to find conv/BatchNorm pairs (default: a small zero image).
+    """
+    fuse_batchnorm(model, example)
+    device = next(model.parameters()).device
+    if channels_last is None:
+        channels_last = channels_last_is_faster(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        return torch.compile(model, options={"freezing": freezing})
+    return model
+
+
+# -- training-step helpers -----------------------------------------------------------------------
+class PaddingAwareConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that skips the kernel taps which can only ever see zero padding.
+
+    A 3x3 conv (padding 1) on a 1x1 map multiplies eight of its nine taps by padding: the result is
+    the centre tap alone, a 1x1 conv. Darknet-53 on 32x32 images (seed 001) runs its last stage at
+    1x1, and the full 3x3 backward there costs more than the rest of the step. Slicing the weight
+    gives the same output and the same gradients (zero for the dead taps), with 1/9 of the work.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        crop = _live_crop(input.shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation) \
+            if self.padding_mode == "zeros" and isinstance(self.padding, tuple) else None
+        if crop is None:
+            return super()._conv_forward(input, weight, bias)
+        (top, bottom, pad_h), (left, right, pad_w) = crop
+        return F.conv2d(input, weight[:, :, top:bottom, left:right], bias, self.stride, (pad_h, pad_w),
+                        self.dilation, self.groups)
+
+
+def _live_crop(size: torch.Size, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple | None:
+    """Per spatial dim (first tap, end tap, new padding) of the taps that touch real input, or ``None``
+    when no tap can be dropped or when a symmetric padding cannot reproduce the output size."""
+    crops = []
+    for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
+        n, out = int(n), (int(n) + 2 * p - d * (k - 1) - 1) // s + 1
+        live = [t for t in range(k) if any(0 <= o * s - p + t * d < n for o in range(out))]
+        if not live:
+            return None
+        first, last = live[0], live[-1]
+        new_p = p - first * d
+        if new_p < 0 or (n + 2 * new_p - d * (last - first)) - 1 < 0 \
+                or (n + 2 * new_p - d * (last - first) - 1) // s + 1 != out:
+            return None
+        crops.append((first, last + 1, new_p))
+    if all(first == 0 and end == k for (first, end, _), k in zip(crops, kernel)):
+        return None
+    return tuple(crops)
+
+
+def skip_padding_taps(model: nn.Module) -> nn.Module:
+    """Make every plain ``nn.Conv2d`` in ``model`` a :class:`PaddingAwareConv2d` (in place) and return it.
+
+    Parameters, buffers and ``state_dict`` keys are unchanged (the class is swapped, not the
+    module), so checkpoints, optimizers and EMA copies are unaffected. Safe to call before
+    creating the optimizer or after.
+    """
+    for module in model.modules():
+        if type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+            module.__class__ = PaddingAwareConv2d
+    return model
+
+
+def fast_adam(params: Any, lr: float = 1e-3, **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with the fastest implementation available for the parameters' device.
+
+    ``fused=True`` (one kernel for every parameter) on CPU and CUDA; falls back to ``foreach``.
+    The update is the same Adam; only the kernel launches differ.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
+
+
+def prepare_for_training(model: nn.Module, *, channels_last: bool = False,
+                         skip_dead_taps: bool = True) -> nn.Module:
+    """Apply the training-speed changes that never change results, in place; return the model.
+
+    ``skip_dead_taps`` (:func:`skip_padding_taps`) pays off when late stages run at 1x1 (small
+    images, e.g. 32x32 CIFAR through a stride-32 backbone). ``channels_last`` is off by default:
+    on CPU it measured slower for training (see ``benchmarks/RESULTS.md``); on CUDA turn it on
+    with AMP. Pair with :func:`fast_adam` for the optimizer.
+    """
+    if skip_dead_taps:
+        skip_padding_taps(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+TrainStep = Callable[[Tensor, Tensor], Tensor]
