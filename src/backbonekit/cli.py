@@ -15,6 +15,8 @@ from .checkpoint import CheckpointError
 # modules that contribute subcommands, in the order they appear in --help
 COMMAND_MODULES = (
     "backbonekit.cli_models",
+    "backbonekit.export",
+    "backbonekit.bench",
 )
 
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, CheckpointError)
