@@ -38,18 +38,25 @@ from torchvision.transforms import ToTensor  # noqa: E402
 
 import backbonekit as bk  # noqa: E402
 from backbonekit.bench import environment  # noqa: E402
-from backbonekit.optimize import compile_for_training, fast_adam, prepare_for_training  # noqa: E402
+from backbonekit.optimize import (  # noqa: E402
+    compile_for_training,
+    fast_adam,
+    prepare_for_training,
+    training_autocast,
+)
 from results_file import write_section  # noqa: E402
 
 NUM_CLASSES, SIZE, BATCH, LR = 10, 32, 64, 1e-3
 PHASES = ("data", "forward", "backward", "optimizer")
-VARIANTS = ("seed-timm", "seed-ours", "fast", "fast-cl", "fast-compiled")
+VARIANTS = ("seed-timm", "seed-ours", "fast-adam", "fast", "fast-cl", "fast-compiled", "fast-bf16")
 DESCRIPTIONS = {
     "seed-timm": "timm darknet53, DataLoader(PIL + ToTensor), Adam (defaults), eager: seed 001's recipe",
     "seed-ours": "backbonekit darknet53 in the seed's recipe",
-    "fast": "backbonekit darknet53 + prepare_for_training + fast_adam, batches sliced from an in-memory tensor",
+    "fast-adam": "backbonekit darknet53 + fast_adam (fused Adam), batches sliced from an in-memory tensor",
+    "fast": "fast-adam + prepare_for_training (kernel taps that only see padding skipped): exact, same results",
     "fast-cl": "fast + channels_last",
     "fast-compiled": "fast + torch.compile of the model (forward and backward)",
+    "fast-bf16": "fast + training_autocast (bfloat16 mixed precision: changes numerics, opt-in)",
 }
 
 
@@ -92,6 +99,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     batches: Iterator[tuple[Tensor, Tensor]]
     channels_last: bool = False
+    autocast: bool = False
     phase_times: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
 
     def step(self, record: bool = True) -> None:
@@ -100,7 +108,8 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
-        loss = F.cross_entropy(self.forward(x), y)
+        with training_autocast("cpu", enabled=self.autocast):
+            loss = F.cross_entropy(self.forward(x), y)
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
@@ -127,10 +136,10 @@ def build(variant: str, images: np.ndarray, labels: np.ndarray) -> Trainer:
         return Trainer(variant, model, model, torch.optim.Adam(model.parameters(), lr=LR),
                        loader_batches(images, labels))
     channels_last = variant == "fast-cl"
-    prepare_for_training(model, channels_last=channels_last)
+    prepare_for_training(model, channels_last=channels_last, skip_dead_taps=variant != "fast-adam")
     forward = compile_for_training(model) if variant == "fast-compiled" else model
     return Trainer(variant, model, forward, fast_adam(model.parameters(), lr=LR), tensor_batches(images, labels),
-                   channels_last)
+                   channels_last, autocast=variant == "fast-bf16")
 
 
 def main() -> None:

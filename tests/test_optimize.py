@@ -162,3 +162,14 @@ def test_fast_adam_takes_the_same_steps_as_adam():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+def test_training_autocast_runs_convs_in_bfloat16_only_when_enabled():
+    from backbonekit.optimize import training_autocast
+
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with training_autocast("cpu", enabled=True):
+        assert conv(x).dtype == torch.bfloat16
+    with training_autocast("cpu", enabled=False):
+        assert conv(x).dtype == torch.float32

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INFER_VARIANTS = ("eager", "fused", "fused-nchw", "compiled", "onnx")
-TRAIN_VARIANTS = ("eager", "fast", "fast-compiled")
+TRAIN_VARIANTS = ("eager", "fast", "fast-compiled", "fast-bf16")
 
 
 @dataclass
@@ -197,23 +197,27 @@ def train_candidate(model: nn.Module, label: str, variant: str, x: torch.Tensor,
     ``eager``: ``torch.optim.Adam`` defaults, as the seed's loop does. ``fast``:
     :func:`backbonekit.optimize.prepare_for_training` + :func:`backbonekit.optimize.fast_adam`.
     ``fast-compiled``: the same with the forward and backward compiled by ``torch.compile``.
+    ``fast-bf16``: ``fast`` with :func:`backbonekit.optimize.training_autocast` (mixed precision).
     """
-    from .optimize import compile_for_training, fast_adam, prepare_for_training
+    from .optimize import compile_for_training, fast_adam, prepare_for_training, training_autocast
 
     model = model.train()
     if variant == "eager":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         forward: Callable = model
-    elif variant in ("fast", "fast-compiled"):
+    elif variant in ("fast", "fast-compiled", "fast-bf16"):
         prepare_for_training(model)
         optimizer = fast_adam(model.parameters(), lr=lr)
         forward = compile_for_training(model) if variant == "fast-compiled" else model
     else:
         raise ValueError(f"training variant must be one of {', '.join(TRAIN_VARIANTS)}, found {variant!r}")
 
+    autocast = variant == "fast-bf16"
+
     def step() -> object:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(forward(x), y)
+        with training_autocast(x.device, enabled=autocast):
+            loss = F.cross_entropy(forward(x), y)
         loss.backward()
         optimizer.step()
         return loss

@@ -6,6 +6,7 @@ Everything here keeps the model's class and interface (``features_only``, ``feat
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -206,6 +207,31 @@ def prepare_for_training(model: nn.Module, *, channels_last: bool = False,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether this device computes bfloat16 convolutions natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def training_autocast(device: torch.device | str, enabled: bool | None = None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bfloat16 for the forward pass and loss where :func:`bf16_is_fast`, else a no-op.
+
+    This changes numerics (mixed precision: convs and matmuls in bf16, weights and optimizer in
+    fp32), unlike the other helpers here; the training loop should make it a visible option.
+    Wrap the forward and the loss only, not ``backward()`` or ``optimizer.step()``.
+    """
+    device = torch.device(device)
+    if enabled is None:
+        enabled = bf16_is_fast(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def compile_for_training(model: nn.Module, **options: Any) -> Callable[..., Any]:
