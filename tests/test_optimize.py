@@ -173,3 +173,5 @@ def test_training_autocast_runs_convs_in_bfloat16_only_when_enabled():
         assert conv(x).dtype == torch.bfloat16
     with training_autocast("cpu", enabled=False):
         assert conv(x).dtype == torch.float32
+    with training_autocast("cpu"):  # opt-in on the CPU
+        assert conv(x).dtype == torch.float32

@@ -179,6 +179,8 @@ def _onnx_candidate(model: nn.Module, label: str, x: torch.Tensor, flops: float 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # the same no-spin waiting as torch's threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.cpu().numpy()}
 

@@ -40,7 +40,7 @@ def conv_bn_pairs(model: nn.Module, example: Tensor | None = None) -> list[tuple
         if conv is not None:
             pairs.append((conv, names[module]))
 
-    handles = [m.register_forward_hook(after_conv) for m in model.modules() if type(m) is nn.Conv2d]
+    handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BATCHNORMS)]
     was_training = model.training
     try:
@@ -209,8 +209,8 @@ def prepare_for_training(model: nn.Module, *, channels_last: bool = False,
     return model
 
 
-def bf16_is_fast(device: torch.device | str) -> bool:
-    """Whether this device computes bfloat16 convolutions natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+def bf16_is_native(device: torch.device | str) -> bool:
+    """Whether this device has native bfloat16 convolutions (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -220,15 +220,17 @@ def bf16_is_fast(device: torch.device | str) -> bool:
 
 
 def training_autocast(device: torch.device | str, enabled: bool | None = None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to bfloat16 for the forward pass and loss where :func:`bf16_is_fast`, else a no-op.
+    """``torch.autocast`` to bfloat16 for the forward pass and the loss, or a no-op.
 
-    This changes numerics (mixed precision: convs and matmuls in bf16, weights and optimizer in
-    fp32), unlike the other helpers here; the training loop should make it a visible option.
+    ``enabled=None`` turns it on for CUDA devices with bf16 only. On the CPU it is opt-in
+    (``enabled=True``, and only where :func:`bf16_is_native`): on our AVX512-BF16 machine the
+    bf16 backward of Darknet-53 ran 10x slower than fp32 with [0, 1] inputs (``benchmarks/bench_train.py
+    --variants fast fast-bf16``). Mixed precision changes numerics, unlike the other helpers here.
     Wrap the forward and the loss only, not ``backward()`` or ``optimizer.step()``.
     """
     device = torch.device(device)
     if enabled is None:
-        enabled = bf16_is_fast(device)
+        enabled = device.type == "cuda" and bf16_is_native(device)
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
