@@ -62,6 +62,7 @@ def test_cli_bench_train_mode_runs(capsys):
      "timm:NAME or torchvision:NAME"),
     (["bench", "resnet99"], "resnet99"),
     (["bench", "resnet18", "--mode", "train", "--batch-size", "1"], "needs --batch-size >= 2"),
+    (["bench", "resnet18", "--device", "gpu"], "--device must be cpu or cuda"),
 ])
 def test_cli_bench_bad_input_is_one_line(argv, message, capsys):
     assert cli.main(argv) == 2

@@ -320,7 +320,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--repeats, --input-size and --batch-size must be positive and --warmup >= 0")
     if args.mode == "train" and min(args.batch_size) < 2:
         raise ValueError(f"--mode train needs --batch-size >= 2 (BatchNorm), found {min(args.batch_size)}")
-    if "onnx" in args.variant and args.device != "cpu":
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu or cuda[:N], found {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch finds no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], found {args.device!r}")
+    if "onnx" in args.variant and device.type != "cpu":
         raise ValueError(f"the onnx variant runs on the CPU only, found --device {args.device}")
 
 
@@ -335,8 +343,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    baseline = f"{args.compare[0]} eager" if args.compare else f"{args.models[0]} {args.variant[0]}"
     report: dict[str, object] = {"environment": environment(device), "mode": args.mode,
-                                 "input_size": args.input_size, "results": []}
+                                 "input_size": args.input_size, "baseline": baseline, "results": []}
     if args.matmul_peak:
         report["matmul_gflops"] = matmul_gflops()
     for batch in args.batch_size:
@@ -361,11 +370,16 @@ def format_table(report: dict) -> str:
              + (f", load {env['load_average_1_5_15']}" if "load_average_1_5_15" in env else "")]
     if "matmul_gflops" in report:
         lines.append("fp32 matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in report["matmul_gflops"].items()))
+    baseline = report.get("baseline")
     lines.append(f"{'model':<34} {'batch':>5} {'img/s med':>10} {'min':>8} {'max':>8} {'p50 ms':>9} "
-                 f"{'p90 ms':>9} {'GFLOP/s':>8}")
+                 f"{'p90 ms':>9} {'GFLOP/s':>8} {'ratio':>6}")
+    reference = {r["batch_size"]: r["images_per_s_median"] for r in report["results"] if r["label"] == baseline}
     for r in report["results"]:
         gflops = f"{r['gflops']:8.1f}" if r["gflops"] else f"{'-':>8}"
+        ratio = r["images_per_s_median"] / reference[r["batch_size"]] if r["batch_size"] in reference else 1.0
         lines.append(f"{r['label']:<34} {r['batch_size']:>5} {r['images_per_s_median']:>10.1f} "
                      f"{r['images_per_s_min']:>8.1f} {r['images_per_s_max']:>8.1f} {r['latency_ms_p50']:>9.1f} "
-                     f"{r['latency_ms_p90']:>9.1f} {gflops}")
+                     f"{r['latency_ms_p90']:>9.1f} {gflops} {ratio:>5.2f}x")
+    if baseline:
+        lines.append(f"ratio: median images/s relative to {baseline} at the same batch size")
     return "\n".join(lines)

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                              features_only=args.features_only)
     path = export_model(model, args.output, format=args.format, input_size=args.input_size,
                         batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, opset=args.opset)
-    batch = "dynamic" if args.dynamic_batch else str(args.batch_size)
+    batch = "N" if args.dynamic_batch else str(args.batch_size)
     print(f"wrote {path} ({args.format}, {args.model}, input {batch}x{model.in_chans}x{args.input_size}x"
           f"{args.input_size}, {path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -22,23 +22,27 @@ def conv_bn_pairs(model: nn.Module, example: Tensor | None = None) -> list[tuple
     """Names of (conv, BatchNorm) pairs where the BatchNorm's input is exactly that conv's output.
 
     Found by running ``example`` (default: a small input the model accepts) once with forward hooks,
-    so the pairing follows the data flow rather than the order modules were registered in. A conv
-    seen more than once (a shared module) is never folded.
+    so the pairing follows the data flow rather than the order modules were registered in: the
+    BatchNorm must receive the very tensor the conv returned, unmodified (its version counter
+    unchanged, so an in-place op in between rules the pair out). A conv or BatchNorm that runs more
+    than once (a shared module) is never folded. Assumed, and true of every registered model (the
+    tests check outputs): the conv's output feeds nothing but that BatchNorm.
     """
     names = {module: name for name, module in model.named_modules()}
-    produced_by: dict[int, str] = {}
+    produced_by: dict[int, tuple[str, Tensor, int]] = {}  # holding the tensor keeps its id from being reused
     calls: dict[str, int] = {}
     pairs: list[tuple[str, str]] = []
 
     def after_conv(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
         name = names[module]
         calls[name] = calls.get(name, 0) + 1
-        produced_by[id(output)] = name
+        produced_by[id(output)] = (name, output, output._version)
 
     def before_bn(module: nn.Module, inputs: tuple) -> None:
-        conv = produced_by.get(id(inputs[0]))
-        if conv is not None:
-            pairs.append((conv, names[module]))
+        calls[names[module]] = calls.get(names[module], 0) + 1
+        entry = produced_by.get(id(inputs[0]))
+        if entry is not None and entry[1] is inputs[0] and entry[2] == inputs[0]._version:
+            pairs.append((entry[0], names[module]))
 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, _BATCHNORMS)]
@@ -47,13 +51,12 @@ def conv_bn_pairs(model: nn.Module, example: Tensor | None = None) -> list[tuple
         model.eval()
         with torch.no_grad():
             outputs = model(_example_input(model) if example is None else example)
-        del outputs  # kept alive until here so that no tensor id is reused during the pass
+        del outputs
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    bn_uses = [bn for _, bn in pairs]
-    return [(conv, bn) for conv, bn in pairs if calls[conv] == 1 and bn_uses.count(bn) == 1]
+    return [(conv, bn) for conv, bn in pairs if calls[conv] == 1 and calls.get(bn, 0) == 1]
 
 
 def _example_input(model: nn.Module) -> Tensor:
