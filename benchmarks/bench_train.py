@@ -146,7 +146,7 @@ def build(variant: str, images: np.ndarray, labels: np.ndarray) -> Trainer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
-    parser.add_argument("--repeats", type=int, default=8, help="timed steps per candidate")
+    parser.add_argument("--repeats", type=int, default=6, help="timed steps per candidate")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per candidate (compiled: +compile)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=2048, help="size of the in-memory training set")

@@ -225,8 +225,8 @@ def bf16_is_native(device: torch.device | str) -> bool:
 def training_autocast(device: torch.device | str, enabled: bool | None = None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to bfloat16 for the forward pass and the loss, or a no-op.
 
-    ``enabled=None`` turns it on for CUDA devices with bf16 only. On the CPU it is opt-in
-    (``enabled=True``, and only where :func:`bf16_is_native`): on our AVX512-BF16 machine the
+    ``enabled=None`` turns it on for CUDA devices with bf16 only; ``enabled=True`` forces it. On the
+    CPU keep it opt-in, and only where :func:`bf16_is_native`: on our AVX512-BF16 machine the
     bf16 backward of Darknet-53 ran 10x slower than fp32 with [0, 1] inputs (``benchmarks/bench_train.py
     --variants fast fast-bf16``). Mixed precision changes numerics, unlike the other helpers here.
     Wrap the forward and the loss only, not ``backward()`` or ``optimizer.step()``.
