@@ -261,6 +261,24 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     return best
 
 
+def matmul_candidates(n: int = 2048, per_step: int = 4) -> list[Candidate]:
+    """fp32 n x n x n matrix products (numpy and torch) as candidates, so that the machine's reference
+    GFLOP/s is measured interleaved with the models, under the same load. One "image" = one product."""
+    import numpy as np
+
+    a_np = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a_t = torch.from_numpy(a_np.copy())
+
+    def numpy_step() -> object:
+        return [a_np @ a_np for _ in range(per_step)]
+
+    def torch_step() -> object:
+        return [torch.mm(a_t, a_t) for _ in range(per_step)]
+
+    return [Candidate(f"numpy fp32 matmul {n}", numpy_step, per_step, 2 * n**3),
+            Candidate(f"torch fp32 matmul {n}", torch_step, per_step, 2 * n**3)]
+
+
 def _timed(op: Callable[[], object]) -> float:
     start = time.perf_counter()
     op()

@@ -94,8 +94,12 @@ def count_batchnorms(model: nn.Module) -> int:
 
 # -- the inference fast path --------------------------------------------------------------------
 def channels_last_is_faster(device: torch.device | str) -> bool:
-    """Whether NHWC helps convolutions on this device: on CUDA (tensor cores) and on CPU (oneDNN's
-    blocked kernels avoid reordering NCHW input at every conv). See ``benchmarks/bench_inference.py``."""
+    """Whether NHWC is the better default for convolutions on this device.
+
+    CUDA: yes (tensor-core kernels are NHWC). CPU: yes at detection-sized inputs (darknet53, 256x256,
+    batch 8: 1.1x over NCHW in ``benchmarks/bench_inference.py``), but not at every size (mixed
+    results at 64-128 px): ``backbonekit bench MODEL --variant fused fused-nchw`` measures a case.
+    """
     return torch.device(device).type in ("cuda", "cpu")
 
 
