@@ -113,7 +113,7 @@ def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace) 
         + ", ".join(f"{r.label.split()[0]} {r.gflops:.0f} ({r.gflops * r.images_per_s_min / r.images_per_s_median:.0f}-"
                     f"{r.gflops * r.images_per_s_max / r.images_per_s_median:.0f})" for r in matmuls)
         + f"; the last column divides by the higher median ({best.label.split()[0]}, {best_peak:.0f} GFLOP/s).",
-        load_note(env["load_average_before"], env["cpu_count"]),
+        load_note(env["load_average_before"], env["cpu_count"], matmul=True),
         "",
         "| candidate | images/s median (min-max) | vs timm eager | latency p50 / p90 ms | GMACs/img | GFLOP/s "
         "| of matmul peak |",

@@ -21,10 +21,11 @@ def write_section(path: Path, name: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_note(load_before: list[float] | None, cpu_count: int | None) -> str:
+def load_note(load_before: list[float] | None, cpu_count: int | None, matmul: bool = False) -> str:
     """A warning line when other processes were competing for the cores during the run, else ''."""
     if not load_before or not cpu_count or load_before[0] < 0.5 * cpu_count:
         return ""
     return (f"**Busy machine** (1-minute load average {load_before[0]:.1f} on {cpu_count} cores before the run): "
-            "other processes took CPU time, so absolute figures are low and noisy and the fraction of the matmul "
-            "reference is not meaningful; rerun on a quiet machine for figures to quote.")
+            "other processes took CPU time, so absolute figures are low and noisy"
+            + (" and the fraction of the matmul reference is not meaningful" if matmul else "")
+            + "; rerun on a quiet machine for figures to quote.")
