@@ -20,6 +20,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
+    fuse: bool = False,
     **kwargs: Any,
 ) -> Backbone:
     """Build a registered model.
@@ -35,6 +36,8 @@ def create_model(
         features_only: return a multi-scale feature extractor whose forward returns a list of maps.
         out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three).
         output_stride: 32, 16 or 8; strides beyond it become dilation. ``None``: the model's native stride.
+        fuse: return an inference model: BatchNorms folded into their convs, eval mode, channels_last
+            where faster (:func:`backbonekit.optimize.optimize_for_inference`; not for training).
         **kwargs: architecture options: ``frozen_stages``, ``norm_eval``, ``zero_init_residual``,
             ``act_slope`` (darknet).
     """
@@ -62,7 +65,19 @@ def create_model(
                           f"({', '.join(skipped)})", stacklevel=2)
     if features_only:
         model.as_features(out_indices)
+    if fuse:
+        from .optimize import optimize_for_inference
+
+        optimize_for_inference(model)
     return model
 
 
-__all__ = ["Backbone", "FeatureInfo", "create_model", "list_models", "model_info", "__version__"]
+def optimize_for_inference(model: Backbone, **kwargs: Any) -> Backbone:
+    """Fold BatchNorms, channels_last, optional ``torch.compile``: see :func:`backbonekit.optimize.optimize_for_inference`."""
+    from .optimize import optimize_for_inference as _optimize
+
+    return _optimize(model, **kwargs)
+
+
+__all__ = ["Backbone", "FeatureInfo", "create_model", "list_models", "model_info", "optimize_for_inference",
+           "__version__"]

@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "backbonekit.train.cli",
     "backbonekit.profiler",
     "backbonekit.cli_convert",
+    "backbonekit.export",
+    "backbonekit.bench",
 )
 
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, CheckpointError)

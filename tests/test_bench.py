@@ -1,0 +1,70 @@
+"""``backbonekit bench``: interleaved timing, honest summaries, FLOP counts against published figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backbonekit import cli
+from backbonekit.bench import Candidate, build_reference, flop_per_image, summarize, time_interleaved
+
+
+def test_repetitions_are_interleaved_after_warmup():
+    calls: list[str] = []
+    candidates = [Candidate(name, lambda name=name: calls.append(name), images=4) for name in "abc"]
+    times = time_interleaved(candidates, warmup=2, repeats=3)
+    assert calls[:6] == list("aabbcc")  # warm-up, each candidate on its own
+    assert calls[6:] == list("abc") * 3  # timed rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_summary_against_numpy():
+    times = [0.5, 0.25, 1.0, 0.4]
+    result = summarize(Candidate("x", lambda: None, images=8, flop_per_image=1e9), times, batch_size=8)
+    rates = 8 / np.array(times)
+    assert result.images_per_s_median == pytest.approx(np.median(rates))
+    assert (result.images_per_s_min, result.images_per_s_max) == pytest.approx((rates.min(), rates.max()))
+    assert result.latency_ms_p90 == pytest.approx(np.percentile(times, 90) * 1e3)
+    assert result.gflops == pytest.approx(np.median(rates))  # 1 GFLOP per image
+
+
+def test_flop_count_matches_torchvision_published_macs():
+    model = build_reference("torchvision:resnet50")
+    assert flop_per_image(model, 224) / 2 / 1e9 == pytest.approx(4.089, rel=0.01)  # ResNet50_Weights meta _ops
+
+
+def test_cli_bench_json(capsys):
+    argv = ["bench", "resnet18", "--input-size", "32", "--batch-size", "2", "--repeats", "2", "--warmup", "1",
+            "--variant", "eager", "fused", "--compare", "torchvision:resnet18", "--format", "json"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in report["results"]] == ["resnet18 eager", "resnet18 fused", "torchvision:resnet18 eager"]
+    for r in report["results"]:
+        assert r["images_per_s_min"] <= r["images_per_s_median"] <= r["images_per_s_max"]
+        assert r["repeats"] == 2 and r["batch_size"] == 2
+    assert report["environment"]["torch_threads"] == torch.get_num_threads()
+
+
+def test_cli_bench_train_mode_runs(capsys):
+    argv = ["bench", "resnet18", "--mode", "train", "--input-size", "32", "--batch-size", "2", "--repeats", "1",
+            "--warmup", "0", "--num-classes", "10"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "resnet18 eager" in out and "resnet18 fast" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "resnet18", "--variant", "fast"], "--variant for --mode infer must be among"),
+    (["bench", "resnet18", "--compare", "keras:resnet50", "--input-size", "32", "--batch-size", "2"],
+     "timm:NAME or torchvision:NAME"),
+    (["bench", "resnet99"], "resnet99"),
+    (["bench", "resnet18", "--mode", "train", "--batch-size", "1"], "needs --batch-size >= 2"),
+    (["bench", "resnet18", "--device", "gpu"], "--device must be cpu or cuda"),
+])
+def test_cli_bench_bad_input_is_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
