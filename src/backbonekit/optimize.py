@@ -187,17 +187,20 @@ def skip_padding_taps(model: nn.Module) -> nn.Module:
     return model
 
 
-def fast_adam(params: Any, lr: float = 1e-3, **kwargs: Any) -> torch.optim.Adam:
-    """``torch.optim.Adam`` with the fastest implementation available for the parameters' device.
-
-    ``fused=True`` (one kernel for every parameter) on CPU and CUDA; falls back to ``foreach``.
-    The update is the same Adam; only the kernel launches differ.
-    """
+def fused_optimizer(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """``cls(params, fused=True, ...)`` where the device supports it (one kernel for every parameter),
+    else ``foreach``. The update is the same; only the kernel launches differ. SGD, Adam and AdamW
+    have fused CPU and CUDA kernels."""
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):
+        return cls(params, foreach=True, **kwargs)
+
+
+def fast_adam(params: Any, lr: float = 1e-3, **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` through :func:`fused_optimizer`."""
+    return fused_optimizer(torch.optim.Adam, params, lr=lr, **kwargs)
 
 
 def prepare_for_training(model: nn.Module, *, channels_last: bool = False,

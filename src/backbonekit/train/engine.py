@@ -11,6 +11,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from ..optimize import fused_optimizer
 from . import dist
 
 
@@ -41,16 +42,19 @@ class EvalResult:
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
                     nesterov: bool = True) -> torch.optim.Optimizer:
-    """sgd (momentum, nesterov), adamw or adam. BatchNorm and bias parameters get no weight decay."""
+    """sgd (momentum, nesterov), adamw or adam, fused where the device allows (``benchmarks/bench_train.py``).
+
+    BatchNorm and bias parameters get no weight decay.
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+        return fused_optimizer(torch.optim.SGD, groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return fused_optimizer(torch.optim.AdamW, groups, lr=lr)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return fused_optimizer(torch.optim.Adam, groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}: expected sgd, adamw or adam")
 
 

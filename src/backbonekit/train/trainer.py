@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import create_model
+from ..optimize import prepare_for_training
 from ..checkpoint import CheckpointError, atomic_save, load_file
 from . import dist
 from .config import TrainConfig, write_config
@@ -263,9 +264,8 @@ def _load_data_once(cfg: TrainConfig) -> DataBundle:
 
 
 def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # exact speed-ups only: fused optimizers (engine) and convs that skip padding-only taps (1x1 maps at 32x32)
+    model = prepare_for_training(model.to(device), channels_last=device.type == "cuda" and cfg.channels_last)
     if dist.is_distributed():
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
