@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import backbonekit as bk
 from backbonekit import cli
 from backbonekit.checkpoint import atomic_save
 from backbonekit.export import export_model
+from helpers import with_random_bn_statistics
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -18,19 +18,6 @@ pytest.importorskip("onnxscript")
 SMALL = 64
 HEAVY = {"darknet53", "resnet101", "resnet152"}  # > 10 s to export on 2 busy cores
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in bk.list_models()]
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def with_random_bn_statistics(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def run_onnx(path, x: torch.Tensor) -> list[np.ndarray]:
