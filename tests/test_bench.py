@@ -59,12 +59,24 @@ def test_cli_bench_train_mode_runs(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["bench", "resnet18", "--variant", "fast"], "--variant for --mode infer must be among"),
     (["bench", "resnet18", "--compare", "keras:resnet50", "--input-size", "32", "--batch-size", "2"],
-     "timm:NAME or torchvision:NAME"),
+     "cannot import module 'keras'"),
     (["bench", "resnet99"], "resnet99"),
     (["bench", "resnet18", "--mode", "train", "--batch-size", "1"], "needs --batch-size >= 2"),
     (["bench", "resnet18", "--device", "gpu"], "--device must be cpu or cuda"),
 ])
 def test_cli_bench_bad_input_is_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "resnet18", "--compare", "resnet18"], "named once, found resnet18 more than once"),
+    (["bench", "resnet18", "--threads", "-1"], "--threads must be >= 1, found -1"),
+    (["bench", "resnet18", "--compare", "timm:nonexist", "--input-size", "32", "--batch-size", "2", "--repeats", "1"],
+     "unknown timm model 'nonexist'"),
+])
+def test_cli_bench_more_bad_input(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -95,3 +95,12 @@ def test_cli_export_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_export_writes_atomically_with_the_usual_mode(tmp_path):
+    path = export_model(bk.create_model("resnet18", num_classes=3), tmp_path / "r18.pt", format="torchscript",
+                        input_size=32)
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # mkstemp's private mode is not left on the file
+    assert [p.name for p in tmp_path.iterdir()] == ["r18.pt"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="expected a file path to write, found a folder"):
+        export_model(bk.create_model("resnet18", num_classes=3), tmp_path, format="torchscript", input_size=32)

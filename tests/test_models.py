@@ -354,3 +354,22 @@ def test_pretrained_into_a_model_without_classifier(name, tmp_path):
     headless = bk.create_model(name, num_classes=0, pretrained=path).eval()
     x = torch.randn(1, 3, SMALL, SMALL)
     torch.testing.assert_close(headless(x), full.forward_head(full.forward_features(x), pre_logits=True))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_classes=-1), "num_classes must be an integer >= 0, found -1"),
+    (dict(num_classes=2.5), "num_classes must be an integer >= 0, found 2.5"),
+    (dict(in_chans=0), "in_chans must be an integer >= 1, found 0"),
+    (dict(features_only=True, out_indices=[1.7, 2.2, 3]), "out_indices must be a sequence of integers"),
+    (dict(features_only=True, out_indices=3), "out_indices must be a sequence of integers, found 3"),
+])
+def test_bad_numbers_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bk.create_model("resnet18", **kwargs)
+
+
+def test_as_features_twice_is_refused():
+    model = bk.create_model("resnet18", features_only=True)
+    with pytest.raises(ValueError, match="already features_only"):
+        model.as_features((1, 2))
+    assert model(torch.randn(1, 3, SMALL, SMALL))[-1].shape[1] == 512  # still intact

@@ -388,3 +388,40 @@ def test_scheduler_and_optimizer_state_survive_a_weights_only_checkpoint(tmp_pat
             o.step()
             s.step()
         assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+
+
+def test_onecycle_keeps_the_given_momentum():
+    from backbonekit.train.engine import build_optimizer, build_scheduler
+
+    model = create_model("resnet18", num_classes=2)
+    for momentum in (0.0, 0.5, 0.9):
+        optimizer = build_optimizer("sgd", model, 0.1, 0.0, momentum)
+        build_scheduler("onecycle", optimizer, 0.1, 2, 5)
+        assert all(group["momentum"] == momentum for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8])
+def test_onecycle_works_for_short_runs(total_steps):
+    from backbonekit.train.engine import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer("sgd", create_model("resnet18", num_classes=2), 0.1, 0.0)
+    scheduler = build_scheduler("onecycle", optimizer, 0.1, 1, total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
+
+
+def test_batch_size_one_is_refused():
+    with pytest.raises(ValueError, match="batch_size must be >= 2, found 1"):
+        TrainConfig(batch_size=1).validate()
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(model="resnet18", dataset="fake:64", epochs=1, batch_size=16, image_size=32, out=str(out),
+                      device="cpu"), log=lambda _: None)
+    with pytest.raises(ValueError, match="cannot change epochs when resuming"):
+        train(TrainConfig(resume=str(out), epochs=5, device="cpu"), log=lambda _: None)

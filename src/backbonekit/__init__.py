@@ -44,6 +44,8 @@ def create_model(
     from . import weights
 
     builder = model_entrypoint(name)
+    _check_count("num_classes", num_classes, minimum=0)
+    _check_count("in_chans", in_chans, minimum=1)
     if output_stride is not None:
         kwargs["output_stride"] = output_stride
     if out_indices is not None and not features_only:
@@ -70,6 +72,11 @@ def create_model(
 
         optimize_for_inference(model)
     return model
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, found {value!r}")
 
 
 def optimize_for_inference(model: Backbone, **kwargs: Any) -> Backbone:

@@ -102,21 +102,14 @@ def run_benchmark(candidates: list[Candidate], batch_size: int, *, warmup: int =
 
 # -- what to time -----------------------------------------------------------------------------------
 def build_reference(spec: str, num_classes: int = 1000) -> nn.Module:
-    """A model from a spec: ``darknet53`` (backbonekit), ``timm:darknet53``, ``torchvision:resnet50``."""
-    source, _, name = spec.rpartition(":")
-    if source in ("", "backbonekit"):
-        from . import create_model
+    """A model from a MODEL spec, resolved like ``backbonekit profile``'s: ``darknet53`` (backbonekit,
+    also ``backbonekit:darknet53``), ``timm:NAME``, ``torchvision:NAME`` or ``module.path:callable`` (built as it comes); unknown names raise
+    KeyError."""
+    from .profiler import resolve_model
 
-        return create_model(name, num_classes=num_classes)
-    if source == "timm":
-        import timm
-
-        return timm.create_model(name, num_classes=num_classes, pretrained=False)
-    if source == "torchvision":
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    raise ValueError(f"model spec must be NAME, timm:NAME or torchvision:NAME, found {spec!r}")
+    spec = spec.removeprefix("backbonekit:")
+    is_callable = ":" in spec and spec.partition(":")[0] not in ("timm", "torchvision")
+    return resolve_model(spec, num_classes=None if is_callable else num_classes)[0]
 
 
 def flop_per_image(model: nn.Module, input_size: int, *, train: bool = False,
@@ -336,6 +329,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--variant for --mode {args.mode} must be among {', '.join(allowed)}, found {', '.join(bad)}")
     if args.repeats < 1 or args.warmup < 0 or args.input_size < 1 or min(args.batch_size) < 1:
         raise ValueError("--repeats, --input-size and --batch-size must be positive and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, found {args.threads}")
+    specs = list(args.models) + list(args.compare or [])
+    repeated = sorted({m for m in specs if specs.count(m) > 1} | {v for v in args.variant if args.variant.count(v) > 1})
+    if repeated:
+        raise ValueError(f"each model and variant may be named once, found {', '.join(repeated)} more than once")
     if args.mode == "train" and min(args.batch_size) < 2:
         raise ValueError(f"--mode train needs --batch-size >= 2 (BatchNorm), found {min(args.batch_size)}")
     try:

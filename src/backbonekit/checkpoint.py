@@ -44,19 +44,28 @@ def load_file(path: str | os.PathLike) -> Any:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write ``path`` through: a temporary file in the same folder, fsynced and renamed
-    over ``path`` only when the block ends without an exception (for formats other than ``torch.save``)."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; fsynced and renamed over ``path`` only when the
+    block ends without an exception (for writers that take a path, such as ONNX export)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"expected a file path to write, found a folder: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file what open() would
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through :func:`atomic_path` (for formats other than ``torch.save``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f

@@ -22,11 +22,8 @@ COMMAND_MODULES = (
     "backbonekit.bench",
 )
 
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, CheckpointError)
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported as one line, exit code 2."""
+# what bad input or a bad environment raises: reported as one line, exit code 2
+USER_ERRORS = (ValueError, KeyError, OSError, CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ImportError as exc:  # an optional dependency (onnxruntime, timm, ...) is not installed
+        print(f"backbonekit {args.command}: error: {error_line(exc)} (install it, or pip install "
+              f"'backbonekit[dev]' for every optional dependency)", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"backbonekit {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2

@@ -15,13 +15,14 @@ import argparse
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .checkpoint import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18
@@ -58,7 +59,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "on
         check(example)  # a one-line error for a size the network cannot take, before tracing
     fuse_batchnorm(model, example)
     writer = _write_onnx if format == "onnx" else _write_torchscript
-    with _temporary_sibling(path) as tmp:
+    with atomic_path(path) as tmp:
         writer(model, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
     return path
 
@@ -92,18 +93,6 @@ def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def _temporary_sibling(path: Path):
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def classes_in_weights(path: str | os.PathLike) -> int:

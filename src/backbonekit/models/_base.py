@@ -92,14 +92,16 @@ class Backbone(nn.Module):
         """Work between two stages that belongs to no stage (ResNet's maxpool before layer1)."""
         return x
 
-    def forward_levels(self, x: Tensor) -> list[Tensor]:
-        """Outputs of the stem and of every (kept) stage, shallow to deep."""
+    def forward_levels(self, x: Tensor, indices: tuple[int, ...] | None = None) -> list[Tensor]:
+        """Outputs of the stem (index 0) and of every kept stage, shallow to deep; only ``indices`` if given
+        (the other maps are freed as soon as the next stage has run)."""
         x = self.forward_stem(x)
-        outputs = [x]
+        outputs = [x] if indices is None or 0 in indices else []
         for i, stage in enumerate(self.stage_modules()):
             x = self.enter_stage(i, x)
             x = stage(x)
-            outputs.append(x)
+            if indices is None or i + 1 in indices:
+                outputs.append(x)
         return outputs
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -113,8 +115,7 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         self.check_input(x)
         if self.features_only:
-            levels = self.forward_levels(x)
-            return [levels[i] for i in self.out_indices]
+            return self.forward_levels(x, self.out_indices)
         return self.forward_head(self.forward_features(x))
 
     def as_features(self, out_indices: tuple[int, ...] | list[int] | None = None) -> "Backbone":
@@ -123,10 +124,15 @@ class Backbone(nn.Module):
         Stages deeper than the deepest requested index and the classifier head are removed,
         so the module holds exactly the parameters it uses (what DDP and profilers expect).
         """
+        if self.features_only:
+            raise ValueError("as_features expects a classification model, found one that is already features_only")
         num_levels = len(self.feature_info)
         if out_indices is None:
             out_indices = tuple(range(num_levels - 3, num_levels))
-        out_indices = tuple(int(i) for i in out_indices)
+        if not isinstance(out_indices, (tuple, list)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+            raise ValueError(f"out_indices must be a sequence of integers, found {out_indices!r}")
+        out_indices = tuple(out_indices)
         bad = [i for i in out_indices if not 0 <= i < num_levels]
         if not out_indices or bad or len(set(out_indices)) != len(out_indices):
             raise ValueError(

@@ -81,13 +81,10 @@ def run_train(args: argparse.Namespace) -> int:
         from .launch import launch_local
 
         return launch_local(cfg)
-    import torch
 
     from . import dist
     from .trainer import train
 
-    # denormal floats make the first CPU steps of a zero-initialised residual net several times slower
-    torch.set_flush_denormal(True)
     try:
         train(cfg)
     finally:

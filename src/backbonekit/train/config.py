@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..checkpoint import atomic_open
+
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,12 +68,13 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_MODES)
-        for name in ("epochs", "batch_size", "nproc"):
+        for name in ("epochs", "nproc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        for name in ("lr",):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
+        if self.batch_size < 2:  # BatchNorm cannot train on one image
+            raise ValueError(f"batch_size must be >= 2, found {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, found {self.lr}")
         for name in ("weight_decay", "label_smoothing", "grad_clip", "warmup_epochs", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
@@ -161,4 +164,5 @@ def write_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 
     data = cfg.to_dict()
     data["resume"] = None  # the file describes the run, not how this process was started
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with atomic_open(path) as f:
+        f.write(yaml.safe_dump(data, sort_keys=False).encode("utf-8"))

@@ -79,8 +79,11 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, epoc
     """Per-step schedules: ``onecycle`` (torchvision's OneCycleLR) or ``cosine`` with linear warm-up."""
     total = epochs * steps_per_epoch
     if name == "onecycle":
+        if total < 4:  # too short for two phases: OneCycleLR divides by the length of each
+            return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        # the warm-up phase needs at least two steps; cycle_momentum=False keeps the given --momentum / betas
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
-                                                   pct_start=0.25)
+                                                   pct_start=max(0.25, 2 / total), cycle_momentum=False)
     if name == "cosine":
         warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch))) if total > 1 else 0
         return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(warmup, 0), total))
@@ -138,7 +141,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
             elapsed = time.perf_counter() - start
             progress.update(1)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%",
-                                 img_s=f"{seen * dist.world_size() / max(elapsed, 1e-9):.0f}")
+                                 img_s=f"{seen * dist.world_size() / max(elapsed, 1e-9):.0f}", refresh=False)
     total_loss, correct, seen = dist.sum_values(total_loss, correct, seen)
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
 

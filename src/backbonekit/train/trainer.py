@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import dataclasses
 import os
 import re
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import create_model
 from ..optimize import prepare_for_training
-from ..checkpoint import CheckpointError, atomic_save, load_file
+from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
@@ -24,6 +25,7 @@ from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
+RESUME_MAY_CHANGE = frozenset({"resume", "device", "workers", "nproc"})
 
 
 @dataclass
@@ -90,12 +92,12 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
 
 def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
     """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_open(path) as f:
+        f.write(text.getvalue().encode("utf-8"))
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
@@ -158,6 +160,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
     saved config (only ``device``, ``workers`` and ``nproc`` are taken from ``cfg``).
     """
     device = resolve_device(cfg.device)
+    if device.type == "cpu":  # denormals make the first steps of a zero-initialised residual net several times slower
+        torch.set_flush_denormal(True)
     dist.setup(device.type)
     cfg, out, resumed = _resolve_run(cfg)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -216,7 +220,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
         lr = optimizer.param_groups[0]["lr"]
         stats = _train_epoch(model, batches("train", epoch), optimizer, scheduler, loss_fn, cfg, device,
                              amp_dtype, scaler, epoch, out)
-        ev = evaluate(model, batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
+        ev = evaluate(unwrap(model), batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": ev.loss,
                "val_top1": ev.top1, "val_top5": ev.top5, "lr": lr, "time_s": round(stats.seconds, 3)}
         history.append(row)
@@ -244,6 +248,11 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | 
             # shards, steps per epoch and the schedule's length all depend on the number of processes
             raise ValueError(f"cannot resume: the run was trained with {saved_world} process(es), found "
                              f"{dist.world_size()}; resume with the same number (--nproc / torchrun --nproc_per_node)")
+        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE
+                   and getattr(cfg, f.name) != f.default and getattr(cfg, f.name) != resumed["config"].get(f.name)]
+        if changed:
+            raise ValueError(f"cannot change {', '.join(changed)} when resuming: --resume continues the saved run "
+                             f"(only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change)")
         cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
                                   nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -348,6 +357,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
 
     if split not in ("test", "train"):
         raise ValueError(f"--split must be test or train, found {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
     dev = resolve_device(device)
     model, ckpt = load_trained_model(checkpoint, dev)
     prep = ckpt["preprocessing"]
