@@ -185,7 +185,7 @@ def init_weights(model: nn.Module, zero_init_residual_bn: list[nn.BatchNorm2d] |
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     for bn in zero_init_residual_bn or []:
