@@ -89,6 +89,14 @@ def gather_in_order(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     return (indices[order], *(t[order] for t in tensors))
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank; DDP only syncs them lazily,
+    at the start of the next forward through its wrapper."""
+    if is_distributed():
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if is_distributed():
         td.barrier()

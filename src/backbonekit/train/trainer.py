@@ -220,6 +220,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
         lr = optimizer.param_groups[0]["lr"]
         stats = _train_epoch(model, batches("train", epoch), optimizer, scheduler, loss_fn, cfg, device,
                              amp_dtype, scaler, epoch, out)
+        dist.broadcast_buffers(unwrap(model))  # every rank evaluates (and keeps) rank 0's BatchNorm statistics
         ev = evaluate(unwrap(model), batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": ev.loss,
                "val_top1": ev.top1, "val_top5": ev.top5, "lr": lr, "time_s": round(stats.seconds, 3)}
