@@ -107,6 +107,7 @@ def test_epoch_shards(n, world):
     assert sorted(torch.cat(evals).tolist()) == list(range(n))  # the set exactly once
     trains = [epoch_indices(n, shuffle=True, seed=0, epoch=1, rank=r, world=world) for r in range(world)]
     assert len({len(t) for t in trains}) == 1 and len(set(torch.cat(trains).tolist())) == len(torch.cat(trains))
+    assert len(torch.cat(trains)) == n - n % world  # only the tail that cannot be shared equally is dropped
     again = epoch_indices(n, shuffle=True, seed=0, epoch=1, rank=0, world=world)
     other = epoch_indices(n, shuffle=True, seed=0, epoch=2, rank=0, world=world)
     assert torch.equal(trains[0], again) and (n < 8 or not torch.equal(trains[0], other))
