@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
+from ._text import first_line
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: missing, corrupt, truncated or for another model."""
@@ -36,10 +37,9 @@ def load_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, disallowed global, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path}: expected a file written by torch.save "
-            f"(tensors and plain Python values only), found an unreadable file ({reason[:200]})"
+            f"(tensors and plain Python values only), found an unreadable file ({first_line(exc)})"
         ) from None
 
 

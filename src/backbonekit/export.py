@@ -97,13 +97,9 @@ def _quiet():
 
 def classes_in_weights(path: str | os.PathLike) -> int:
     """Number of classifier outputs in a weights file (0 when it has no classifier)."""
-    from .weights import read_weights
+    from .weights import num_classes_in, read_weights
 
-    state, _ = read_weights(path)
-    for key in ("head.fc.weight", "fc.weight"):
-        if key in state:
-            return int(state[key].shape[0])
-    return 0
+    return num_classes_in(read_weights(path)[0])
 
 
 def build_for_export(name: str, *, weights: str | None = None, num_classes: int | None = None,

@@ -30,6 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._text import first_line
+
 DEFAULT_INPUT_SIZE = 224  # for models that do not say which resolution they were made for
 FORMATS = ("table", "json", "csv", "markdown")
 MIB = 2**20
@@ -316,9 +318,8 @@ def _run_forward(model: nn.Module, x: Tensor) -> Any:
     try:
         return model(x)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"forward failed on an input of shape {tuple(x.shape)} (too small for the model's "
-                         f"stride, or wrong channels?): {first_line}") from exc
+                         f"stride, or wrong channels?): {first_line(exc)}") from exc
 
 
 def profile_model(model: nn.Module, input_size: int | tuple[int, int] = DEFAULT_INPUT_SIZE, *, batch_size: int = 1,

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ._text import few, first_line
 from .checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from .models.darknet import DARKNET_SLOPE
 
@@ -108,7 +109,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             state = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:  # bad JSON header, truncated data, ...
         raise CheckpointError(f"cannot read {path}: expected a valid safetensors file, found "
-                              f"an unreadable one ({_first_line(exc)})") from None
+                              f"an unreadable one ({first_line(exc)})") from None
     meta: dict[str, Any] = {"format": "safetensors", "backbone_only": header.get("backbone_only") == "true"}
     if header.get("model"):
         meta["model"] = header["model"]
@@ -137,14 +138,9 @@ def write_safetensors(state: Mapping[str, Tensor], path: str | os.PathLike, mode
     try:
         data = safetensors.torch.save(tensors, metadata=metadata)
     except Exception as exc:  # shared storage, unsupported dtype
-        raise CheckpointError(f"cannot write {path} as safetensors: {_first_line(exc)}") from None
+        raise CheckpointError(f"cannot write {path} as safetensors: {first_line(exc)}") from None
     with atomic_open(path) as f:
         f.write(data)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def detect_layout(state: Mapping[str, Tensor]) -> str:
@@ -206,7 +202,7 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
     if missing or unexpected:
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__}: {len(missing)} missing keys "
-            f"{_few(missing)}, {len(unexpected)} unexpected keys {_few(unexpected)}"
+            f"{few(missing)}, {len(unexpected)} unexpected keys {few(unexpected)}"
         )
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if state[k].shape != own[k].shape]
     if wrong:
@@ -229,10 +225,6 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "chec
     kept = {k: v for k, v in state.items() if k not in skipped and k in own}
     model.load_state_dict(kept, strict=False)  # every key was checked above
     return skipped
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + "]"
 
 
 # -- conversion between formats ----------------------------------------------------------------
@@ -267,7 +259,8 @@ def output_format_for(path: str | os.PathLike) -> str:
                      f".conv.N, .safetensors, .pth, .pt or .ckpt, or an explicit format ({', '.join(OUTPUT_FORMATS)})")
 
 
-def _num_classes(state: Mapping[str, Tensor]) -> int:
+def num_classes_in(state: Mapping[str, Tensor]) -> int:
+    """Classifier outputs of a state_dict in this package's names (0 when it has no classifier)."""
     for key in ("head.fc.weight", "fc.weight"):
         if key in state:
             return int(state[key].shape[0])
@@ -280,9 +273,9 @@ def _build_on_meta(name: str, state: Mapping[str, Tensor], kwargs: Mapping[str, 
 
     try:
         with torch.device("meta"):
-            return create_model(name, num_classes=_num_classes(state), **kwargs)
+            return create_model(name, num_classes=num_classes_in(state), **kwargs)
     except TypeError as exc:  # an architecture argument recorded for another model
-        raise CheckpointError(f"cannot build {name} with the arguments {dict(kwargs)}: {_first_line(exc)}") from None
+        raise CheckpointError(f"cannot build {name} with the arguments {dict(kwargs)}: {first_line(exc)}") from None
 
 
 def infer_model_name(state: Mapping[str, Tensor], layout: str) -> str:
@@ -299,7 +292,7 @@ def infer_model_name(state: Mapping[str, Tensor], layout: str) -> str:
         return name
     raise CheckpointError(f"cannot tell which model these weights are for: expected the keys and shapes of one of "
                           f"{', '.join(list_models())}, found none that fits ({len(state)} tensors, keys like "
-                          f"{_few(sorted(state))}); name it with --model")
+                          f"{few(sorted(state))}); name it with --model")
 
 
 def _slope_notes(name: str, slope: float | None, dst_format: str) -> list[str]:
@@ -326,7 +319,7 @@ def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, dst_form
     ``darknet53.conv.74``; backbonekit and safetensors: marked ``backbone_only`` so that
     ``create_model`` leaves the classifier initialised).
     """
-    backbone_only = _num_classes(state) == 0
+    backbone_only = num_classes_in(state) == 0
     if dst_format == "darknet":
         from .darknet_weights import write_darknet_weights
 
@@ -368,7 +361,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     layout = detect_layout(state)
     if layout == "unknown":
         raise CheckpointError(f"cannot convert {src}: expected darknet53 (timm or backbonekit names) or ResNet-style "
-                              f"keys, found keys like {_few(sorted(state))}")
+                              f"keys, found keys like {few(sorted(state))}")
     state = to_backbonekit(state, layout)
     if model and meta.get("model") and model != meta["model"]:
         raise CheckpointError(f"{src} records weights for {meta['model']}, found --model {model}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._text import first_line
 from ..checkpoint import atomic_open
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -132,8 +133,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"cannot parse config file {path}: {first}") from None
+        raise ValueError(f"cannot parse config file {path}: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .. import create_model
 from ..optimize import prepare_for_training
+from .._text import few
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from . import dist
 from .config import TrainConfig, write_config
@@ -366,8 +367,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     name = dataset or prep["dataset"]
     data = load_dataset(name, data_dir, prep["image_size"], 0, False, download)
     if data.classes != prep["classes"]:
-        raise ValueError(f"dataset {name} has classes {_few(data.classes)}, the checkpoint was trained on "
-                         f"{_few(prep['classes'])}")
+        raise ValueError(f"dataset {name} has classes {few(data.classes, 4)}, the checkpoint was trained on "
+                         f"{few(prep['classes'], 4)}")
     data.mean, data.std = tuple(prep["mean"]), tuple(prep["std"])
     if split == "train":
         data.val = data.train
@@ -382,8 +383,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     return ev
 
 
-def _few(items: Sequence[str], n: int = 4) -> str:
-    return "[" + ", ".join(items[:n]) + (", ..." if len(items) > n else "") + "]"
 
 
 def load_image(path: str | os.PathLike, size: int) -> Tensor:
