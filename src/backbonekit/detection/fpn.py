@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
-from .models import Backbone
+from ..models import Backbone
 
 
 class BackboneWithFPN(nn.Module):
@@ -36,7 +36,7 @@ class BackboneWithFPN(nn.Module):
 def fpn_backbone(name: str, *, out_channels: int = 256, out_indices: Sequence[int] | None = None,
                  extra_blocks: ExtraFPNBlock | None = None, **kwargs: Any) -> BackboneWithFPN:
     """``create_model(name, features_only=True, ...)`` wrapped with an FPN, ready for torchvision detectors."""
-    from . import create_model
+    from .. import create_model
 
     body = create_model(name, features_only=True, out_indices=out_indices, **kwargs)
     return BackboneWithFPN(body, out_channels, extra_blocks)
