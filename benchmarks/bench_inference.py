@@ -31,7 +31,7 @@ from backbonekit.bench import (  # noqa: E402
     matmul_candidates,
     run_benchmark,
 )
-from results_file import load_note, write_section  # noqa: E402
+from results_file import CpuWatch, load_note, write_section  # noqa: E402
 
 REFERENCE = "timm:darknet53 eager"
 # (model spec, variant, what it is)
@@ -79,13 +79,15 @@ def main() -> None:
     env_before = environment(device)
     candidates, notes = build(set(args.skip), args.input_size, args.batch_size)
     try:
-        results = run_benchmark(candidates, args.batch_size, warmup=args.warmup, repeats=args.repeats)
+        with CpuWatch() as watch:
+            results = run_benchmark(candidates, args.batch_size, warmup=args.warmup, repeats=args.repeats)
     finally:
         for c in candidates:
             if c.cleanup:
                 c.cleanup()
     env = environment(device)
     env["load_average_before"] = env_before.get("load_average_1_5_15")
+    env["others_cores"] = watch.others_cores
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
     text = report(results, notes, env, args)
     print(text)
@@ -113,7 +115,7 @@ def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace) 
         + ", ".join(f"{r.label.split()[0]} {r.gflops:.0f} ({r.gflops * r.images_per_s_min / r.images_per_s_median:.0f}-"
                     f"{r.gflops * r.images_per_s_max / r.images_per_s_median:.0f})" for r in matmuls)
         + f"; the last column divides by the higher median ({best.label.split()[0]}, {best_peak:.0f} GFLOP/s).",
-        load_note(env["load_average_before"], env["cpu_count"], matmul=True),
+        load_note(env["others_cores"], env["cpu_count"], matmul=True),
         "",
         "| candidate | images/s median (min-max) | vs timm eager | latency p50 / p90 ms | GMACs/img | GFLOP/s "
         "| of matmul peak |",

@@ -44,7 +44,7 @@ from backbonekit.optimize import (  # noqa: E402
     prepare_for_training,
     training_autocast,
 )
-from results_file import load_note, write_section  # noqa: E402
+from results_file import CpuWatch, load_note, write_section  # noqa: E402
 
 NUM_CLASSES, SIZE, BATCH, LR = 10, 32, 64, 1e-3
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -163,10 +163,12 @@ def main() -> None:
     for trainer in trainers:
         for _ in range(args.warmup):
             trainer.step(record=False)
-    for _ in range(args.repeats):
-        for trainer in trainers:
-            trainer.step()
+    with CpuWatch() as watch:
+        for _ in range(args.repeats):
+            for trainer in trainers:
+                trainer.step()
     env = environment(torch.device("cpu"))
+    env["others_cores"] = watch.others_cores
     env["load_average_before"] = env_before.get("load_average_1_5_15")
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
     text = report(trainers, env, args)
@@ -187,7 +189,7 @@ def report(trainers: list[Trainer], env: dict, args: argparse.Namespace) -> str:
         f"{env['device']}, {env['torch_threads']} torch threads, torch {env['torch']}, "
         f"OMP_WAIT_POLICY {env['OMP_WAIT_POLICY']}, load average (1/5/15 min) before {env['load_average_before']}, "
         f"after {env.get('load_average_1_5_15')}; {args.repeats} interleaved steps each after {args.warmup} warm-up.",
-        load_note(env["load_average_before"], env["cpu_count"]),
+        load_note(env["others_cores"], env["cpu_count"]),
         "",
         f"| variant | images/s median (min-max) | vs {reference.label} | "
         + " | ".join(f"{p} ms" for p in PHASES) + " |",
