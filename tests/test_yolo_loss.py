@@ -327,6 +327,17 @@ def test_loss_falls_and_the_optimised_outputs_decode_onto_the_box() -> None:
     assert classes[scores.argmax()].item() == 2 and scores.max() > 0.5
 
 
+def test_half_precision_outputs_are_scored_in_float32() -> None:
+    c = 2
+    levels = [r.to(torch.bfloat16) for r in randn_levels(2, 64, c)]
+    targets = [target([box_cxcywh(20, 44, 32, 56)], [1]), target([box_cxcywh(40, 20, 10, 14)], [0])]
+    half, grads = loss_and_grads(YOLOv3Loss(num_classes=c), levels, targets)
+    full = YOLOv3Loss(num_classes=c)([r.double() for r in levels], targets)
+    assert half["loss"].dtype == torch.float32 and grads[0].dtype == torch.bfloat16
+    for key in full:
+        assert half[key].item() == pytest.approx(full[key].item(), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces and bad input
 # ---------------------------------------------------------------------------------------------

@@ -125,9 +125,10 @@ def _level_targets(flat: FlatTargets, xy: Tensor, wh: Tensor, best: Tensor, scal
     winner.scatter_reduce_(0, slot, gt, reduce="amax")
     keep = winner[slot] == gt
     # class targets: every box in a slot adds its class to the winner's row
+    kept = int(keep.sum())
     row_of_slot = torch.full_like(winner, -1)
-    row_of_slot[slot[keep]] = torch.arange(int(keep.sum()), device=best.device)
-    classes = torch.zeros(int(keep.sum()), num_classes, device=xy.device, dtype=xy.dtype)
+    row_of_slot[slot[keep]] = torch.arange(kept, device=best.device)
+    classes = torch.zeros(kept, num_classes, device=xy.device, dtype=xy.dtype)
     classes[row_of_slot[slot], flat.labels[gt]] = 1
     g = gt[keep]
     cell = torch.stack((col[keep], row[keep]), 1).to(xy.dtype)

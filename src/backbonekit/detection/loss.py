@@ -101,6 +101,8 @@ class YOLOv3Loss(nn.Module):
         """The loss parts (``loss_xy``, ``loss_wh``, ``loss_obj``, ``loss_noobj``, ``loss_cls``),
         each already weighted and divided by the number of images, and their sum ``loss``."""
         input_size = self._check(levels, targets)
+        # half-precision outputs (autocast) are scored in float32: log-size targets and IoUs need it
+        levels = [r.float() if r.dtype in (torch.float16, torch.bfloat16) else r for r in levels]
         ref = levels[0]
         flat = flatten_targets(targets, self.num_classes, ref.device, ref.dtype)
         grids = [(int(r.shape[2]), int(r.shape[3])) for r in levels]
