@@ -247,7 +247,7 @@ def load_rgb(path: str):
             return Image.open(f).convert("RGB")
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
         raise BadImageError(f"cannot read image {path}: {type(exc).__name__}: {first_line(exc)} "
-                            f"(the file changed or is damaged after the folder was checked)") from None
+                            f"(damaged past its header, or changed after the folder was checked)") from None
 
 
 def probe_image(path: str) -> str | None:
