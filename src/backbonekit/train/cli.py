@@ -40,6 +40,7 @@ FLAG_HELP = {
     "zero_init_residual": "zero the last BatchNorm of each residual branch when training from scratch",
     "sync_bn": "SyncBatchNorm across processes (distributed runs)",
     "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel)",
+    "skip_bad_images": "imagefolder: leave out files that are not readable images (default: refuse the folder)",
 }
 
 
@@ -116,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              log=(lambda _: None) if quiet else print)
     if quiet:
         print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "count": ev.count, "loss": ev.loss,
-                          "top1": ev.top1, "top5": ev.top5}, indent=2))
+                          **ev.accuracies()}, indent=2))
     return 0
 
 

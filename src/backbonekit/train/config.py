@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,32 +60,31 @@ class TrainConfig:
     zero_init_residual: bool = True
     sync_bn: bool = False
     nproc: int = 1
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise one-line ValueErrors for values no run can use."""
+        """Raise one-line ValueErrors for values no run can use (NaN fails every range check)."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_MODES)
         for name in ("epochs", "nproc"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if self.batch_size < 2:  # BatchNorm cannot train on one image
-            raise ValueError(f"batch_size must be >= 2, found {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, found {self.lr}")
-        for name in ("weight_decay", "label_smoothing", "grad_clip", "warmup_epochs", "workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"label_smoothing must be < 1, found {self.label_smoothing}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, found {self.image_size}")
-        if self.crop_padding is not None and self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, found {self.crop_padding}")
+            _in_range(name, getattr(self, name), 1)
+        _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
+        _in_range("lr", self.lr, 0, low_open=True)
+        _in_range("momentum", self.momentum, 0, high=1)  # >= 1: the velocity never decays and SGD diverges
+        _in_range("label_smoothing", self.label_smoothing, 0, high=1)
+        for name in ("weight_decay", "grad_clip", "warmup_epochs", "workers"):
+            _in_range(name, getattr(self, name), 0)
+        if self.image_size is not None:
+            _in_range("image_size", self.image_size, 8)
+        if self.crop_padding is not None:
+            _in_range("crop_padding", self.crop_padding, 0)
+            if self.image_size is not None:
+                check_crop_padding(self.crop_padding, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,18 +95,43 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, found {value!r}")
 
 
+def _in_range(name: str, value: float, low: float, *, high: float = math.inf, low_open: bool = False) -> None:
+    """``low <= value < high`` (``low < value`` when ``low_open``) and finite, written so that NaN fails."""
+    ok = (value > low if low_open else value >= low) and value < high and math.isfinite(value)
+    if not ok:
+        if high < math.inf:
+            expected = f"in {'(' if low_open else '['}{low:g}, {high:g})"
+        else:
+            expected = f"{'>' if low_open else '>='} {low:g}" + ("" if isinstance(value, int) else " and finite")
+        raise ValueError(f"{name} must be {expected}, found {value}")
+
+
+def check_crop_padding(padding: int, image_size: int) -> None:
+    """A crop must keep part of the image: padding >= size gives blank crops and a padded copy of the
+    split that grows with the square of the padding."""
+    if not 0 <= padding < image_size:
+        raise ValueError(f"crop_padding must be in [0, image_size) = [0, {image_size}), found {padding}")
+
+
 def config_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Check a config-file value against the field's type (YAML already parsed it)."""
+def _coerce(name: str, value: Any, where: str = "") -> Any:
+    """Check a config-file value against the field's type (YAML already parsed it).
+
+    Numeric strings are read as numbers for numeric keys: PyYAML follows YAML 1.1, where ``1e-3`` (no dot)
+    is a string, not a float. ``where`` (``FILE`` or ``FILE:LINE``) goes into the error message.
+    """
     default = TrainConfig.__dataclass_fields__[name].default
     annotation = str(TrainConfig.__dataclass_fields__[name].type)
+    place = f" in {where}" if where else ""
     if value is None:
         if "None" in annotation:
             return None
-        raise ValueError(f"config key {name!r} cannot be empty (expected a value like {default!r})")
+        raise ValueError(f"config key {name!r}{place} cannot be empty (expected a value like {default!r})")
+    if annotation.startswith(("int", "float")) and isinstance(value, str):
+        value = _number(name, value, annotation, place)
     if annotation.startswith("bool"):
         ok = isinstance(value, bool)
     elif annotation.startswith("int"):
@@ -118,8 +143,26 @@ def _coerce(name: str, value: Any) -> Any:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
     if not ok:
-        raise ValueError(f"config key {name!r} expects {annotation}, found {type(value).__name__} {value!r}")
+        raise ValueError(f"config key {name!r}{place} expects {annotation}, found {type(value).__name__} {value!r}")
     return value
+
+
+def _number(name: str, text: str, annotation: str, place: str) -> int | float:
+    """A numeric string as the key's type: ``"1e-3"`` -> 0.001 for floats, ``"64"`` -> 64 for integers."""
+    try:
+        return int(text.strip()) if annotation.startswith("int") else float(text.strip())
+    except ValueError:
+        raise ValueError(f"config key {name!r}{place} expects {annotation}, found str {text!r}") from None
+
+
+def _yaml_key_lines(text: str) -> dict[str, int]:
+    """1-based line of each top-level key of a YAML mapping (for error messages); empty if not a mapping."""
+    import yaml
+
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -130,19 +173,21 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
+    is_json = path.suffix.lower() == ".json"
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+        lines = {} if is_json else _yaml_key_lines(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot parse config file {path}: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
-    unknown = sorted(set(data) - set(config_keys()))
+    unknown = sorted(set(data) - set(config_keys()), key=str)
     if unknown:
         raise ValueError(f"unknown keys in {path}: {', '.join(map(str, unknown))} "
                          f"(known: {', '.join(config_keys())})")
-    return {k: _coerce(k, v) for k, v in data.items()}
+    return {k: _coerce(k, v, f"{path}:{lines[k]}" if k in lines else str(path)) for k, v in data.items()}
 
 
 def resolve_config(config_file: str | os.PathLike | None = None,

@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._text import few, first_line
+from .config import check_crop_padding
+
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed: results stay comparable across --seed
 DIGITS_TEST_FRACTION = 0.2
 FOLDER_VAL_FRACTION = 0.2
+PROBE_CHUNK = 256  # image headers read per task of the thread pool that checks a folder
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageFolder data: no pass over the files to measure statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_FILES = {
@@ -92,12 +97,22 @@ class DataBundle:
 # -- loading ------------------------------------------------------------------------------------
 
 def load_dataset(name: str, data_dir: str | os.PathLike = "data", image_size: int | None = None,
-                 crop_padding: int | None = None, hflip: bool | None = None, download: bool = True) -> DataBundle:
+                 crop_padding: int | None = None, hflip: bool | None = None, download: bool = True, *,
+                 skip_bad_images: bool = False, log: Callable[[str], None] | None = None) -> DataBundle:
     """Load ``digits``, ``cifar10``, ``cifar100``, ``fake[:N]`` or ``imagefolder:PATH``.
 
     ``None`` arguments take the dataset's defaults: CIFAR crop padding 4 with flips, digits a 2-pixel
     translation without flips (a flipped digit is another symbol), 32x32 for the in-memory sets.
+    An image folder's files are checked when it is indexed: unreadable ones are refused (one line naming
+    them), or left out with ``skip_bad_images`` (``log`` gets the count).
     """
+    if name.startswith("imagefolder:"):
+        size = image_size or 224
+        padding = crop_padding if crop_padding is not None else size // 8
+        check_crop_padding(padding, size)
+        bundle = _image_folder(Path(name.split(":", 1)[1]), size, padding, True if hflip is None else hflip,
+                               skip_bad_images, log)
+        return _check_classes(bundle)
     if name == "digits":
         train, val, classes = _digits()
         defaults = (32, 2, False)
@@ -107,20 +122,24 @@ def load_dataset(name: str, data_dir: str | os.PathLike = "data", image_size: in
     elif name == "fake" or name.startswith("fake:"):
         train, val, classes = _fake(name)
         defaults = (32, 2, True)
-    elif name.startswith("imagefolder:"):
-        size = image_size or 224
-        return _image_folder(Path(name.split(":", 1)[1]), size,
-                             crop_padding if crop_padding is not None else size // 8,
-                             True if hflip is None else hflip)
     else:
         raise ValueError(f"unknown dataset {name!r}: expected digits, cifar10, cifar100, fake, fake:N "
                          f"or imagefolder:PATH")
     size = image_size or defaults[0]
+    padding = defaults[1] if crop_padding is None else crop_padding
+    check_crop_padding(padding, size)  # before the padded copy of the split is made
     train, val = _resize(train, size), _resize(val, size)
     mean, std = channel_stats(train.images)
-    return DataBundle(name, classes, train, val, size, mean, std,
-                      defaults[1] if crop_padding is None else crop_padding,
-                      defaults[2] if hflip is None else hflip)
+    return _check_classes(DataBundle(name, classes, train, val, size, mean, std, padding,
+                                     defaults[2] if hflip is None else hflip))
+
+
+def _check_classes(data: DataBundle) -> DataBundle:
+    """A classifier needs two classes at least: with one, every prediction is right and accuracy reads 100%."""
+    if data.num_classes < 2:
+        raise ValueError(f"dataset {data.name} has {data.num_classes} class {few(data.classes)}: classification "
+                         f"needs at least 2 (an image folder needs one subfolder per class)")
+    return data
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -203,10 +222,85 @@ class _Subset(Dataset):
         return self.dataset[self.indices[i]]
 
 
-def _image_folder(path: Path, size: int, crop_padding: int, hflip: bool) -> DataBundle:
+class BadImageError(ValueError):
+    """An image file that cannot be decoded.
+
+    Raised in DataLoader workers too: the DataLoader re-raises a worker's exception in the main process as
+    ``type(exc)("Caught ... Original Traceback ...")``; this class keeps only the original message, so the
+    user sees one line, not a worker traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message:
+            lines = [line for line in message.splitlines() if marker in line]
+            message = lines[-1].split(marker, 1)[1] if lines else first_line(Exception(message))
+        super().__init__(message)
+
+
+def load_rgb(path: str):
+    """torchvision's default loader (PIL, converted to RGB), failing with a one-line BadImageError."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+        raise BadImageError(f"cannot read image {path}: {type(exc).__name__}: {first_line(exc)} "
+                            f"(damaged past its header, or changed after the folder was checked)") from None
+
+
+def probe_image(path: str) -> str | None:
+    """Why PIL cannot read the file's header (format and size), or None when it can: cheap, no decoding."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+        return None if width > 0 and height > 0 else "empty image"
+    except Exception as exc:  # a header PIL cannot identify, or a decompression bomb
+        return f"{type(exc).__name__}: {first_line(exc, 80)}"
+
+
+def find_bad_images(paths: Sequence[str], threads: int | None = None) -> list[tuple[str, str]]:
+    """(path, reason) for every file whose header PIL cannot read; headers are read by a thread pool."""
+    chunks = [paths[i: i + PROBE_CHUNK] for i in range(0, len(paths), PROBE_CHUNK)]
+    threads = threads or min(16, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        reasons = pool.map(lambda chunk: [probe_image(p) for p in chunk], chunks)
+        found = [r for chunk in reasons for r in chunk]
+    return [(p, r) for p, r in zip(paths, found) if r is not None]
+
+
+def _checked_folder(root: Path, transform, skip_bad_images: bool, log: Callable[[str], None] | None):
+    """torchvision's ImageFolder over ``root`` after checking every file's header (see ``load_dataset``)."""
+    from torchvision import datasets
+
+    folder = datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
+    bad = find_bad_images([path for path, _ in folder.samples])
+    if not bad:
+        return folder
+    names = [os.path.relpath(path, root) for path, _ in bad]
+    if not skip_bad_images:
+        raise ValueError(f"imagefolder: {len(bad)} of {len(folder.samples)} files under {root} are not readable "
+                         f"images: {few(names)} ({bad[0][1]}); remove them or pass --skip-bad-images")
+    dropped = {path for path, _ in bad}
+    folder.samples = [(path, target) for path, target in folder.samples if path not in dropped]
+    folder.imgs, folder.targets = folder.samples, [target for _, target in folder.samples]
+    empty = [c for i, c in enumerate(folder.classes) if i not in set(folder.targets)]
+    if empty:
+        raise ValueError(f"imagefolder: no readable image left in class folder(s) {few(empty)} under {root} "
+                         f"after skipping {len(bad)} unreadable file(s)")
+    if log is not None:
+        log(f"imagefolder: skipped {len(bad)} unreadable image file(s) under {root}: {few(names)}")
+    return folder
+
+
+def _image_folder(path: Path, size: int, crop_padding: int, hflip: bool, skip_bad_images: bool = False,
+                  log: Callable[[str], None] | None = None) -> DataBundle:
     """PATH/train/CLASS/* and PATH/val/CLASS/*; without val/, a seeded stratified split of the images."""
     from sklearn.model_selection import train_test_split
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     if not path.is_dir():
         raise FileNotFoundError(f"imagefolder: expected a folder with CLASS/ subfolders at {path}, found none")
@@ -214,16 +308,18 @@ def _image_folder(path: Path, size: int, crop_padding: int, hflip: bool) -> Data
     tf = transforms.Compose([transforms.Resize((size, size), antialias=True), transforms.PILToTensor()])
     train_root = path / "train" if (path / "train").is_dir() else path
     try:
-        train = datasets.ImageFolder(str(train_root), transform=tf)  # default loader converts to RGB
+        train = _checked_folder(train_root, tf, skip_bad_images, log)
         if (path / "val").is_dir():
-            val = datasets.ImageFolder(str(path / "val"), transform=tf)
+            val = _checked_folder(path / "val", tf, skip_bad_images, log)
             if val.classes != train.classes:
                 raise ValueError(f"imagefolder: class folders differ between {train_root} and {path / 'val'}")
-        else:
+        elif len(train.classes) >= 2:
             idx = list(range(len(train.targets)))
             train_idx, val_idx = train_test_split(idx, test_size=FOLDER_VAL_FRACTION, stratify=train.targets,
                                                   random_state=DIGITS_SPLIT_SEED)
             train, val = _Subset(train, train_idx), _Subset(train, val_idx)
+        else:  # refused by _check_classes with its own message; no split to make
+            val = train
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"imagefolder: {' '.join(str(exc).split())}") from None
     classes = train.dataset.classes if isinstance(train, _Subset) else train.classes

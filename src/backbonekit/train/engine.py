@@ -27,17 +27,36 @@ class EpochStats:
     seconds: float
 
 
+TOPK = 5  # the second accuracy reported besides top-1, where it means something (see ``EvalResult``)
+
+
 @dataclass
 class EvalResult:
-    """Validation figures over the whole set (all ranks), predictions in dataset order."""
+    """Validation figures over the whole set (all ranks), predictions in dataset order.
+
+    ``top5`` is None with 5 classes or fewer: every label is then among the top 5 and it would read 100%.
+    """
 
     loss: float
     top1: float
-    top5: float
+    top5: float | None
     count: int
     indices: Tensor = field(repr=False)
     targets: Tensor = field(repr=False)
     preds: Tensor = field(repr=False)
+
+    def accuracies(self) -> dict[str, float]:
+        """``{"top1": ..., "top5": ...}``, without top5 where it is not reported."""
+        return {"top1": self.top1, **({} if self.top5 is None else {"top5": self.top5})}
+
+    def summary(self) -> str:
+        """``top1 97.50% top5 99.72%`` (top-5 only where reported), for log lines."""
+        return " ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracies().items())
+
+
+def reports_topk(num_classes: int, k: int = TOPK) -> bool:
+    """Top-k accuracy says something only with more than k classes."""
+    return num_classes > k
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
@@ -149,19 +168,21 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, device: torch.device,
              amp_dtype: torch.dtype | None = None, reduce: bool = True) -> EvalResult:
-    """Loss, top-1 and top-5 accuracy over every sample of the (sharded) set, each counted once.
+    """Loss, top-1 and top-5 accuracy (top-5 with more than 5 classes only) over every sample of the
+    (sharded) set, each counted once.
 
     ``reduce``: sum the figures and gather the predictions of all ranks (each rank passes its shard).
     """
     model.eval()
-    total_loss, top1, top5 = 0.0, 0, 0
+    total_loss, top1, top5, num_classes = 0.0, 0, 0, 0
     indices, targets, preds = [], [], []
     for x, y, idx in batches:
         with autocast(device, amp_dtype):
             logits = model(x)
         logits = logits.float()
         total_loss += float(loss_fn(logits, y)) * len(y)
-        k = min(5, logits.shape[1])
+        num_classes = logits.shape[1]
+        k = min(TOPK, num_classes)
         topk = logits.topk(k, dim=1).indices
         hits = topk == y[:, None]
         top1 += int(hits[:, 0].sum())
@@ -179,5 +200,6 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, device:
         order = indices_t.argsort()
         indices_t, targets_t, preds_t = indices_t[order], targets_t[order], preds_t[order]
     count = int(count)
-    return EvalResult(total_loss / max(count, 1), top1 / max(count, 1), top5 / max(count, 1), count,
+    top5_rate = top5 / max(count, 1) if reports_topk(num_classes) else None
+    return EvalResult(total_loss / max(count, 1), top1 / max(count, 1), top5_rate, count,
                       indices_t, targets_t, preds_t)

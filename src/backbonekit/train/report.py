@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from .data import DataBundle, Split
 from .engine import EvalResult
@@ -47,16 +48,24 @@ def write_evaluation(out: str | Path, ev: EvalResult, data: DataBundle, title: s
                                     output_dict=True, zero_division=0)
     (out / "classification_report.json").write_text(json.dumps(as_dict, indent=2), encoding="utf-8")
     (out / "eval.json").write_text(json.dumps({"title": title, "count": ev.count, "loss": ev.loss,
-                                               "top1": ev.top1, "top5": ev.top5}, indent=2), encoding="utf-8")
+                                               **ev.accuracies()}, indent=2), encoding="utf-8")
     plot_confusion_matrix(y_true, y_pred, data.classes, out / "confusion_matrix.png")
-    split = data.val
-    plot_predictions(images_at(split, ev.indices), ev.targets, ev.preds, data.classes, out / "predictions.png")
+    write_predictions_grid(data.val, ev, data.classes, out / "predictions.png")
 
 
-def images_at(split, indices: Tensor) -> Tensor:
-    """uint8 (N, 3, H, W) images of a split by dataset index, on the CPU."""
+def write_predictions_grid(split: Split | Dataset, ev: EvalResult, classes: Sequence[str], path: Path) -> None:
+    """predictions.png: decodes only the images drawn for the grid, whatever the split's size."""
+    positions = torch.tensor(select_for_grid(ev.targets, ev.preds, GRID_COLUMNS * GRID_ROWS), dtype=torch.long)
+    plot_predictions(images_at(split, ev.indices[positions]), ev.targets[positions], ev.preds[positions], classes,
+                     path, mistakes=int((ev.targets != ev.preds).sum()), total=len(ev.targets))
+
+
+def images_at(split: Split | Dataset, indices: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) images of a split by dataset index, on the CPU; reads only those indices."""
     if isinstance(split, Split):
         return split.images[indices.to(split.images.device)].cpu()
+    if len(indices) == 0:
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
     return torch.stack([split[int(i)][0] for i in indices])
 
 
@@ -79,9 +88,12 @@ def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes:
 
 
 def select_for_grid(targets: Tensor, preds: Tensor, count: int) -> list[int]:
-    """Up to half the grid are mistakes (if any), the rest correct predictions, in dataset order."""
-    wrong = (targets != preds).nonzero().flatten().tolist()
-    right = (targets == preds).nonzero().flatten().tolist()
+    """Up to half the grid are mistakes (if any), the rest correct predictions, in dataset order.
+
+    Only the first ``count`` of each kind become Python values: the cost stays flat in the split's size.
+    """
+    wrong = (targets != preds).nonzero().flatten()[:count].tolist()
+    right = (targets == preds).nonzero().flatten()[:count].tolist()
     chosen_wrong = wrong[: count // 2]
     chosen = chosen_wrong + right[: count - len(chosen_wrong)]
     if len(chosen) < count:
@@ -89,10 +101,14 @@ def select_for_grid(targets: Tensor, preds: Tensor, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Sequence[str], path: Path) -> None:
-    """A grid of test images titled with true and predicted labels; mistakes in red with a red frame."""
+def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Sequence[str], path: Path, *,
+                     mistakes: int | None = None, total: int | None = None) -> None:
+    """A grid of the given test images titled with true and predicted labels; mistakes in red with a red frame.
+
+    ``mistakes``/``total``: the figures of the whole evaluation for the title (default: of the images given).
+    """
     plt = _pyplot()
-    positions = select_for_grid(targets, preds, GRID_COLUMNS * GRID_ROWS)
+    positions = range(min(len(images), GRID_COLUMNS * GRID_ROWS))
     rows = max(1, (len(positions) + GRID_COLUMNS - 1) // GRID_COLUMNS)
     fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(GRID_COLUMNS * 1.6, rows * 2.3 + 0.4), squeeze=False)
     for ax in axes.flat:
@@ -108,8 +124,9 @@ def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Se
             for spine in ax.spines.values():
                 spine.set_edgecolor("red")
                 spine.set_linewidth(3)
-    n_wrong = int((targets != preds).sum())
-    fig.suptitle(f"Test predictions: {n_wrong} mistakes in {len(targets)} images (mistakes in red)", fontsize=10)
+    n_wrong = int((targets != preds).sum()) if mistakes is None else mistakes
+    n_total = len(targets) if total is None else total
+    fig.suptitle(f"Test predictions: {n_wrong} mistakes in {n_total} images (mistakes in red)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -117,7 +134,8 @@ def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Se
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
     with path.open(newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # an empty cell: a column some rows lack (val_top5 before/after a change of class count)
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
@@ -149,8 +167,9 @@ def write_run_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>backbonekit run: {html.escape(run_dir.name)}</h1>"]
     if (run_dir / "eval.json").is_file():
         ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+        top5 = f"top-5 {100 * ev['top5']:.2f}%, " if ev.get("top5") is not None else ""
         parts.append(f"<h2>Final figures</h2><p>{html.escape(ev['title'])}: top-1 <b>{100 * ev['top1']:.2f}%</b>, "
-                     f"top-5 {100 * ev['top5']:.2f}%, loss {ev['loss']:.4f} on {ev['count']} images.</p>")
+                     f"{top5}loss {ev['loss']:.4f} on {ev['count']} images.</p>")
     if rows:
         parts.append("<h2>Per epoch (metrics.csv)</h2>" + _table(rows))
     for name, caption in (("curves.png", "Loss and accuracy"), ("confusion_matrix.png", "Confusion matrix"),

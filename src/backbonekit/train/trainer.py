@@ -94,7 +94,8 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
 def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
     """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+    present = [name for name in METRIC_FIELDS if any(name in row for row in history)]  # val_top5: > 5 classes
+    writer = csv.DictWriter(text, fieldnames=present or METRIC_FIELDS)
     writer.writeheader()
     writer.writerows(history)
     with atomic_open(path) as f:
@@ -103,7 +104,8 @@ def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
     return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
-            f"  val loss {row['val_loss']:.4f} top1 {100 * row['val_top1']:.2f}% top5 {100 * row['val_top5']:.2f}%"
+            f"  val loss {row['val_loss']:.4f} top1 {100 * row['val_top1']:.2f}%"
+            + (f" top5 {100 * row['val_top5']:.2f}%" if "val_top5" in row else "") +
             f"  lr {row['lr']:.3g}  {row['time_s']:.1f}s")
 
 
@@ -170,7 +172,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
         raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
                          f"(found device {device.type})")
     set_determinism(cfg.seed, cfg.deterministic, device)
-    data = _load_data_once(cfg)
+    data = _load_data_once(cfg, log)
     cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates (and keeps) rank 0's BatchNorm statistics
         ev = evaluate(unwrap(model), batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": ev.loss,
-               "val_top1": ev.top1, "val_top5": ev.top5, "lr": lr, "time_s": round(stats.seconds, 3)}
+               **{f"val_{k}": v for k, v in ev.accuracies().items()}, "lr": lr, "time_s": round(stats.seconds, 3)}
         history.append(row)
         val_count = ev.count
         improved = ev.top1 > best_acc
@@ -264,11 +266,12 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | 
     return dataclasses.replace(cfg, out=str(out)), out, resumed
 
 
-def _load_data_once(cfg: TrainConfig) -> DataBundle:
+def _load_data_once(cfg: TrainConfig, log: Callable[[str], None]) -> DataBundle:
     """Rank 0 loads first (and downloads if needed) while the other ranks wait, then they read the files."""
     if not dist.is_main():
         dist.barrier()
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding, cfg.hflip, cfg.download)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding, cfg.hflip, cfg.download,
+                        skip_bad_images=cfg.skip_bad_images, log=log if dist.is_main() else None)
     if dist.is_main():
         dist.barrier()
     return data
@@ -332,8 +335,8 @@ def _final_report(out: Path, model: nn.Module, data: DataBundle, batches, loss_f
     ev = evaluate(net, val, loss_fn, device=device, amp_dtype=amp_dtype, reduce=False)
     report.write_evaluation(out, ev, data, title=f"best.pt (epoch {best['epoch']}) on {data.name} test split")
     report.write_run_report(out)
-    log(f"best.pt (epoch {best['epoch']}): test loss {ev.loss:.4f} top1 {100 * ev.top1:.2f}% "
-        f"top5 {100 * ev.top5:.2f}% on {ev.count} images; report: {out / 'report.html'}")
+    log(f"best.pt (epoch {best['epoch']}): test loss {ev.loss:.4f} {ev.summary()} "
+        f"on {ev.count} images; report: {out / 'report.html'}")
     return ev
 
 
@@ -378,8 +381,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{split}"
     report.write_evaluation(out, ev, data, title=f"{checkpoint} on {name} {split} split")
-    log(f"{checkpoint} on {name} {split}: loss {ev.loss:.4f} top1 {100 * ev.top1:.2f}% "
-        f"top5 {100 * ev.top5:.2f}% ({ev.count} images); report in {out}")
+    log(f"{checkpoint} on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); report in {out}")
     return ev
 
 
