@@ -143,13 +143,11 @@ def probe_image(path: Path, verify: bool = False) -> tuple[int, int]:
 
 
 def read_image(path: Path, expected: tuple[int, int] | None = None) -> Tensor:
-    """Decode an image file to uint8 RGB (3, H, W), EXIF rotation applied; one OSError naming it on failure."""
-    from torchvision.io import ImageReadMode, decode_image
+    """Decode an image file with PIL to uint8 RGB (3, H, W), EXIF rotation applied; one OSError naming it on failure.
 
-    try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (RuntimeError, ValueError, OSError):  # formats torchvision cannot decode (bmp, tiff): PIL
-        image = _read_with_pil(path)
+    (PIL rather than ``torchvision.io``, whose decoders are deprecated since torchvision 0.29.)
+    """
+    image = _read_with_pil(path)
     if expected is not None and tuple(image.shape[-2:]) != tuple(expected):
         raise OSError(f"image {path} decodes to {tuple(image.shape[-2:])} (height, width) but its header "
                       f"said {tuple(expected)} when the dataset was indexed; has the file changed?")

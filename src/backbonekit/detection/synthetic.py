@@ -52,12 +52,13 @@ def photodigits(split: str = "train", spec: PhotoDigitsSpec = DEFAULT_SPEC) -> I
     """The ``train`` or ``val`` split of the generated set (cached in memory after the first call)."""
     if split not in ("train", "val"):
         raise ValueError(f"expected split 'train' or 'val', found '{split}'")
-    images, targets, _ = _generate(spec, split, False)
+    images, targets, _, _ = _generate(spec, split, False)
     return InMemoryDetection(images, [dict(t) for t in targets], CLASSES, name="photodigits")
 
 
-def generate_with_masks(split: str, spec: PhotoDigitsSpec) -> tuple[Tensor, list[dict], list[Tensor]]:
-    """Images, targets and each object's alpha mask ((N_i, H, W) float per image): for tests and figures."""
+def generate_with_masks(split: str, spec: PhotoDigitsSpec) -> tuple[Tensor, list[dict], list[Tensor], Tensor]:
+    """Images, targets, each object's alpha mask ((N_i, H, W) float per image) and the backgrounds
+    before pasting (uint8, like the images): for tests and figures."""
     return _generate(spec, split, True)
 
 
@@ -118,7 +119,8 @@ def _paste(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, rng: np.random
     """Blend a stroke colour into ``canvas`` with ``alpha``: dark on light backgrounds, light on dark ones."""
     h, w = alpha.shape
     region = canvas[y:y + h, x:x + w]
-    light_background = region.mean() > 115
+    under_strokes = (region.mean(2) * alpha).sum() / alpha.sum()  # the background the strokes will cover
+    light_background = under_strokes > 127.5
     base = rng.uniform(0, 40) if light_background else rng.uniform(215, 255)
     colour = np.clip(base + rng.uniform(-15, 15, size=3), 0, 255).astype(np.float32)
     a = alpha[..., None]
@@ -131,7 +133,7 @@ def _one_image(rng: np.random.Generator, spec: PhotoDigitsSpec, pool: np.ndarray
     digits, labels, photos = _sources()
     size = spec.image_size
     canvas = _background(rng, photos, size)
-    boxes, classes, masks = [], [], []
+    boxes, classes, masks = [], [], [canvas.copy()] if with_masks else []
     for _ in range(int(rng.integers(spec.digits_per_image[0], spec.digits_per_image[1] + 1))):
         index = int(pool[rng.integers(len(pool))])
         digit = _tight(digits[index])
@@ -154,7 +156,8 @@ def _one_image(rng: np.random.Generator, spec: PhotoDigitsSpec, pool: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
-def _generate(spec: PhotoDigitsSpec, split: str, with_masks: bool) -> tuple[Tensor, list[dict], list[Tensor]]:
+def _generate(spec: PhotoDigitsSpec, split: str,
+              with_masks: bool) -> tuple[Tensor, list[dict], list[Tensor], Tensor | None]:
     if spec.digit_height[1] > spec.image_size or spec.digit_height[0] < 8 or spec.digits_per_image[0] < 0:
         raise ValueError(f"expected digit heights in [8, image_size={spec.image_size}] and a non-negative "
                          f"digit count, found heights {spec.digit_height}, counts {spec.digits_per_image}")
@@ -166,14 +169,16 @@ def _generate(spec: PhotoDigitsSpec, split: str, with_masks: bool) -> tuple[Tens
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
     pool = _digit_pool(split, spec.seed)
     images = np.empty((count, spec.image_size, spec.image_size, 3), np.uint8)
-    targets, masks = [], []
+    targets, masks, backgrounds = [], [], []
     for i in range(count):
         images[i], boxes, classes, object_masks = _one_image(rng, spec, pool, with_masks)
         targets.append(make_target(boxes, classes, i))
-        if with_masks:
-            masks.append(torch.from_numpy(np.stack(object_masks) if object_masks
+        if with_masks:  # the first "mask" is the background before pasting
+            backgrounds.append(np.clip(np.rint(object_masks[0]), 0, 255).astype(np.uint8))
+            masks.append(torch.from_numpy(np.stack(object_masks[1:]) if len(object_masks) > 1
                                           else np.zeros((0, spec.image_size, spec.image_size), np.float32)))
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), targets, masks
+    to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return to_nchw(images), targets, masks, (to_nchw(np.stack(backgrounds)) if with_masks else None)
 
 
 # ---------------------------------------------------------------------------------------------
