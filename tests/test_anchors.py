@@ -114,3 +114,26 @@ def test_anchors_for_dataset_reports_fit():
     assert fit.recall == pytest.approx(best_possible_recall(wh * 2, fit.anchors, fit.threshold))
     with pytest.raises(ValueError, match="no boxes"):
         anchors_for_dataset(_Boxes([targets[0] | {"boxes": torch.zeros(0, 4)}], [(10, 10)]), num=3)
+
+
+def test_anchors_command_prints_a_fit_for_photodigits(capsys):
+    # backbonekit/cli/ is wired by the cli package; load this command's module from its file
+    import argparse
+    import importlib.util
+    import json
+    import pathlib
+
+    import backbonekit
+
+    path = pathlib.Path(backbonekit.__file__).parent / "cli" / "anchors.py"
+    spec = importlib.util.spec_from_file_location("backbonekit.cli.anchors", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    module.register_cli(parser.add_subparsers())
+    args = parser.parse_args(["anchors", "--num", "6", "--input-size", "256", "--format", "json", "--split", "val"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["anchors"]) == 6 and 0.5 < result["mean_iou"] <= 1 and 0 < result["best_possible_recall"] <= 1
+    heights = [h for _, h in result["anchors"]]
+    assert 16 * 2 * 0.9 <= min(heights) and max(heights) <= 48 * 2 * 1.1  # 128 px images letterboxed to 256
