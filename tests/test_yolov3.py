@@ -261,3 +261,46 @@ def test_bad_images_one_line(images, match: str) -> None:
         check_images(images)
     assert "\n" not in str(err.value)
 
+
+
+def test_convert_round_trip_keeps_the_bytes(reference_file, tmp_path) -> None:
+    from backbonekit.detection.yolov3_weights import convert_detector_weights
+
+    _, path = reference_file
+    pt = convert_detector_weights(path, tmp_path / "det.pt")
+    back = convert_detector_weights(pt, tmp_path / "back.weights")
+    assert back.read_bytes()[20:] == path.read_bytes()[20:]
+    model = bk.create_model("yolov3", pretrained=pt)  # the checkpoint records the architecture
+    assert model.num_classes == 2 and model.model_kwargs["backbone"] == "darknet53"
+
+
+def test_predict_files_writes_annotated_images_and_coco_results(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from backbonekit.detection.predict import class_names, coco_categories, predict_files, read_image
+
+    model = small_model(num_classes=3).eval()
+    paths = []
+    for name, (h, w) in (("000000000042", (40, 70)), ("b", (90, 50))):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.random.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    out = predict_files(model, paths, tmp_path / "out", names=["cat", "dog", "fish"], score_thresh=0.2)
+    rows = json.loads(out.read_text())
+    pixels = [torch.from_numpy(np.asarray(Image.open(p))).permute(2, 0, 1).float() / 255 for p in paths]
+    torch.testing.assert_close(read_image(paths[0]), pixels[0])
+    expected = model.detect(pixels, score_thresh=0.2)
+    assert len(rows) == sum(len(r["boxes"]) for r in expected) > 0
+    assert {r["image_id"] for r in rows} <= {42, 1} and set(rows[0]) == {"image_id", "category_id", "bbox", "score"}
+    first = expected[0]["boxes"][0].tolist()
+    assert rows[0]["bbox"] == pytest.approx([first[0], first[1], first[2] - first[0], first[3] - first[1]], abs=0.01)
+    drawn = np.asarray(Image.open(tmp_path / "out" / "000000000042.png"))
+    assert drawn.shape == (40, 70, 3)
+    names = class_names(80)
+    assert names[0] == "person" and names[-1] == "toothbrush" and coco_categories()[-1] == (90, "toothbrush")
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    with pytest.raises(OSError, match="cannot read .*not-an-image.png as an image"):
+        predict_files(model, [bad], tmp_path / "out2")

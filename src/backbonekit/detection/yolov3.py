@@ -240,8 +240,8 @@ YOLOV3_INFO = ModelInfo(
 
 @register_model(YOLOV3_INFO)
 def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str | os.PathLike | None = None,
-           backbone: str = "darknet53", backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> YOLOv3:
-    """YOLOv3 on ``backbone`` (default Darknet-53).
+           backbone: str | None = None, backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> YOLOv3:
+    """YOLOv3 on ``backbone`` (default: the checkpoint's, else Darknet-53; any registered backbone).
 
     ``num_classes`` defaults to the weights file's (Darknet ``.weights`` files tell it by their size),
     else 80. ``pretrained``: a Darknet detector ``.weights`` file (``yolov3.weights``,
@@ -257,16 +257,24 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     source = inspect_pretrained(pretrained, neck_channels=kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
         if pretrained is not None else None
     if source is not None:
-        for key, value in source.model_kwargs.items():
-            kwargs.setdefault(key, value)
+        recorded = dict(source.model_kwargs)
+        backbone = backbone or recorded.pop("backbone", None)
+        backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
+        for key, value in recorded.items():
+            if key not in ("backbone", "backbone_kwargs"):
+                kwargs.setdefault(key, value)
         if source.num_classes and num_classes not in (None, source.num_classes):
             raise ValueError(f"{pretrained} holds a {source.num_classes}-class detector, found num_classes={num_classes}")
         num_classes = num_classes or source.num_classes
     num_classes = 80 if num_classes is None else num_classes
+    backbone = backbone or "darknet53"
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1 for a detector, found {num_classes!r}")
     model = YOLOv3(build_backbone(backbone, **(backbone_kwargs or {})), num_classes, **kwargs)
-    model.backbone_name = backbone
+    # what a checkpoint records to rebuild this model (create_model("yolov3", **model_kwargs))
+    model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": backbone_kwargs} if backbone_kwargs else {}),
+                          **{k: [list(v) for v in val] if k in ("anchors", "masks") else
+                             (list(val) if isinstance(val, tuple) else val) for k, val in kwargs.items()}}
     if source is not None:
         message = load_pretrained(model, source)
         if message:

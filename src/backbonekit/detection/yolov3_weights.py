@@ -151,6 +151,7 @@ class PretrainedSource:
     num_classes: int  # 0: backbone only
     description: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    header: DarknetHeader | None = None  # a Darknet file's header
 
 
 def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS
@@ -163,7 +164,7 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
         state, info = read_yolov3_weights(path, neck_channels)
         kind = f"Darknet v{info.header.version}, {info.num_classes} classes" if info.num_classes else \
             "Darknet-53 backbone file"
-        return PretrainedSource(path, state, info.num_classes, kind)
+        return PretrainedSource(path, state, info.num_classes, kind, header=info.header)
     state, meta = read_weights(path)
     if meta.get("model") not in (None, "yolov3") and detect_layout(state) == "unknown":
         raise CheckpointError(f"{path} holds weights for {meta['model']}, found yolov3")
@@ -191,3 +192,48 @@ def load_pretrained(model: torch.nn.Module, source: PretrainedSource) -> str:
     load_into(model.backbone, body, source=f"weights file {source.path}", allow_missing_head=True)
     return (f"{source.path} ({source.description}) holds the backbone only: loaded it; the neck and head "
             f"start from scratch (YOLOv3's training recipe)")
+
+
+# -- saving and converting ------------------------------------------------------------------------------
+def save_detector(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` by the name ``path`` implies: ``.weights`` (Darknet; Darknet-53 backbone only),
+    ``.safetensors``, or a backbonekit checkpoint (``.pt``/``.pth``) recording how to rebuild it."""
+    return write_detector_state(model.state_dict(), path, getattr(model, "model_kwargs", {}))
+
+
+def write_detector_state(state: Mapping[str, Tensor], path: str | os.PathLike, model_kwargs: Mapping[str, Any],
+                         header: DarknetHeader = DarknetHeader(0, 2, 0)) -> Path:
+    from ..checkpoint import atomic_save
+    from ..weights import output_format_for, write_safetensors
+
+    path = Path(path)
+    kind = output_format_for(path)
+    if kind == "darknet":
+        if model_kwargs.get("backbone", "darknet53") != "darknet53":
+            raise ValueError(f"the Darknet weights format holds YOLOv3 on darknet53 only, found backbone "
+                             f"{model_kwargs['backbone']}; write .pt or .safetensors instead")
+        write_yolov3_weights(state, path, header=header,
+                             neck_channels=model_kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS))
+    elif kind == "safetensors":
+        write_safetensors(state, path, "yolov3", dict(model_kwargs))
+    else:
+        atomic_save({"format": "backbonekit", "model": "yolov3", "model_kwargs": dict(model_kwargs),
+                     "state_dict": {k: v.detach().cpu() for k, v in state.items()}}, path)
+    return path
+
+
+def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Convert a YOLOv3 detector file between Darknet ``.weights``, backbonekit ``.pt`` and ``.safetensors``
+    (the format from ``dst``'s name); checked against the model it describes before anything is written.
+    A Darknet source keeps its header (version and ``seen``) when written back as Darknet."""
+    from .. import create_model
+    from ..weights import check_fits
+
+    source = inspect_pretrained(src)
+    if not source.num_classes:
+        raise CheckpointError(f"{src} holds a backbone only ({source.description}): expected a whole YOLOv3 detector")
+    with torch.device("meta"):
+        model = create_model("yolov3", num_classes=source.num_classes, **source.model_kwargs)
+    check_fits(model, source.state, source=f"weights file {src}")
+    kwargs = {**getattr(model, "model_kwargs", {}), **source.model_kwargs}
+    return write_detector_state(source.state, dst, kwargs, header=source.header or DarknetHeader(0, 2, 0))
