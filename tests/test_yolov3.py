@@ -304,3 +304,11 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path) -> Non
     bad.write_text("hello")
     with pytest.raises(OSError, match="cannot read .*not-an-image.png as an image"):
         predict_files(model, [bad], tmp_path / "out2")
+
+
+def test_profile_splits_backbone_neck_head() -> None:
+    from backbonekit.profiler import profile_model
+
+    result = profile_model(small_model(num_classes=2), 64)
+    top = {layer.name: layer.macs for layer in result.layers if layer.depth == 1}
+    assert set(top) == {"backbone", "neck", "head"} and sum(top.values()) == result.macs > 0
