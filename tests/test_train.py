@@ -215,13 +215,6 @@ def test_run_folder_holds_every_artifact(trained_run):
     assert all(name in page for name in ("curves.png", "confusion_matrix.png", "predictions.png", "resnet18"))
 
 
-def test_config_yaml_repeats_the_run(trained_run):
-    out, _ = trained_run
-    cfg = resolve_config(out / "config.yaml")
-    assert (cfg.model, cfg.dataset, cfg.epochs, cfg.seed, cfg.image_size, cfg.crop_padding) == (
-        "resnet18", "fake:32", 2, 3, 32, 2)
-
-
 def test_checkpoints_load_weights_only_and_into_create_model(trained_run):
     out, _ = trained_run
     best = load_file(out / "best.pt")  # weights_only=True inside
@@ -283,7 +276,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
         train(tiny_config(tmp_path, sync_bn=True, device="cpu"))
 
 
-def test_existing_run_folder_is_not_overwritten(trained_run):
+def test_existing_run_folder_is_not_overwritten(trained_run):  # other files: test_train_runs.py
     out, _ = trained_run
     with pytest.raises(ValueError, match="already holds a run"):
         train(TrainConfig(**{**TINY, "out": str(out)}))
@@ -418,11 +411,3 @@ def test_onecycle_works_for_short_runs(total_steps):
 def test_batch_size_one_is_refused():
     with pytest.raises(ValueError, match="batch_size must be >= 2, found 1"):
         TrainConfig(batch_size=1).validate()
-
-
-def test_resume_refuses_changed_options(tmp_path):
-    out = tmp_path / "run"
-    train(TrainConfig(model="resnet18", dataset="fake:64", epochs=1, batch_size=16, image_size=32, out=str(out),
-                      device="cpu"), log=lambda _: None)
-    with pytest.raises(ValueError, match="cannot change epochs when resuming"):
-        train(TrainConfig(resume=str(out), epochs=5, device="cpu"), log=lambda _: None)

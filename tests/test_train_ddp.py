@@ -147,3 +147,24 @@ def test_cli_nproc_reports_a_failing_rank_in_one_line(tmp_path, capfd):
     assert err_lines[-1].startswith("backbonekit train: error: distributed run stopped: rank 0 failed (exit code 2")
     assert err_lines[0].startswith("backbonekit train (rank 0): error: cifar10 not found")  # the rank's own line
     assert "cifar-10-batches-py" in err_lines[0] and len(err_lines) == 2
+
+
+def test_rerunning_a_distributed_runs_config_yaml_repeats_it(tmp_path, ddp_run, monkeypatch):
+    """config.yaml records the real process count (2, not the 1 each rank was given) and no folder, so
+    ``backbonekit train --config RUN/config.yaml`` launches two processes again, into a new folder."""
+    import yaml
+
+    from backbonekit.cli import main
+
+    folders, _ = ddp_run
+    written = yaml.safe_load((folders[0] / "run" / "config.yaml").read_text())
+    assert written["nproc"] == 2 and written["out"] is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as in the original run: the same kernels, the same sums
+    assert main(["train", "--config", str(folders[0] / "run" / "config.yaml")]) == 0
+    first, again = (load_file(p / "last.pt") for p in (folders[0] / "run", tmp_path / "runs" / "resnet18-fake"))
+    assert again["world_size"] == 2
+    for key, value in first["state_dict"].items():
+        assert torch.equal(again["state_dict"][key], value), key
+    untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in c["history"]] for c in (first, again)]
+    assert untimed[0] == untimed[1]

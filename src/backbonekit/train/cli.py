@@ -34,12 +34,14 @@ FLAG_HELP = {
     "seed": "random seed (weights, order, augmentation)",
     "workers": "DataLoader workers for imagefolder data",
     "out": "run folder (default runs/MODEL-DATASET[-N])",
-    "resume": "continue the run in this folder (or from this last.pt) with its saved config",
+    "resume": "continue the run in this folder (or from this last.pt) with its saved config; options that change "
+              "what it computes are refused, --epochs may extend it (docs/training.md)",
     "pretrained": "initialise from a weights file (fine-tuning; the classifier is re-initialised "
                   "when the class count differs)",
     "zero_init_residual": "zero the last BatchNorm of each residual branch when training from scratch",
     "sync_bn": "SyncBatchNorm across processes (distributed runs)",
-    "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel)",
+    "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel); "
+             "under torchrun: its process count",
     "skip_bad_images": "imagefolder: leave out files that are not readable images (default: refuse the folder)",
 }
 
@@ -74,20 +76,22 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import config_keys, resolve_config
+    from . import dist
+    from .config import config_keys, read_config_file, resolve_config
 
-    overrides = {k: v for k, v in vars(args).items() if k in config_keys()}
-    cfg = resolve_config(getattr(args, "config", None), overrides)
-    if cfg.nproc > 1:
+    overrides = {k: v for k, v in vars(args).items() if k in config_keys()}  # only the flags given (SUPPRESS)
+    config_file = getattr(args, "config", None)
+    given = set(overrides) | (set(read_config_file(config_file)) if config_file else set())
+    cfg = resolve_config(config_file, overrides)
+    if cfg.nproc > 1 and not dist.launched_by_torchrun():
         from .launch import launch_local
 
-        return launch_local(cfg)
+        return launch_local(cfg, given=given)
 
-    from . import dist
     from .trainer import train
 
     try:
-        train(cfg)
+        train(cfg, given=given)
     finally:
         dist.cleanup()
     return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import os
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as td
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 def launched_by_torchrun() -> bool:
@@ -100,3 +103,28 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 def barrier() -> None:
     if is_distributed():
         td.barrier()
+
+
+def preparation_round(global_rank: int, local_rank_: int) -> int:
+    """When a rank may prepare (download, extract) data: round 0 global rank 0; round 1 the first rank of
+    every other node (LOCAL_RANK 0); round 2 the others, which then find their node's files ready."""
+    if global_rank == 0:
+        return 0
+    return 1 if local_rank_ == 0 else 2
+
+
+def per_node_first(fn: Callable[[], T], *, ranks: tuple[int, int] | None = None,
+                   wait: Callable[[], None] | None = None) -> T:
+    """``fn()`` on every rank, first on global rank 0, then on the first rank of each other node, then on the
+    rest. Without a shared filesystem every node thus downloads once; with one, only rank 0 does (the
+    others find its files). ``ranks`` (global, local) and ``wait`` (a barrier over all ranks) default to
+    this process's; a test passes its own."""
+    global_rank, local = ranks if ranks is not None else (rank(), local_rank())
+    wait = wait or barrier
+    turn = preparation_round(global_rank, local)
+    result = None
+    for round_ in (0, 1):
+        if turn == round_:
+            result = fn()
+        wait()
+    return fn() if turn == 2 else result

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from .config import TrainConfig
 
@@ -53,8 +53,10 @@ def _failure_reason(message) -> str:
     return "" if reason.startswith("To enable traceback") else reason  # exited without a recorded error
 
 
-def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print) -> int:
-    """Train ``cfg`` with ``cfg.nproc`` processes on this machine (gloo on CPU, nccl on CUDA)."""
+def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print, given: Collection[str] | None = None) -> int:
+    """Train ``cfg`` with ``cfg.nproc`` processes on this machine (gloo on CPU, nccl on CUDA).
+
+    ``given``: the fields set explicitly, as for :func:`backbonekit.train.train`."""
     from .trainer import default_out, resolve_device
 
     device = resolve_device(cfg.device)
@@ -64,21 +66,21 @@ def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print) -> int:
         if cfg.nproc > torch.cuda.device_count():
             raise ValueError(f"--nproc {cfg.nproc}: expected at most one process per GPU, found "
                              f"{torch.cuda.device_count()} GPUs")
-    worker_cfg = dataclasses.replace(cfg, nproc=1, out=cfg.out or (None if cfg.resume else str(default_out(cfg))))
+    worker_cfg = dataclasses.replace(cfg, out=cfg.out or (None if cfg.resume else str(default_out(cfg))))
     log(f"launching {cfg.nproc} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); "
         f"effective batch size {cfg.nproc * cfg.batch_size}")
-    launch(train_worker, (worker_cfg.to_dict(),), cfg.nproc)
+    launch(train_worker, (worker_cfg.to_dict(), None if given is None else sorted(given)), cfg.nproc)
     return 0
 
 
-def train_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+def train_worker(cfg_dict: dict[str, Any], given: list[str] | None = None) -> dict[str, Any]:
     """One rank of ``launch_local``: train, print one error line on failure, exit 2."""
     from ..cli import USER_ERRORS, error_line
     from . import dist
     from .trainer import train
 
     try:
-        result = train(TrainConfig(**cfg_dict))
+        result = train(TrainConfig(**cfg_dict), given=given)
         return {"best_acc": result.best_acc, "val_count": result.val_count}
     except USER_ERRORS as exc:
         print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {error_line(exc)}", file=sys.stderr)

@@ -8,25 +8,28 @@ import io
 import dataclasses
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .. import create_model
 from ..optimize import prepare_for_training
-from .._text import few
+from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
+from .runs import RESUME_RULES, claim_run_folder, default_out, resume_checkpoint, resumed_config
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
-RESUME_MAY_CHANGE = frozenset({"resume", "device", "workers", "nproc"})
+__all__ = ["RESUME_RULES", "TrainResult", "default_out", "evaluate_checkpoint", "predict", "resume_checkpoint",
+           "train"]
 
 
 @dataclass
@@ -74,22 +77,6 @@ def set_determinism(seed: int, deterministic: bool, device: torch.device) -> Non
 
 
 # -- run folder ---------------------------------------------------------------------------------
-
-def default_out(cfg: TrainConfig) -> Path:
-    """``runs/MODEL-DATASET``, numbered when taken."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset.split(':')[0]}")
-    out, n = Path("runs") / stem, 1
-    while (out / "last.pt").exists() or (out / "config.yaml").exists():
-        n += 1
-        out = Path("runs") / f"{stem}-{n}"
-    return out
-
-
-def resume_checkpoint(path: str | os.PathLike) -> Path:
-    """A run folder (its last.pt) or a checkpoint file."""
-    path = Path(path)
-    return path / "last.pt" if path.is_dir() else path
-
 
 def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
     """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
@@ -156,27 +143,43 @@ def pretrained_kwargs(path: str | None) -> dict[str, Any]:
 
 # -- training -----------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
+          given: Collection[str] | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.dataset``, writing the run folder ``cfg.out``; see docs/training.md.
 
     With ``cfg.resume`` (a run folder or last.pt) the run continues exactly where it stopped, with the
-    saved config (only ``device``, ``workers`` and ``nproc`` are taken from ``cfg``).
+    saved config. ``given`` names the fields the caller set explicitly (the command line passes its flags
+    and config-file keys); each is checked against the saved run by ``runs.RESUME_RULES`` (refused when it
+    would change what the run computes). Without ``given``, the fields that differ from TrainConfig's
+    defaults count as given.
     """
+    cfg, resumed = _resolve_config(cfg, given)
     device = resolve_device(cfg.device)
     if device.type == "cpu":  # denormals make the first steps of a zero-initialised residual net several times slower
         torch.set_flush_denormal(True)
     dist.setup(device.type)
-    cfg, out, resumed = _resolve_run(cfg)
+    _check_process_count(cfg, resumed)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    cfg = dataclasses.replace(cfg, out=str(out))
+    if not dist.is_main():
+        return _train(cfg, out, resumed, device, log)
+    with claim_run_folder(out, new=resumed is None):
+        return _train(cfg, out, resumed, device, log)
+
+
+def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: torch.device,
+           log: Callable[[str], None]) -> TrainResult:
     amp_dtype = resolve_amp(cfg.amp, device)
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
                          f"(found device {device.type})")
     set_determinism(cfg.seed, cfg.deterministic, device)
     data = _load_data_once(cfg, log)
-    cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip)
+    cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip,
+                              nproc=dist.world_size())
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out / "config.yaml")
+        # the file repeats the run: no --out (a rerun writes a new folder), the real process count
+        write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     if data.in_memory:
         data.train, data.val = data.train.to(device), data.val.to(device)
     model_kwargs = dict(resumed["model_kwargs"]) if resumed else pretrained_kwargs(cfg.pretrained)
@@ -202,7 +205,11 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
     history: list[dict[str, float]] = []
     best_acc, start_epoch, val_count = -1.0, 0, 0
     if resumed:
-        start_epoch, history, best_acc = _restore(resumed, model, optimizer, scheduler, scaler, device)
+        same_length = cfg.epochs == resumed["config"]["epochs"]
+        start_epoch, history, best_acc = _restore(resumed, model, optimizer, scheduler if same_length else None,
+                                                  scaler, device)
+        if not same_length:  # --epochs changed: the schedule for the new length, at the step the run reached
+            _fast_forward(scheduler, start_epoch * steps)
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -241,40 +248,40 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
     return TrainResult(out, history, best_acc, final, unwrap(model), val_count)
 
 
-def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The config to run, its folder, and the checkpoint to resume from (``None`` for a new run)."""
-    resumed = None
-    if cfg.resume:
-        ckpt_path = resume_checkpoint(cfg.resume)
-        resumed = read_training_checkpoint(ckpt_path)
-        saved_world = int(resumed.get("world_size", 1))
-        if saved_world != dist.world_size():
-            # shards, steps per epoch and the schedule's length all depend on the number of processes
-            raise ValueError(f"cannot resume: the run was trained with {saved_world} process(es), found "
-                             f"{dist.world_size()}; resume with the same number (--nproc / torchrun --nproc_per_node)")
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE
-                   and getattr(cfg, f.name) != f.default and getattr(cfg, f.name) != resumed["config"].get(f.name)]
-        if changed:
-            raise ValueError(f"cannot change {', '.join(changed)} when resuming: --resume continues the saved run "
-                             f"(only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change)")
-        cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
-                                  nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if resumed is None and (out / "last.pt").exists():
-        raise ValueError(f"run folder {out} already holds a run (last.pt): pass --resume {out} to continue it, "
-                         f"or choose another --out")
-    return dataclasses.replace(cfg, out=str(out)), out, resumed
+def _resolve_config(cfg: TrainConfig, given: Collection[str] | None) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The config to run and the checkpoint to resume from (``None`` for a new run)."""
+    if not cfg.resume:
+        return cfg, None
+    ckpt_path = resume_checkpoint(cfg.resume)
+    resumed = read_training_checkpoint(ckpt_path)
+    return resumed_config(resumed["config"], cfg, given, ckpt_path.parent, ckpt_path, int(resumed["epoch"])), resumed
+
+
+def _check_process_count(cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
+    world = dist.world_size()
+    if resumed is not None and int(resumed.get("world_size", 1)) != world:
+        # shards, steps per epoch and the schedule's length all depend on the number of processes
+        raise ValueError(f"cannot resume: the run was trained with {resumed.get('world_size', 1)} process(es), found "
+                         f"{world}; resume with the same number (--nproc / torchrun --nproc_per_node)")
+    if cfg.nproc not in (1, world):  # 1: not set (torchrun decides)
+        raise ValueError(f"nproc {cfg.nproc}: expected the number of processes running this training ({world}); "
+                         f"start them with backbonekit train --nproc {cfg.nproc} or torchrun")
+
+
+def _fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Put a freshly built per-step schedule at step ``steps`` (its rate there, as if it had run)."""
+    scheduler.last_epoch = steps - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer's steps were restored
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
 
 
 def _load_data_once(cfg: TrainConfig, log: Callable[[str], None]) -> DataBundle:
-    """Rank 0 loads first (and downloads if needed) while the other ranks wait, then they read the files."""
-    if not dist.is_main():
-        dist.barrier()
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding, cfg.hflip, cfg.download,
-                        skip_bad_images=cfg.skip_bad_images, log=log if dist.is_main() else None)
-    if dist.is_main():
-        dist.barrier()
-    return data
+    """Rank 0 loads (and downloads if needed) first, then the first rank of every other node, then the
+    rest: each node prepares its files once, without a shared filesystem too."""
+    return dist.per_node_first(lambda: load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding,
+                                                    cfg.hflip, cfg.download, skip_bad_images=cfg.skip_bad_images,
+                                                    log=log if dist.is_main() else None))
 
 
 def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -291,7 +298,8 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scale
     try:
         unwrap(model).load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"cannot resume: the checkpoint does not fit the model/optimizer ({first})") from None
@@ -397,6 +405,9 @@ def load_image(path: str | os.PathLike, size: int) -> Tensor:
             tensor = pil_to_tensor(img.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against huge images
+        raise ValueError(f"cannot read image {path}: {first_line(exc, 300)} (PIL's limit against decompression "
+                         f"bombs; shrink the image first)") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: expected a PNG or JPEG file ({type(exc).__name__})") from None
     return resize(tensor, [size, size], antialias=True)

@@ -1,0 +1,170 @@
+"""The run folder: its default name, the one process that may write it, and what a resume may change."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Collection, Iterator, Mapping
+
+from .config import TrainConfig
+
+LOCK_NAME = ".backbonekit.lock"
+FAILED_START_FILES = ("config.yaml", "best.pt", "metrics.csv")  # what a run writes before its first last.pt
+
+# What ``--resume`` does with an option the user gives again (docs/training.md, "Resume"):
+#   FIXED  - part of what the run computes: it must equal the saved value, or the continuation would not be
+#            the run that was started (the schedule, the shards, the weights' history all depend on it);
+#   LOCAL  - where or how this process runs, not what it computes: taken from the command line;
+#   EXTEND - epochs: may grow (or shrink to no fewer than the epochs done); the schedule is recomputed.
+FIXED, LOCAL, EXTEND = "fixed", "local", "extend"
+RESUME_RULES: dict[str, str] = {
+    "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND,
+    "batch_size": FIXED, "lr": FIXED, "optimizer": FIXED, "momentum": FIXED, "nesterov": FIXED,
+    "weight_decay": FIXED, "schedule": FIXED, "warmup_epochs": FIXED, "label_smoothing": FIXED,
+    "grad_clip": FIXED, "image_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,
+    "amp": FIXED, "channels_last": FIXED, "deterministic": FIXED, "seed": FIXED, "workers": LOCAL,
+    "out": LOCAL,  # must name the run's own folder (checked in resumed_config)
+    "resume": LOCAL, "pretrained": FIXED, "zero_init_residual": FIXED, "sync_bn": FIXED,
+    "nproc": LOCAL,  # checked against the process count the checkpoint records
+    "skip_bad_images": FIXED,  # decides which images the run trains on
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    """``runs/MODEL-DATASET``, numbered when that folder exists and is not empty."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset.split(':')[0]}")
+    out, n = Path("runs") / stem, 1
+    while out.exists() and (not out.is_dir() or any(out.iterdir())):
+        n += 1
+        out = Path("runs") / f"{stem}-{n}"
+    return out
+
+
+def resume_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder (its last.pt) or a checkpoint file."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def given_fields(cfg: TrainConfig, given: Collection[str] | None) -> set[str]:
+    """The fields the caller set; without ``given`` (a plain TrainConfig), those that differ from the defaults."""
+    if given is not None:
+        return set(given)
+    return {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
+
+
+def resumed_config(saved: Mapping[str, Any], cfg: TrainConfig, given: Collection[str] | None, run: Path,
+                   checkpoint: Path, epochs_done: int) -> TrainConfig:
+    """The saved config with the changes :data:`RESUME_RULES` allows; one ValueError listing those it refuses."""
+    values = dict(saved)
+    refused = []
+    for name in sorted(given_fields(cfg, given) - {"resume"}):
+        new, old = getattr(cfg, name), saved.get(name)
+        rule = RESUME_RULES.get(name, FIXED)
+        if name == "out":
+            if new is not None and Path(new).resolve() != run.resolve():
+                raise ValueError(f"--out {new} with --resume {run}: a resumed run continues in its own folder "
+                                 f"({run}); leave out --out, or start a new run there")
+        elif rule == FIXED:
+            if new != old:
+                refused.append(f"{flag(name)} {old} -> {new}")
+        elif rule == EXTEND:
+            if new < epochs_done:
+                raise ValueError(f"{flag(name)} {new} with --resume {run}: the run has already completed "
+                                 f"{epochs_done} epochs; give at least {epochs_done}")
+            values[name] = new
+        else:
+            values[name] = new
+    if refused:
+        local = sorted(flag(k) for k, rule in RESUME_RULES.items() if rule == LOCAL and k not in ("resume", "out"))
+        raise ValueError(f"cannot resume {run} with {'; '.join(refused)}: the run would not continue as it was "
+                         f"started; a resume may change only {', '.join(local)} and extend --epochs. Start a new "
+                         f"run to train differently (--pretrained {checkpoint} starts from its weights)")
+    return TrainConfig(**{**values, "resume": str(checkpoint), "out": str(run)})
+
+
+# -- one writer per run folder ------------------------------------------------------------------
+
+def _lock(out: Path) -> int | None:
+    """Take the run folder's lock (``flock``: the OS releases it when the process ends, however it ends)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "a process that has not named itself yet"
+        os.close(fd)
+        raise ValueError(f"run folder {out} is being written by another backbonekit train ({holder}); wait "
+                         f"for it to finish or stop it, or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """A new run goes into a new or empty folder: never over a run (last.pt) or the user's own files."""
+    if (out / "last.pt").exists():
+        raise ValueError(f"run folder {out} already holds a run (last.pt): pass --resume {out} to continue it, "
+                         f"or choose another --out")
+    found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(f"--out {out}: expected a new or empty folder for a new run, found {len(found)} "
+                         f"file(s) that are not a backbonekit run ({shown}); choose another --out")
+
+
+def _remove_failed_start(out: Path, created: bool) -> None:
+    """Remove what a new run wrote before its first checkpoint, so the folder (name) is free again."""
+    for name in FAILED_START_FILES + (LOCK_NAME,):
+        (out / name).unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+            out.rmdir()
+
+
+@contextlib.contextmanager
+def claim_run_folder(out: Path, *, new: bool) -> Iterator[Path]:
+    """Hold ``out`` for this process while the block runs (the writing rank only).
+
+    Refuses, in one line, a folder another process is writing (naming it), and for a new run a folder
+    that is not empty. A new run that fails before its first ``last.pt`` leaves no trace: the folder is
+    removed when this created it (otherwise emptied of what the run wrote).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: expected a folder, found a file")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = _lock(out)
+    except ValueError:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    try:
+        if new:
+            try:
+                _refuse_foreign_files(out)
+            except ValueError:
+                (out / LOCK_NAME).unlink(missing_ok=True)
+                raise
+        try:
+            yield out
+        except BaseException:
+            if new and not (out / "last.pt").exists():
+                _remove_failed_start(out, created)
+            raise
+    finally:
+        if fd is not None:
+            os.close(fd)
