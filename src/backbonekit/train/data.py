@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._text import first_line
+
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed: results stay comparable across --seed
 DIGITS_TEST_FRACTION = 0.2
 FOLDER_VAL_FRACTION = 0.2
@@ -178,7 +180,7 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, list[st
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=False)
     except (RuntimeError, urllib.error.URLError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:160]
+        reason = first_line(exc, 160, lines=None)
         raise FileNotFoundError(
             f"{name} not found under --data-dir {root}: expected {root / folder}/{{{','.join(files)}}} "
             f"(extract {url} into {root}, or run with network access to download it); reason: {reason}"
@@ -225,7 +227,7 @@ def _image_folder(path: Path, size: int, crop_padding: int, hflip: bool) -> Data
                                                   random_state=DIGITS_SPLIT_SEED)
             train, val = _Subset(train, train_idx), _Subset(train, val_idx)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"imagefolder: {' '.join(str(exc).split())}") from None
+        raise FileNotFoundError(f"imagefolder: {first_line(exc, None, lines=None)}") from None
     classes = train.dataset.classes if isinstance(train, _Subset) else train.classes
     return DataBundle(f"imagefolder:{path}", list(classes), train, val, size, IMAGENET_MEAN, IMAGENET_STD,
                       crop_padding, hflip)
