@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = convert_weights(args.src, args.dst, model=args.model, to=args.to, backbone_only=args.backbone_only,
-                                 force=args.force)
+        result = convert_weights(args.src, args.dst, model=args.model, to=args.to,
+                                 backbone_only=args.backbone_only, force=args.force)
     for warning in caught:
         print(f"backbonekit convert: warning: {first_line(str(warning.message), limit=None, lines=None)}", file=sys.stderr)
     if args.format == "json":

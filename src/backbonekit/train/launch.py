@@ -82,7 +82,8 @@ def train_worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         result = train(TrainConfig(**cfg_dict))
         return {"best_acc": result.best_acc, "val_count": result.val_count}
     except USER_ERRORS as exc:
-        print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {first_line(exc, None, lines=None)}", file=sys.stderr)
+        print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {first_line(exc, None, lines=None)}",
+              file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         dist.cleanup()
