@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from backbonekit import cli
-from backbonekit.bench import Candidate, build_reference, flop_per_image, summarize, time_interleaved
+from backbonekit.bench import (Candidate, benchmark, build_reference, flop_per_image, summarize, time_interleaved,
+                               train_candidate)
 
 
 def test_repetitions_are_interleaved_after_warmup():
@@ -42,10 +44,34 @@ def test_cli_bench_json(capsys):
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in report["results"]] == ["resnet18 eager", "resnet18 fused", "torchvision:resnet18 eager"]
+    assert report["baseline"] == "torchvision:resnet18 eager"  # the first --compare spec
     for r in report["results"]:
-        assert r["images_per_s_min"] <= r["images_per_s_median"] <= r["images_per_s_max"]
-        assert r["repeats"] == 2 and r["batch_size"] == 2
+        assert r["repeats"] == 2 and r["batch_size"] == 2 and len(r["times_s"]) == 2
+        rates = 2 / np.array(r["times_s"])  # the summary is computed from the times the report lists
+        assert r["images_per_s_median"] == pytest.approx(np.median(rates), rel=1e-2)
+        assert (r["images_per_s_min"], r["images_per_s_max"]) == pytest.approx((rates.min(), rates.max()), rel=1e-2)
     assert report["environment"]["torch_threads"] == torch.get_num_threads()
+
+
+def test_train_candidate_steps_train_the_model():
+    """Each step of a training candidate is a real optimizer step: the loss on its fixed batch falls."""
+    torch.manual_seed(0)
+    model = build_reference("resnet18", num_classes=4)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for variant in ("eager", "fast"):
+        candidate = train_candidate(copy.deepcopy(model), f"r18 {variant}", variant, x, y, None, lr=1e-3)
+        losses = [float(candidate.step().detach()) for _ in range(8)]
+        assert losses[-1] < 0.5 * losses[0], (variant, losses)
+
+
+def test_benchmark_api_validates_its_own_arguments():
+    """The checks live in the library function, not in the command line."""
+    with pytest.raises(ValueError, match="--variant for --mode train must be among"):
+        benchmark(["resnet18"], mode="train", variants=["fused"])
+    with pytest.raises(ValueError, match="needs --batch-size >= 2"):
+        benchmark(["resnet18"], mode="train", batch_sizes=[1])
+    with pytest.raises(KeyError, match="resnet99"):
+        benchmark(["resnet99"])
 
 
 def test_cli_bench_train_mode_runs(capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,12 @@ import torch
 import backbonekit as bk
 from backbonekit import cli
 from backbonekit.checkpoint import atomic_save
-from backbonekit.export import export_model
+from backbonekit.export import build_for_export, export_model
 from helpers import with_random_bn_statistics
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+# only the ONNX tests need the export extra; TorchScript and argument checks run without it
+needs_onnx = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")),
+                                reason="needs onnx, onnxruntime and onnxscript (pip install 'backbonekit[export]')")
 
 SMALL = 64
 HEAVY = {"darknet53", "resnet101", "resnet152"}  # > 10 s to export on 2 busy cores
@@ -21,6 +24,8 @@ MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in 
 
 
 def run_onnx(path, x: torch.Tensor) -> list[np.ndarray]:
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})
 
@@ -30,6 +35,7 @@ def assert_same(actual, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+@needs_onnx
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_runtime_matches_pytorch(name, tmp_path):
     model = with_random_bn_statistics(bk.create_model(name, num_classes=10))
@@ -41,7 +47,10 @@ def test_onnx_runtime_matches_pytorch(name, tmp_path):
     assert_same(actual, expected)
 
 
+@needs_onnx
 def test_onnx_features_only_has_one_output_per_level(tmp_path):
+    import onnxruntime as ort
+
     model = with_random_bn_statistics(bk.create_model("darknet53", features_only=True, out_indices=(2, 3, 4)))
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
@@ -67,13 +76,16 @@ def test_torchscript_loads_and_matches(name, tmp_path):
         assert loaded(torch.randn(5, 3, SMALL, SMALL)).shape == (5, 10)
 
 
-def test_cli_export_with_weights_uses_their_classes(tmp_path, capsys):
+@needs_onnx
+def test_cli_export_with_weights_uses_their_classes(tmp_path, capsys, monkeypatch):
     model = with_random_bn_statistics(bk.create_model("resnet18", num_classes=7))
     weights = tmp_path / "w.pt"
     atomic_save({"format": "backbonekit", "model": "resnet18", "model_kwargs": {}, "state_dict": model.state_dict()},
                 weights)
     out = tmp_path / "r18.onnx"
+    reads = count_torch_loads(monkeypatch)
     assert cli.main(["export", "resnet18", "--weights", str(weights), "--input-size", str(SMALL), "-o", str(out)]) == 0
+    assert reads == [weights]  # read once, for its classes and its tensors both
     assert "wrote" in capsys.readouterr().out
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
@@ -84,17 +96,65 @@ def test_cli_export_with_weights_uses_their_classes(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+def count_torch_loads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The files ``torch.load`` reads from now on (the list fills as they are read)."""
+    reads, load = [], torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(f)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads
+
+
+@needs_onnx
+@pytest.mark.parametrize("opset", [18, 21])
+def test_onnx_file_has_the_requested_opset(opset, tmp_path):
+    import onnx
+
+    out = tmp_path / "r18.onnx"
+    assert cli.main(["export", "resnet18", "--num-classes", "3", "--input-size", "32", "--opset", str(opset),
+                     "-o", str(out)]) == 0
+    opsets = {entry.domain: entry.version for entry in onnx.load(str(out)).opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == opset
+
+
+@needs_onnx
+@pytest.mark.parametrize("opset", ["1", "17", "999"])
+def test_unsupported_opset_is_refused_with_the_range(opset, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "r18.onnx"
+    assert cli.main(["export", "resnet18", "--input-size", "32", "--opset", opset, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"expected an ONNX opset from 18 to {onnx.defs.onnx_opset_version()}" in err and f"found {opset}" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 @pytest.mark.parametrize("argv,message", [
     (["export", "darknet53", "--input-size", "16"], "smaller than the network's total stride 32"),
     (["export", "darknet99"], "darknet99"),
     (["export", "resnet18", "--input-size", "64", "-o", "/nonexistent/dir/x.onnx"], "does not exist"),
 ])
 def test_cli_export_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    argv = argv + ["--format", "torchscript"]  # the checks come before any exporter: no ONNX package needed
     if "-o" not in argv:
-        argv = argv + ["-o", str(tmp_path / "x.onnx")]
+        argv = argv + ["-o", str(tmp_path / "x.pt")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_weights_file_is_read_once_for_classes_and_tensors(tmp_path, monkeypatch):
+    model = with_random_bn_statistics(bk.create_model("resnet18", num_classes=5))
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)  # a torchvision-style state_dict
+    reads = count_torch_loads(monkeypatch)
+    built = build_for_export("resnet18", weights=weights)
+    assert reads == [weights] and built.fc.out_features == 5
+    torch.testing.assert_close(built.state_dict(), model.state_dict())
 
 
 def test_export_writes_atomically_with_the_usual_mode(tmp_path):

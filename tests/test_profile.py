@@ -24,10 +24,8 @@ from torch import nn
 
 import backbonekit
 from backbonekit import cli
-from backbonekit.profiler import parse_input_size, profile, profile_model
-
-fvcore_nn = pytest.importorskip("fvcore.nn")
-thop = pytest.importorskip("thop")
+from backbonekit import profiler
+from backbonekit.profiler import estimate_forward_bytes, parse_input_size, profile, profile_model
 
 SEED_002_BACKBONE_MACS_416 = 24_515_805_184  # seed 002 (thop of its day, torchsummaryX: conv only)
 SEED_002_BACKBONE_PARAMS = 40_584_928
@@ -38,6 +36,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def fvcore_macs(model: nn.Module, x: torch.Tensor) -> int:
     """fvcore's conv + linear + matmul count (it counts one multiply-add as one flop)."""
+    fvcore_nn = pytest.importorskip("fvcore.nn")  # skips only the tests that compare against fvcore
     analysis = fvcore_nn.FlopCountAnalysis(copy.deepcopy(model).eval(), x)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
@@ -46,6 +45,7 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def thop_macs_params(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    thop = pytest.importorskip("thop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs, params = thop.profile(copy.deepcopy(model).eval(), inputs=(x,), verbose=False)
@@ -162,7 +162,7 @@ def test_shared_parameters_count_once():
     model = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1))
     model[2].weight = model[0].weight  # tied weights
     result = profile_model(model, 1, in_chans=8)
-    assert result.params == 8 * 8 + 8 + 8 == fvcore_nn.parameter_count(model)[""]
+    assert result.params == 8 * 8 + 8 + 8 == pytest.importorskip("fvcore.nn").parameter_count(model)[""]
 
 
 def test_trainable_params_exclude_frozen_stages():
@@ -212,6 +212,43 @@ def test_peak_activation_memory_of_a_conv_chain():
     one = profile_model(model, 32, batch_size=1)
     assert one.peak_activation_bytes == (8 + 16) * 32 * 32 * 4
     assert profile_model(model, 32, batch_size=3).peak_activation_bytes == 3 * one.peak_activation_bytes
+
+
+def test_activation_estimate_of_a_conv_chain_is_computed_without_allocating():
+    """The meta-device estimate: the input plus the same peak as the real forward, by hand."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 4, 1))
+    assert estimate_forward_bytes(model, (1, 3, 32, 32), torch.float32) == (3 + 8 + 16) * 32 * 32 * 4
+    huge = estimate_forward_bytes(model, (1, 3, 100_000, 100_000), torch.float32)  # 1 TB: only shapes exist
+    assert huge == (3 + 8 + 16) * 100_000 * 100_000 * 4
+
+
+@pytest.mark.parametrize("name", ["resnet18", "darknet53"])
+def test_activation_estimate_matches_the_measured_peak(name):
+    model = backbonekit.create_model(name)
+    measured = profile_model(model, 64, batch_size=2).peak_activation_bytes + 2 * 3 * 64 * 64 * 4
+    assert estimate_forward_bytes(model, (2, 3, 64, 64), torch.float32) == pytest.approx(measured, rel=0.01)
+
+
+def test_input_that_cannot_fit_is_refused_before_allocating(capsys):
+    code, out, err = run_cli(capsys, "resnet18", "--input-size", "100000")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "expected at most" in err and "found an estimated" in err and "GiB" in err
+    # the estimate, not the input alone, decides: 1 MiB of memory cannot hold resnet18's 224x224 activations
+    model = backbonekit.create_model("resnet18")
+    needed = estimate_forward_bytes(model, (1, 3, 224, 224), torch.float32)
+    assert needed > 3 * 224 * 224 * 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(profiler, "available_memory", lambda device: needed - 1)
+        with pytest.raises(ValueError, match=r"expected at most .* GiB .*found an estimated"):
+            profile_model(model, 224)
+        patch.setattr(profiler, "available_memory", lambda device: needed)
+        assert profile_model(model, 224).peak_activation_bytes > 0
+
+
+def test_registered_models_check_their_own_input_before_profiling():
+    """One input check (``Backbone.check_input``): wrong channels get its line, not a failed forward."""
+    with pytest.raises(ValueError, match="expected 3 input channels, found 4"):
+        profile_model(backbonekit.create_model("resnet18"), 64, in_chans=4)
 
 
 # -- input sizes ------------------------------------------------------------------------------
@@ -266,8 +303,9 @@ def test_cli_table_csv_markdown(capsys):
     (["nosuchnet"], "unknown model 'nosuchnet'"),
     (["darknet53", "--input-size", "abc"], "expected --input-size"),
     (["darknet53", "--input-size", "416", "320", "1"], "expected --input-size"),
-    (["darknet53", "--input-size", "16"], "smaller than the model's total stride 32"),
-    (["detnet59", "--input-size", "8", "64"], "smaller than the model's total stride 16"),
+    (["darknet53", "--input-size", "16"], "smaller than the network's total stride 32"),
+    (["detnet59", "--input-size", "8", "64"], "smaller than the network's total stride 16"),
+    (["resnet18", "--input-size", "100000"], "expected at most"),
     (["os:getcwd"], "must return a torch.nn.Module, found str"),
     (["no_such_module_xyz:build"], "cannot import module"),
     (["torchvision:nosuchnet"], "unknown torchvision model"),
@@ -287,4 +325,4 @@ def test_cli_subprocess_exit_code_and_one_line_stderr():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "smaller than the model's total stride 32" in lines[0]
+    assert len(lines) == 1 and "smaller than the network's total stride 32" in lines[0]

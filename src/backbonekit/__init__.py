@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .models import Backbone, FeatureInfo, list_models, model_entrypoint, model_info
 from . import detection  # noqa: E402,F401  (registers the detectors: yolov3)
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .weights import Weights
 
 
 def create_model(
@@ -17,7 +20,7 @@ def create_model(
     *,
     num_classes: int | None = None,
     in_chans: int = 3,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | Weights | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
@@ -36,6 +39,8 @@ def create_model(
             (layout detected from its keys), a ``.safetensors`` file, or a Darknet weights file
             (``darknet53.weights``; ``darknet53.conv.74`` leaves the classifier initialised), loaded
             strictly. The classifier is left initialised when its number of classes differs from ``num_classes``.
+            A :class:`backbonekit.weights.Weights` already read (:func:`backbonekit.weights.read_weights`) is
+            used as it is, so a caller that needs the file's contents too reads it once.
         features_only: return a multi-scale feature extractor whose forward returns a list of maps.
         out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three).
         output_stride: 32, 16 or 8; strides beyond it become dilation. ``None``: the model's native stride.
@@ -57,20 +62,20 @@ def create_model(
         kwargs["output_stride"] = output_stride
     if out_indices is not None and not features_only:
         raise ValueError("out_indices only applies with features_only=True, found features_only=False")
-    state, layout = None, None
+    state = None
     if pretrained is not None:
-        state, meta = weights.read_weights(pretrained)
+        state, meta = pretrained if isinstance(pretrained, weights.Weights) else weights.read_weights(pretrained)
+        source = meta.get("path", pretrained)
         if meta.get("model") and meta["model"] != name:
-            raise weights.CheckpointError(f"{pretrained} holds weights for {meta['model']}, found {name}")
-        layout = weights.detect_layout(state)
-        for key, value in {**meta.get("model_kwargs", {}), **weights.architecture_overrides(layout)}.items():
+            raise weights.CheckpointError(f"{source} holds weights for {meta['model']}, found {name}")
+        for key, value in weights.architecture_kwargs(state, meta).items():
             kwargs.setdefault(key, value)  # what the checkpoint was trained with, unless overridden here
     model = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if state is not None:
-        skipped = weights.load_into(model, weights.to_backbonekit(state, layout), source=f"weights file {pretrained}",
-                                    allow_missing_head=bool(meta.get("backbone_only")))
+        skipped = weights.load_into(model, weights.to_backbonekit(state, weights.detect_layout(state)),
+                                    source=f"weights file {source}", allow_missing_head=bool(meta.get("backbone_only")))
         if skipped:
-            warnings.warn(f"classifier left initialised: {pretrained} has a classifier of another shape "
+            warnings.warn(f"classifier left initialised: {source} has a classifier of another shape "
                           f"({', '.join(skipped)})", stacklevel=2)
     if features_only:
         model.as_features(out_indices)

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
+# what bad input or a bad environment raises: reported as one line (CheckpointError is a ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type's name when empty), cut to ``limit`` characters."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+def first_line(error: BaseException | str, limit: int | None = 200, *, lines: int | None = 1) -> str:
+    """An error message on one line: its first non-empty line (the first ``lines`` of them joined, all of
+    them for ``None``), whitespace collapsed, cut to ``limit`` characters (``None``: not cut).
+
+    An exception with an empty message gives its type's name; a ``KeyError`` gives its message
+    without the quotes ``str(KeyError)`` adds.
+    """
+    if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str):
+        text = error.args[0]
+    else:
+        text = str(error)
+    kept = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    line = " ".join(kept[:lines])
+    if not line and isinstance(error, BaseException):
+        line = type(error).__name__
+    return line if limit is None else line[:limit]
 
 
 def few(items: Sequence[str], n: int = 3) -> str:

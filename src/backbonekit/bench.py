@@ -1,4 +1,4 @@
-"""Throughput measurement (``backbonekit bench``): side by side, interleaved, warm-up excluded.
+"""Throughput measurement (``backbonekit bench``, :func:`benchmark`): side by side, interleaved, warm-up excluded.
 
 Every candidate (a model in one variant: eager, folded, compiled, ONNX Runtime, or a training
 step) is a callable that processes one batch. After warm-up, repetitions are interleaved:
@@ -8,7 +8,6 @@ alike. Ratios from one such run are the figures worth quoting; absolute images/s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -18,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -300,87 +299,86 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-# -- command line ---------------------------------------------------------------------------------------
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="images/s of models side by side (interleaved, warm-up excluded)")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
-    p.add_argument("--mode", choices=("infer", "train"), default="infer")
-    p.add_argument("--variant", nargs="+", default=None,
-                   help=f"infer: {' '.join(INFER_VARIANTS)} (default: eager fused); "
-                        f"train: {' '.join(TRAIN_VARIANTS)} (default: eager fast)")
-    p.add_argument("--compare", nargs="*", default=[], metavar="SPEC",
-                   help="reference models, timed eager: timm:NAME or torchvision:NAME")
-    p.add_argument("--input-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=10, help="timed steps per candidate (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per candidate first (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch (and ONNX Runtime) threads")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--matmul-peak", action="store_true", help="also measure fp32 matmul GFLOP/s")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=run)
+# -- the whole benchmark ---------------------------------------------------------------------------------
+DEFAULT_VARIANTS = {"infer": ("eager", "fused"), "train": ("eager", "fast")}
 
 
-def check_args(args: argparse.Namespace) -> None:
-    allowed = TRAIN_VARIANTS if args.mode == "train" else INFER_VARIANTS
-    bad = [v for v in args.variant if v not in allowed]
+def check_options(models: Sequence[str], *, mode: str, variants: Sequence[str], compare: Sequence[str],
+                  input_size: int, batch_sizes: Sequence[int], repeats: int, warmup: int, threads: int | None,
+                  device: str) -> torch.device:
+    """Raise one ValueError line for options no benchmark can run with; return the device."""
+    if mode not in DEFAULT_VARIANTS:
+        raise ValueError(f"mode must be infer or train, found {mode!r}")
+    allowed = TRAIN_VARIANTS if mode == "train" else INFER_VARIANTS
+    bad = [v for v in variants if v not in allowed]
     if bad:
-        raise ValueError(f"--variant for --mode {args.mode} must be among {', '.join(allowed)}, found {', '.join(bad)}")
-    if args.repeats < 1 or args.warmup < 0 or args.input_size < 1 or min(args.batch_size) < 1:
+        raise ValueError(f"--variant for --mode {mode} must be among {', '.join(allowed)}, found {', '.join(bad)}")
+    if not models or not batch_sizes:
+        raise ValueError("expected at least one model and one batch size, found none")
+    if repeats < 1 or warmup < 0 or input_size < 1 or min(batch_sizes) < 1:
         raise ValueError("--repeats, --input-size and --batch-size must be positive and --warmup >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, found {args.threads}")
-    specs = list(args.models) + list(args.compare or [])
-    repeated = sorted({m for m in specs if specs.count(m) > 1} | {v for v in args.variant if args.variant.count(v) > 1})
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, found {threads}")
+    specs = list(models) + list(compare)
+    repeated = sorted({m for m in specs if specs.count(m) > 1} | {v for v in variants if list(variants).count(v) > 1})
     if repeated:
         raise ValueError(f"each model and variant may be named once, found {', '.join(repeated)} more than once")
-    if args.mode == "train" and min(args.batch_size) < 2:
-        raise ValueError(f"--mode train needs --batch-size >= 2 (BatchNorm), found {min(args.batch_size)}")
+    if mode == "train" and min(batch_sizes) < 2:
+        raise ValueError(f"--mode train needs --batch-size >= 2 (BatchNorm), found {min(batch_sizes)}")
     try:
-        device = torch.device(args.device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device must be cpu or cuda[:N], found {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device must be cpu or cuda[:N], found {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], found {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch finds no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], found {args.device!r}")
-    if "onnx" in args.variant and device.type != "cpu":
-        raise ValueError(f"the onnx variant runs on the CPU only, found --device {args.device}")
+    if "onnx" in variants and dev.type != "cpu":
+        raise ValueError(f"the onnx variant runs on the CPU only, found --device {device}")
+    return dev
 
 
-def run(args: argparse.Namespace) -> int:
+def benchmark(models: Sequence[str], *, mode: str = "infer", variants: Sequence[str] | None = None,
+              compare: Sequence[str] = (), input_size: int = 256, batch_sizes: Sequence[int] = (1, 8),
+              num_classes: int = 1000, repeats: int = 10, warmup: int = 2, threads: int | None = None,
+              device: str = "cpu", matmul_peak: bool = False) -> dict[str, object]:
+    """``backbonekit bench``: every model in every variant, then each ``compare`` spec eager, timed
+    interleaved at each batch size; returns the report (environment, baseline, one result per candidate).
+
+    ``variants`` default to ``eager fused`` (infer) or ``eager fast`` (train). The baseline of the ratios is
+    the first ``compare`` spec, else the first model in the first variant. ``threads`` sets torch's (and
+    ONNX Runtime's) threads for the rest of the process.
+    """
     from .models import model_entrypoint
 
-    if args.variant is None:
-        args.variant = ["eager", "fast"] if args.mode == "train" else ["eager", "fused"]
-    check_args(args)
-    for name in args.models:
+    variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS.get(mode, ()))
+    dev = check_options(models, mode=mode, variants=variants, compare=compare, input_size=input_size,
+                        batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, threads=threads, device=device)
+    for name in models:
         model_entrypoint(name)  # KeyError with close matches, before any work
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    baseline = f"{args.compare[0]} eager" if args.compare else f"{args.models[0]} {args.variant[0]}"
-    report: dict[str, object] = {"environment": environment(device), "mode": args.mode,
-                                 "input_size": args.input_size, "baseline": baseline, "results": []}
-    if args.matmul_peak:
+    if threads:
+        torch.set_num_threads(threads)
+    baseline = f"{compare[0]} eager" if compare else f"{models[0]} {variants[0]}"
+    results: list[dict] = []
+    report: dict[str, object] = {"environment": environment(dev), "mode": mode, "input_size": input_size,
+                                 "baseline": baseline, "results": results}
+    if matmul_peak:
         report["matmul_gflops"] = matmul_gflops()
-    for batch in args.batch_size:
-        candidates = make_candidates(args.models, args.variant, mode=args.mode, input_size=args.input_size,
-                                     batch_size=batch, num_classes=args.num_classes, device=device,
-                                     compare=args.compare)
+    for batch in batch_sizes:
+        candidates = make_candidates(list(models), variants, mode=mode, input_size=input_size, batch_size=batch,
+                                     num_classes=num_classes, device=dev, compare=list(compare))
         try:
-            results = run_benchmark(candidates, batch, warmup=args.warmup, repeats=args.repeats, device=device)
+            results.extend(asdict(r) for r in run_benchmark(candidates, batch, warmup=warmup, repeats=repeats,
+                                                            device=dev))
         finally:
             for c in candidates:
                 if c.cleanup:
                     c.cleanup()
-        report["results"].extend(asdict(r) for r in results)
-    print(json.dumps(report, indent=2) if args.format == "json" else format_table(report))
-    return 0
+    return report
 
 
 def format_table(report: dict) -> str:
+    """The report of :func:`benchmark` as a table, with each median relative to the baseline's."""
     env = report["environment"]
     lines = [f"{report['mode']} at {report['input_size']}x{report['input_size']} on {env['device']}, "
              f"{env['torch_threads']} threads, torch {env['torch']}"

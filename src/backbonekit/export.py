@@ -1,4 +1,4 @@
-"""Export a model to ONNX or TorchScript, and ``backbonekit export``.
+"""Export a model to ONNX or TorchScript (``backbonekit export``).
 
 ONNX goes through ``torch.onnx.export(..., dynamo=True)``, the exporter PyTorch maintains (the
 default since 2.9; the older TorchScript-based one warns that it will be removed). It needs
@@ -11,11 +11,11 @@ the target folder and rename it into place, so an interrupted export never leave
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,24 @@ from .checkpoint import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18
+# torch.onnx's dynamo exporter implements opset 18 and later; asked for less, it tries a version conversion
+# that fails on our models (ReduceMean's axes) and silently keeps 18, so lower opsets are refused
+MIN_OPSET = 18
+
+
+def supported_opsets() -> range:
+    """The ONNX opsets :func:`export_model` writes: 18 up to the newest the installed ``onnx`` knows."""
+    import onnx
+
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_opset(opset: int) -> None:
+    """Raise one ValueError line unless ``opset`` is in :func:`supported_opsets`."""
+    supported = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in supported:
+        raise ValueError(f"expected an ONNX opset from {supported.start} to {supported.stop - 1} (torch.onnx's "
+                         f"exporter with the installed onnx), found {opset!r}")
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "onnx", input_size: int = 416,
@@ -39,7 +57,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "on
         batch_size: batch of the example input (and of the file, unless ``dynamic_batch``).
         dynamic_batch: let the batch dimension vary (ONNX: a symbolic ``batch`` axis; TorchScript
             traces are batch-agnostic already).
-        opset: ONNX opset version.
+        opset: ONNX opset version, one of :func:`supported_opsets` (the written file has exactly this one).
     """
     from .optimize import fuse_batchnorm
 
@@ -47,6 +65,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "on
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, found {format!r}")
     if input_size < 1 or batch_size < 1:
         raise ValueError(f"input size and batch size must be positive, found {input_size} and {batch_size}")
+    if format == "onnx":
+        check_opset(opset)
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")
@@ -78,6 +98,17 @@ def _write_onnx(model: nn.Module, example: Tensor, path: Path, *, dynamic_batch:
                                     output_names=output_names(model), opset_version=opset,
                                     dynamic_shapes=dynamic_shapes, verbose=False)
         program.save(str(path), external_data=False)  # one self-contained file (our models are < 2 GB)
+    written = onnx_opset(path)
+    if written != opset:  # the exporter falls back to another opset with only a log message
+        raise ValueError(f"torch.onnx wrote opset {written} where opset {opset} was asked for; nothing was written")
+
+
+def onnx_opset(path: str | os.PathLike) -> int:
+    """The default-domain (``ai.onnx``) opset an ONNX file imports."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _write_torchscript(model: nn.Module, example: Tensor, path: Path, *, dynamic_batch: bool, opset: int) -> None:
@@ -95,45 +126,40 @@ def _quiet():
         yield
 
 
-def classes_in_weights(path: str | os.PathLike) -> int:
-    """Number of classifier outputs in a weights file (0 when it has no classifier)."""
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote."""
+
+    path: Path
+    format: str
+    model: str
+    input_shape: tuple[int | str, int, int, int]  # "N" for the batch when it is dynamic
+    nbytes: int
+
+
+def build_for_export(name: str, *, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                     features_only: bool = False, **kwargs: Any) -> nn.Module:
+    """The model ``backbonekit export`` writes: ``num_classes`` defaults to the weights file's, else 1000.
+
+    The weights file is read once, for its classifier size and its tensors both.
+    """
+    from . import create_model
     from .weights import num_classes_in, read_weights
 
-    return num_classes_in(read_weights(path)[0])
-
-
-def build_for_export(name: str, *, weights: str | None = None, num_classes: int | None = None,
-                     features_only: bool = False, **kwargs: Any) -> nn.Module:
-    """The model ``backbonekit export`` writes: ``num_classes`` defaults to the weights file's, else 1000."""
-    from . import create_model
-
+    pretrained = read_weights(weights) if weights else None
     if num_classes is None:
-        num_classes = classes_in_weights(weights) if weights else 1000
-    return create_model(name, num_classes=num_classes, pretrained=weights, features_only=features_only, **kwargs)
+        num_classes = num_classes_in(pretrained.state) if pretrained else 1000
+    return create_model(name, num_classes=num_classes, pretrained=pretrained, features_only=features_only, **kwargs)
 
 
-# -- command line ---------------------------------------------------------------------------------------
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="write a model as ONNX or TorchScript (BatchNorm folded)")
-    p.add_argument("model", help="a registered model name (see `backbonekit models`)")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--input-size", type=int, default=416, help="input height and width (default 416)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: let the batch dimension vary")
-    p.add_argument("--weights", help="weights file to load (backbonekit checkpoint, timm or torchvision)")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the weights file's, else 1000)")
-    p.add_argument("--features-only", action="store_true", help="export the multi-scale feature extractor")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("-o", "--output", required=True, help="file to write")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes,
-                             features_only=args.features_only)
-    path = export_model(model, args.output, format=args.format, input_size=args.input_size,
-                        batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, opset=args.opset)
-    batch = "N" if args.dynamic_batch else str(args.batch_size)
-    print(f"wrote {path} ({args.format}, {args.model}, input {batch}x{model.in_chans}x{args.input_size}x"
-          f"{args.input_size}, {path.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+def export(name: str, output: str | os.PathLike, *, format: str = "onnx", weights: str | os.PathLike | None = None,
+           num_classes: int | None = None, features_only: bool = False, input_size: int = 416, batch_size: int = 1,
+           dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Build a registered model (:func:`build_for_export`) and write it with :func:`export_model`."""
+    if format == "onnx":
+        check_opset(opset)  # before building the model and reading its weights
+    model = build_for_export(name, weights=weights, num_classes=num_classes, features_only=features_only)
+    path = export_model(model, output, format=format, input_size=input_size, batch_size=batch_size,
+                        dynamic_batch=dynamic_batch, opset=opset)
+    batch: int | str = "N" if dynamic_batch else batch_size
+    return ExportResult(path, format, name, (batch, int(model.in_chans), input_size, input_size), path.stat().st_size)

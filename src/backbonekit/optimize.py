@@ -229,21 +229,24 @@ def bf16_is_native(device: torch.device | str) -> bool:
     return False
 
 
-def training_autocast(device: torch.device | str, enabled: bool | None = None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to bfloat16 for the forward pass and the loss, or a no-op.
+def training_autocast(device: torch.device | str, enabled: bool | None = None,
+                      dtype: torch.dtype = torch.bfloat16) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` (bfloat16 by default) for the forward pass and the loss, or a no-op.
 
+    The one mixed-precision switch of the package (``benchmarks``, ``bench`` and the training loop use it).
     ``enabled=None`` turns it on for CUDA devices with bf16 only; ``enabled=True`` forces it. On the
     CPU keep it opt-in, and only where :func:`bf16_is_native`: on our AVX512-BF16 machine the
     bf16 backward of Darknet-53 ran 10x slower than fp32 with [0, 1] inputs (``benchmarks/bench_train.py
-    --variants fast fast-bf16``). Mixed precision changes numerics, unlike the other helpers here.
-    Wrap the forward and the loss only, not ``backward()`` or ``optimizer.step()``.
+    --variants fast fast-bf16``). Mixed precision changes numerics, unlike the other helpers here;
+    float16 needs a ``torch.amp.GradScaler``. Wrap the forward and the loss only, not ``backward()`` or
+    ``optimizer.step()``.
     """
     device = torch.device(device)
     if enabled is None:
         enabled = device.type == "cuda" and bf16_is_native(device)
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def compile_for_training(model: nn.Module, **options: Any) -> Callable[..., Any]:

@@ -14,7 +14,6 @@ removed and every module's train/eval flag is restored, whatever happens during 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import io
@@ -35,6 +34,7 @@ from ._text import first_line
 DEFAULT_INPUT_SIZE = 224  # for models that do not say which resolution they were made for
 FORMATS = ("table", "json", "csv", "markdown")
 MIB = 2**20
+GIB = 2**30
 
 Shape = Any  # list[int] for a tensor, a list of those for a list/tuple/dict of tensors, None otherwise
 
@@ -207,7 +207,7 @@ class _LiveTensorBytes(TorchDispatchMode):
         super().__init__()
         self.current = 0
         self.peak = 0
-        self._live: set[int] = {t.untyped_storage().data_ptr() for t in exclude}
+        self._live: set[int] = {t.untyped_storage()._cdata for t in exclude}
 
     def _release(self, key: int, nbytes: int) -> None:
         self.current -= nbytes
@@ -221,7 +221,7 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:
-        key, nbytes = storage.data_ptr(), storage.nbytes()
+        key, nbytes = storage._cdata, storage.nbytes()  # the storage's own address: meta storages have no data_ptr
         if nbytes == 0 or key in self._live:
             return
         self._live.add(key)
@@ -299,11 +299,77 @@ class _ModuleRecorder:
         )
 
 
-def _check_stride(model: nn.Module, height: int, width: int) -> None:
-    stride = getattr(model, "stride", None)
-    if isinstance(stride, int) and (height < stride or width < stride):
-        raise ValueError(f"input {height}x{width} is smaller than the model's total stride {stride}: "
-                         f"expected height and width >= {stride}")
+def _check_input(model: nn.Module, shape: tuple[int, int, int, int]) -> None:
+    """The model's own one-line input check (``Backbone.check_input``: dims, channels, stride), on a
+    meta tensor of ``shape`` so nothing is allocated."""
+    check = getattr(model, "check_input", None)
+    if callable(check):
+        check(torch.empty(shape, device="meta"))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on ``device`` now: CUDA's free memory, the CPU's ``MemAvailable``
+    (``/proc/meminfo``); ``None`` where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def estimate_forward_bytes(model: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype) -> int | None:
+    """Bytes of the input plus the peak of forward-created tensors, from a forward on the meta device.
+
+    Meta tensors carry shapes and sizes but no data, so this allocates nothing and takes milliseconds
+    whatever the input size; the peak is tracked exactly as :func:`profile_model` tracks the real one.
+    ``None`` when the model cannot run on meta tensors (data-dependent code, tensors held outside its
+    parameters and buffers).
+    """
+    from torch.func import functional_call
+
+    x = torch.empty(shape, device="meta", dtype=dtype)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+    memory = _LiveTensorBytes(exclude=[x, *meta.values()])
+    try:
+        with torch.no_grad(), memory:
+            functional_call(model, meta, (x,))
+    except Exception:  # anything the meta device cannot run: the real forward reports its own errors
+        return None
+    return x.nbytes + memory.peak
+
+
+def _check_fits_in_memory(model: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype,
+                          device: torch.device) -> None:
+    available = available_memory(device)
+    if available is None:
+        return
+    needed = estimate_forward_bytes(model, shape, dtype)
+    if needed is None:
+        needed = _numel(shape) * dtype.itemsize  # at least the input itself
+    if needed > available:
+        raise ValueError(f"input {'x'.join(map(str, shape))} cannot be profiled on {device.type}: expected at most "
+                         f"{_gib(available)} (the memory available), found an estimated {_gib(needed)} for the "
+                         f"input and activations; use a smaller --input-size or --batch-size")
+
+
+def _gib(nbytes: int) -> str:
+    value = nbytes / GIB
+    return f"{value:.1f} GiB" if value >= 10 else f"{value:.3g} GiB"
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for n in shape:
+        count *= n
+    return count
 
 
 def _infer_in_chans(model: nn.Module) -> int:
@@ -340,11 +406,13 @@ def profile_model(model: nn.Module, input_size: int | tuple[int, int] = DEFAULT_
     height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if min(height, width, batch_size) < 1:
         raise ValueError(f"expected positive input size and batch size, found {height}x{width}, batch {batch_size}")
-    _check_stride(model, height, width)
     reference = next(model.parameters(), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     in_chans = in_chans or _infer_in_chans(model)
+    shape = (batch_size, in_chans, height, width)
+    _check_input(model, shape)
+    _check_fits_in_memory(model, shape, dtype, device)  # one line instead of an allocation failure
 
     modes = {module: module.training for module in model.modules()}
     counter = FlopCounterMode(display=False)
@@ -378,9 +446,11 @@ def profile_model(model: nn.Module, input_size: int | tuple[int, int] = DEFAULT_
     )
 
 
-def profile(spec: str, input_size: int | tuple[int, int] | None = None, *, batch_size: int = 1,
+def profile(spec: str, input_size: int | tuple[int, int] | Sequence[str] | str | None = None, *, batch_size: int = 1,
             features_only: bool = False, num_classes: int | None = None) -> ProfileResult:
     """Resolve a MODEL string (see :func:`resolve_model`) and profile it at its native size by default."""
+    if input_size is not None:
+        parse_input_size(input_size, None)  # refuse a bad size before building the model
     model, native_size = resolve_model(spec, num_classes=num_classes, features_only=features_only)
     size = parse_input_size(input_size, native_size)
     return profile_model(model, size, batch_size=batch_size, name=spec)
@@ -470,43 +540,3 @@ FORMATTERS: dict[str, Callable[[ProfileResult, int | None], str]] = {
     "csv": format_csv,
     "json": lambda result, depth: json.dumps(result.to_dict(depth), indent=2),
 }
-
-
-# -- command line ----------------------------------------------------------------------------
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("profile", help="count parameters, MACs and FLOPs per layer",
-                              description="Count parameters, MACs (conv + linear + matmul multiply-adds; "
-                                          "FLOPs = 2 x MACs) and peak activation memory of one forward pass.")
-    p.add_argument("model", metavar="MODEL",
-                   help="a registered name (darknet53), torchvision:NAME, timm:NAME or module.path:callable")
-    p.add_argument("--input-size", nargs="+", metavar="SIZE",
-                   help="SIZE or H W (default: the model's native size, else 224)")
-    p.add_argument("--batch-size", default="1", metavar="N", help="images per forward (default 1)")
-    p.add_argument("--depth", default="2", metavar="N",
-                   help="module levels shown in the layer table (default 2; 0: totals only)")
-    p.add_argument("--format", choices=FORMATS, default="table")
-    p.add_argument("--features-only", action="store_true", help="profile the multi-scale feature extractor")
-    p.add_argument("--num-classes", default=None, metavar="N",
-                   help="classifier outputs (0: no classifier; default: the model's own default)")
-    p.set_defaults(func=run)
-
-
-def _int_option(value: str | None, option: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if not re.fullmatch(r"\d+", str(value).strip()) or int(value) < minimum:
-        raise ValueError(f"expected {option} as an integer >= {minimum}, found {value!r}")
-    return int(value)
-
-
-def run(args: argparse.Namespace) -> int:
-    batch_size = _int_option(args.batch_size, "--batch-size", 1)
-    depth = _int_option(args.depth, "--depth", 0)
-    num_classes = _int_option(args.num_classes, "--num-classes", 0)
-    if args.input_size is not None:
-        parse_input_size(args.input_size, None)  # reject bad sizes before building the model
-    model, native_size = resolve_model(args.model, num_classes=num_classes, features_only=args.features_only)
-    size = parse_input_size(args.input_size, native_size)
-    result = profile_model(model, size, batch_size=batch_size, name=args.model)
-    print(FORMATTERS[args.format](result, depth))
-    return 0

@@ -15,7 +15,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,14 @@ def detect_file_format(path: str | os.PathLike) -> str:
     return "darknet"
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+class Weights(NamedTuple):
+    """A weights file, read once: pass it on (``create_model(pretrained=...)``) instead of its path."""
+
+    state: dict[str, Tensor]  # the file's own names (see :func:`detect_layout`)
+    meta: dict[str, Any]  # see :func:`read_weights`; ``path`` names the file
+
+
+def read_weights(path: str | os.PathLike) -> Weights:
     """Return ``(state_dict, metadata)`` from a weights file of any supported kind.
 
     Kinds: torch.save files (backbonekit checkpoints, torchvision/timm state_dicts, common wrappers),
@@ -61,13 +68,29 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     path = Path(path)
     kind = detect_file_format(path)
     if kind == "darknet":
-        return _read_darknet(path)
+        return _checked(*_read_darknet(path), path)
     obj, meta = _read_safetensors(path) if kind == "safetensors" else _unwrap(load_file(path))
+    return _checked(obj, meta, path)
+
+
+def weights_from_checkpoint(obj: Any, path: str | os.PathLike) -> Weights:
+    """:func:`read_weights` of an object already loaded from ``path`` with :func:`backbonekit.checkpoint.load_file`
+    (so that a caller that needs the rest of a checkpoint reads the file once)."""
+    return _checked(*_unwrap(obj), Path(path))
+
+
+def _checked(obj: Any, meta: dict[str, Any], path: Path) -> Weights:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"cannot use {path}: expected a state_dict (a mapping of names to tensors), "
                               f"found {type(obj).__name__}")
     state = {k.removeprefix("module."): v for k, v in obj.items()}  # DDP-saved files
-    return state, meta
+    return Weights(state, {**meta, "path": str(path)})
+
+
+def architecture_kwargs(state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture arguments a weights file needs: those it records (``model_kwargs``), then those its
+    layout implies (timm's darknet53: LeakyReLU slope 0.01)."""
+    return {**dict(meta.get("model_kwargs") or {}), **architecture_overrides(detect_layout(state))}
 
 
 def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
@@ -341,8 +364,45 @@ def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, dst_form
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, found {dst_format!r}")
 
 
+TRAINING_RECORD = ("config", "preprocessing", "history")  # what backbonekit train's best.pt/last.pt add
+
+
+def _held_by(path: Path) -> set[str]:
+    """What an existing weights file holds that a converted file may lack; nothing for an unreadable file."""
+    try:
+        if detect_file_format(path) == "torch":
+            obj = load_file(path)
+            weights = weights_from_checkpoint(obj, path)
+            trained = isinstance(obj, Mapping) and any(key in obj for key in TRAINING_RECORD)
+        else:
+            weights, trained = read_weights(path), False
+    except (CheckpointError, OSError):
+        return set()
+    held = {"a training record (config, preprocessing, history)"} if trained else set()
+    layout = detect_layout(weights.state)
+    if num_classes_in(to_backbonekit(weights.state, layout)) > 0:
+        held.add("a classifier")
+    return held
+
+
+def check_destination(src: Path, dst: Path) -> None:
+    """A conversion never writes over its own source (nor through a link to it)."""
+    if src.exists() and dst.exists() and os.path.samefile(src, dst):
+        raise ValueError(f"destination {dst} is the source file {src}: converting in place would replace it; "
+                         f"expected another DST")
+
+
+def _check_nothing_lost(dst: Path, has_classifier: bool) -> None:
+    if not dst.is_file():
+        return
+    lost = _held_by(dst) - ({"a classifier"} if has_classifier else set())
+    if lost:
+        raise ValueError(f"{dst} already holds {' and '.join(sorted(lost))}, which the converted file would not: "
+                         f"expected a new DST, or --force to replace it")
+
+
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
-                    to: str | None = None, backbone_only: bool = False) -> Conversion:
+                    to: str | None = None, backbone_only: bool = False, force: bool = False) -> Conversion:
     """Convert a weights file between Darknet ``.weights``, timm and torchvision state_dicts, backbonekit
     checkpoints and ``.safetensors``.
 
@@ -352,8 +412,12 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     Architecture arguments the weights need (Darknet-53's LeakyReLU ``act_slope``) are recorded in
     backbonekit checkpoints and safetensors metadata; where the target cannot record them (timm,
     Darknet) and its own slope differs, a warning says so. ``backbone_only`` drops the classifier.
+
+    ``dst`` may not be ``src`` (nor a link to it). An existing ``dst`` that holds what the output would
+    not (a training checkpoint's config, preprocessing and history; a classifier) is refused unless ``force``.
     """
     src, dst = Path(src), Path(dst)
+    check_destination(src, dst)
     dst_format = to or output_format_for(dst)
     if dst_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, found {dst_format!r}")
@@ -362,17 +426,19 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     if layout == "unknown":
         raise CheckpointError(f"cannot convert {src}: expected darknet53 (timm or backbonekit names) or ResNet-style "
                               f"keys, found keys like {few(sorted(state))}")
+    kwargs = architecture_kwargs(state, meta)
     state = to_backbonekit(state, layout)
     if model and meta.get("model") and model != meta["model"]:
         raise CheckpointError(f"{src} records weights for {meta['model']}, found --model {model}")
     name = model or meta.get("model") or infer_model_name(state, layout)
-    kwargs = {**meta.get("model_kwargs", {}), **architecture_overrides(layout)}
     checked = _build_on_meta(name, state, kwargs)
     check_fits(checked, state, source=f"weights file {src}")
     if hasattr(checked, "act_slope"):
         kwargs["act_slope"] = checked.act_slope  # record the slope the weights compute with, default included
     dropped = _head_keys(checked) if backbone_only else set()
     state = {k: state[k] for k in checked.state_dict() if k in state and k not in dropped}  # the model's order
+    if not force:
+        _check_nothing_lost(dst, has_classifier=num_classes_in(state) > 0)
     notes = _slope_notes(name, kwargs.get("act_slope"), dst_format)
     for note in notes:
         warnings.warn(note, stacklevel=2)

@@ -222,13 +222,25 @@ def write_detector_state(state: Mapping[str, Tensor], path: str | os.PathLike, m
     return path
 
 
-def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def is_detector_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a whole YOLOv3 detector (a Darknet file of some class count, or a checkpoint)."""
+    try:
+        return inspect_pretrained(path).num_classes > 0
+    except (CheckpointError, ValueError, KeyError):
+        return False
+
+
+def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> Path:
     """Convert a YOLOv3 detector file between Darknet ``.weights``, backbonekit ``.pt`` and ``.safetensors``
     (the format from ``dst``'s name); checked against the model it describes before anything is written.
-    A Darknet source keeps its header (version and ``seen``) when written back as Darknet."""
+    A Darknet source keeps its header (version and ``seen``) when written back as Darknet. As for backbones,
+    ``dst`` may not be ``src``, and an existing ``dst`` holding a training record is kept unless ``force``."""
     from .. import create_model
-    from ..weights import check_fits
+    from ..weights import _check_nothing_lost, check_destination, check_fits
 
+    check_destination(Path(src), Path(dst))
+    if not force:
+        _check_nothing_lost(Path(dst), has_classifier=True)
     source = inspect_pretrained(src)
     if not source.num_classes:
         raise CheckpointError(f"{src} holds a backbone only ({source.description}): expected a whole YOLOv3 detector")

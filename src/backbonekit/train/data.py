@@ -197,7 +197,7 @@ def _cifar(name: str, root: Path, download: bool) -> tuple[Split, Split, list[st
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=False)
     except (RuntimeError, urllib.error.URLError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:160]
+        reason = first_line(exc, 160, lines=None)
         raise FileNotFoundError(
             f"{name} not found under --data-dir {root}: expected {root / folder}/{{{','.join(files)}}} "
             f"(extract {url} into {root}, or run with network access to download it); reason: {reason}"
@@ -321,7 +321,7 @@ def _image_folder(path: Path, size: int, crop_padding: int, hflip: bool, skip_ba
         else:  # refused by _check_classes with its own message; no split to make
             val = train
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"imagefolder: {' '.join(str(exc).split())}") from None
+        raise FileNotFoundError(f"imagefolder: {first_line(exc, None, lines=None)}") from None
     classes = train.dataset.classes if isinstance(train, _Subset) else train.classes
     return DataBundle(f"imagefolder:{path}", list(classes), train, val, size, IMAGENET_MEAN, IMAGENET_STD,
                       crop_padding, hflip)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..optimize import fused_optimizer
+from ..optimize import fused_optimizer, training_autocast
 from . import dist
 
 
@@ -109,13 +108,6 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, epoc
     raise ValueError(f"unknown schedule {name!r}: expected onecycle or cosine")
 
 
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """Mixed precision on CUDA only; a no-op context elsewhere."""
-    if amp_dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=amp_dtype)
-
-
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, *,
                     device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -130,7 +122,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
     start = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (x, y, _) in enumerate(batches):
-        with autocast(device, amp_dtype):
+        with training_autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
             logits = model(x)
             loss = loss_fn(logits, y)
         loss_value = loss.item()
@@ -177,7 +169,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, device:
     total_loss, top1, top5, num_classes = 0.0, 0, 0, 0
     indices, targets, preds = [], [], []
     for x, y, idx in batches:
-        with autocast(device, amp_dtype):
+        with training_autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
             logits = model(x)
         logits = logits.float()
         total_loss += float(loss_fn(logits, y)) * len(y)

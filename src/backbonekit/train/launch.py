@@ -13,6 +13,7 @@ import sys
 import uuid
 from typing import Any, Callable, Collection, Sequence
 
+from .._text import first_line
 from .config import TrainConfig
 
 
@@ -49,7 +50,7 @@ def _failure_reason(message) -> str:
     if isinstance(message, dict):
         message = message.get("message", "")
     lines = str(message or "").strip().splitlines()
-    reason = " ".join(lines[-1].split())[:300] if lines else ""
+    reason = first_line(lines[-1], 300) if lines else ""
     return "" if reason.startswith("To enable traceback") else reason  # exited without a recorded error
 
 
@@ -75,7 +76,7 @@ def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print, given: Co
 
 def train_worker(cfg_dict: dict[str, Any], given: list[str] | None = None) -> dict[str, Any]:
     """One rank of ``launch_local``: train, print one error line on failure, exit 2."""
-    from ..cli import USER_ERRORS, error_line
+    from .._text import USER_ERRORS
     from . import dist
     from .trainer import train
 
@@ -83,7 +84,8 @@ def train_worker(cfg_dict: dict[str, Any], given: list[str] | None = None) -> di
         result = train(TrainConfig(**cfg_dict), given=given)
         return {"best_acc": result.best_acc, "val_count": result.val_count}
     except USER_ERRORS as exc:
-        print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {error_line(exc)}", file=sys.stderr)
+        print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {first_line(exc, None, lines=None)}",
+              file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         dist.cleanup()

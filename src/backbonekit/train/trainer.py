@@ -16,7 +16,7 @@ from typing import Any, Callable, Collection, Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import create_model
+from .. import create_model, weights
 from ..optimize import prepare_for_training
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
@@ -131,16 +131,6 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def pretrained_kwargs(path: str | None) -> dict[str, Any]:
-    """Architecture arguments a weights file implies (timm's darknet53: LeakyReLU slope 0.01)."""
-    if not path:
-        return {}
-    from .. import weights
-
-    state, meta = weights.read_weights(path)
-    return {**meta.get("model_kwargs", {}), **weights.architecture_overrides(weights.detect_layout(state))}
-
-
 # -- training -----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
@@ -182,10 +172,11 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     if data.in_memory:
         data.train, data.val = data.train.to(device), data.val.to(device)
-    model_kwargs = dict(resumed["model_kwargs"]) if resumed else pretrained_kwargs(cfg.pretrained)
+    pretrained = weights.read_weights(cfg.pretrained) if cfg.pretrained and not resumed else None  # read once
+    model_kwargs = (dict(resumed["model_kwargs"]) if resumed else
+                    weights.architecture_kwargs(*pretrained) if pretrained else {})
     init_kwargs = {"zero_init_residual": True} if cfg.zero_init_residual and not cfg.pretrained else {}
-    model = create_model(cfg.model, num_classes=data.num_classes,
-                         pretrained=None if resumed else cfg.pretrained, **model_kwargs, **init_kwargs)
+    model = create_model(cfg.model, num_classes=data.num_classes, pretrained=pretrained, **model_kwargs, **init_kwargs)
     model = _prepare_model(model, cfg, device)
     normalize = Normalizer(data.mean, data.std, device, channels_last=cfg.channels_last and device.type == "cuda")
 
@@ -301,8 +292,8 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scale
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"cannot resume: the checkpoint does not fit the model/optimizer ({first})") from None
+        raise CheckpointError(f"cannot resume: the checkpoint does not fit the model/optimizer "
+                              f"({first_line(exc, 200, lines=None)})") from None
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng") or {}
@@ -356,8 +347,8 @@ def load_trained_model(checkpoint: str | os.PathLike, device: torch.device) -> t
     if not isinstance(ckpt, dict) or ckpt.get("format") != "backbonekit" or "preprocessing" not in ckpt:
         raise CheckpointError(f"{checkpoint}: expected a best.pt/last.pt written by backbonekit train "
                               f"(format 'backbonekit' with preprocessing), found another kind of file")
-    model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]), pretrained=checkpoint,
-                         **dict(ckpt.get("model_kwargs") or {}))
+    model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]),
+                         pretrained=weights.weights_from_checkpoint(ckpt, checkpoint))  # the file is read once
     return model.to(device).eval(), ckpt
 
 

@@ -14,7 +14,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .models import list_models, model_info
+    from ..models import list_models, model_info
 
     infos = [model_info(name) for name in list_models(args.pattern)]
     if args.format == "json":

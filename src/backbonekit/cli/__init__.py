@@ -1,7 +1,17 @@
-"""Command line: one entry point, thin subcommands over the Python API.
+"""Command line: one entry point (``backbonekit``, ``python -m backbonekit``), one thin module per subcommand.
 
-Each command module exposes ``register_cli(subparsers)`` which adds its parser and sets
-``func`` (a callable taking the parsed arguments and returning an exit code).
+The convention every command module follows (``cli/models.py`` is the smallest example):
+
+- ``register_cli(subparsers)`` adds the command's parser and sets ``func=run`` on it;
+- ``run(args) -> int`` turns the parsed arguments into explicit keyword arguments, calls ONE library
+  function (``backbonekit.export.export``, ``backbonekit.bench.benchmark``, ...), prints its result and
+  returns the exit code.
+
+Validation and work belong to the library function, so the Python API refuses what the command line
+refuses; library modules never import argparse nor take a ``Namespace``. Errors in
+:data:`backbonekit._text.USER_ERRORS` raised by ``run`` are printed here as one line with exit code 2.
+A new command (e.g. ``cli/detect.py``) is added by writing such a module and listing it in
+:data:`COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -10,23 +20,25 @@ import argparse
 import importlib
 import sys
 
-from .checkpoint import CheckpointError
+from .._text import USER_ERRORS, first_line
 
 # modules that contribute subcommands, in the order they appear in --help
 COMMAND_MODULES = (
-    "backbonekit.cli_models",
+    "backbonekit.cli.models",
     "backbonekit.train.cli",
-    "backbonekit.profiler",
-    "backbonekit.cli_convert",
-    "backbonekit.export",
-    "backbonekit.bench",
+    "backbonekit.cli.profile",
+    "backbonekit.cli.convert",
+    "backbonekit.cli.export",
+    "backbonekit.cli.bench",
+    "backbonekit.cli.detect",
+    "backbonekit.cli.anchors",
 )
 
-# what bad input or a bad environment raises: reported as one line, exit code 2
-USER_ERRORS = (ValueError, KeyError, OSError, CheckpointError)
+__all__ = ["COMMAND_MODULES", "USER_ERRORS", "build_parser", "error_line", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``backbonekit`` parser with every command module's subcommand."""
     parser = argparse.ArgumentParser(
         prog="backbonekit",
         description="Detection backbones (Darknet-53, ResNet, DetNet-59): models, profiling, training, weights, export.",
@@ -39,17 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
 
 def error_line(exc: BaseException) -> str:
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(str(message).split())
+    """The message printed for a user error: all of it, on one line."""
+    return first_line(exc, limit=None, lines=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
