@@ -466,7 +466,8 @@ def test_frozen_batchnorm_model_matches_batchnorm_model(name):
 
     reference = randomized(bk.create_model(name, num_classes=5))
     frozen = bk.create_model(name, num_classes=5, norm_layer="frozen_batchnorm")
-    assert _count(frozen, nn.BatchNorm2d) == 0 and _count(frozen, FrozenBatchNorm2d) == _count(reference, nn.BatchNorm2d)
+    assert _count(frozen, nn.BatchNorm2d) == 0
+    assert _count(frozen, FrozenBatchNorm2d) == _count(reference, nn.BatchNorm2d)
     own = reference.state_dict()
     assert set(frozen.state_dict()) == {k for k in own if not k.endswith("num_batches_tracked")}  # same names
     frozen.load_state_dict(own)  # FrozenBatchNorm2d drops the counters itself

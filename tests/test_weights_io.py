@@ -470,8 +470,9 @@ def test_convert_a_file_without_batchnorm_counters(tmp_path: Path, image: torch.
 
 
 def test_a_missing_batchnorm_is_still_refused(tmp_path: Path) -> None:
-    reference, state, _ = _torchvision_reference("resnet18")
+    _, state, _ = _torchvision_reference("resnet18")
     del state["layer1.0.bn1.running_mean"]  # a counter can be filled; a statistic cannot
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError, match=r"2 missing keys \[layer1.0.bn1.num_batches_tracked, layer1.0.bn1.running_mean\]"):
+    missing = r"2 missing keys \[layer1.0.bn1.num_batches_tracked, layer1.0.bn1.running_mean\]"
+    with pytest.raises(CheckpointError, match=missing):
         backbonekit.create_model("resnet18", pretrained=tmp_path / "broken.pth")
