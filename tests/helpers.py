@@ -1,5 +1,8 @@
 """Helpers shared by the test modules (importable: pytest puts tests/ on sys.path)."""
 
+from __future__ import annotations
+
+import torch
 from torch import nn
 
 
@@ -12,3 +15,32 @@ def with_random_bn_statistics(model: nn.Module) -> nn.Module:
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.2, 0.2)
     return model.eval()
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Draw every parameter and every float buffer of ``model`` at random (seeded); return it in eval mode.
+
+    Norm scales in [0.5, 1.5], running variances in [0.5, 2], shifts, means and biases around 0, conv and
+    linear weights N(0, 1/fan_in) (small enough that 50 residual blocks stay finite in float32). No tensor
+    is left at a value that hides a difference: not timm's zero-initialised last BatchNorm of each residual
+    branch, not the identity statistics (mean 0, var 1) a fresh BatchNorm starts with.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, t in tensors:
+                if t.is_floating_point():
+                    t.copy_(_draw(name, t, g))
+    return model.eval()
+
+
+def _draw(name: str, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if name == "running_var":
+        return torch.rand(t.shape, generator=g) * 1.5 + 0.5
+    if name in ("running_mean", "bias"):
+        return torch.randn(t.shape, generator=g) * 0.2
+    if t.dim() <= 1:  # a norm's scale
+        return torch.rand(t.shape, generator=g) + 0.5
+    return torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -13,6 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
 from backbonekit.detection import fpn_backbone
+from backbonekit.weights import timm_darknet_to_backbonekit
+from helpers import randomized
 
 MODELS = bk.list_models()
 RESNETS = bk.list_models("resnet*")
@@ -121,7 +124,7 @@ def test_detnet59_has_residual_connections():
 
 @pytest.mark.parametrize("name", RESNETS)
 def test_torchvision_state_dict_gives_same_logits(name, tmp_path):
-    reference = getattr(torchvision.models, name)().eval()
+    reference = randomized(getattr(torchvision.models, name)())
     path = tmp_path / f"{name}.pth"
     torch.save(reference.state_dict(), path)
     model = bk.create_model(name, pretrained=path).eval()
@@ -133,10 +136,7 @@ def test_torchvision_state_dict_gives_same_logits(name, tmp_path):
 
 def test_timm_darknet53_state_dict_gives_same_logits(tmp_path):
     timm = pytest.importorskip("timm")
-    reference = timm.create_model("darknet53").eval()
-    with torch.no_grad():  # timm zero-inits the last BN of each block; give every tensor a non-trivial value
-        for p in reference.parameters():
-            p.normal_(0, 0.05)
+    reference = randomized(timm.create_model("darknet53"))  # timm zero-inits the last BN of each block
     path = tmp_path / "timm_darknet53.pth"
     torch.save(reference.state_dict(), path)
     model = bk.create_model("darknet53", pretrained=path).eval()
@@ -148,7 +148,7 @@ def test_timm_darknet53_state_dict_gives_same_logits(tmp_path):
 
 def test_timm_darknet53_features_match(tmp_path):
     timm = pytest.importorskip("timm")
-    reference = timm.create_model("darknet53").eval()
+    reference = randomized(timm.create_model("darknet53"))
     path = tmp_path / "timm_darknet53.pth"
     torch.save(reference.state_dict(), path)
     model = bk.create_model("darknet53", pretrained=path, features_only=True).eval()
@@ -214,22 +214,43 @@ def test_output_stride_replaces_strides_by_dilation(name, output_stride):
         assert out.shape[-1] == SMALL // info.stride
 
 
+# Every comparison below randomises every weight and norm statistic first: timm zero-initialises the last
+# BatchNorm of each residual branch, so on its fresh weights a model without the dilation gives the same output.
 @pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet152"])  # torchvision's BasicBlock cannot dilate
-def test_dilated_resnet_matches_torchvision(name):
-    reference = getattr(torchvision.models, name)(replace_stride_with_dilation=[False, True, True]).eval()
-    model = bk.create_model(name, output_stride=8).eval()
+@pytest.mark.parametrize("output_stride, dilate", [(16, [False, False, True]), (8, [False, True, True])])
+def test_dilated_resnet_matches_torchvision(name, output_stride, dilate):
+    reference = randomized(getattr(torchvision.models, name)(replace_stride_with_dilation=dilate))
+    model = bk.create_model(name, output_stride=output_stride).eval()
     model.load_state_dict(reference.state_dict())
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_dilated_darknet_matches_timm():
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_dilated_basic_block_resnet_matches_timm(name, output_stride):
     timm = pytest.importorskip("timm")
-    reference = timm.create_model("darknet53", output_stride=16).eval()
-    from backbonekit.weights import timm_darknet_to_backbonekit
+    reference = randomized(timm.create_model(name, output_stride=output_stride))
+    model = bk.create_model(name, output_stride=output_stride).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
 
-    model = bk.create_model("darknet53", output_stride=16, act_slope=0.01).eval()
+
+def test_first_basic_block_of_a_dilated_stage_dilates_its_second_conv():
+    # timm's BasicBlock: conv1 takes first_dilation (the previous stage's), conv2 the stage's new dilation
+    model = bk.create_model("resnet18", output_stride=8)
+    dilations = [(b.conv1.dilation[0], b.conv2.dilation[0]) for layer in (model.layer3, model.layer4) for b in layer]
+    assert dilations == [(1, 2), (2, 2), (2, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_dilated_darknet_matches_timm(output_stride):
+    timm = pytest.importorskip("timm")
+    reference = randomized(timm.create_model("darknet53", output_stride=output_stride))
+    model = bk.create_model("darknet53", output_stride=output_stride, act_slope=0.01).eval()
     model.load_state_dict(timm_darknet_to_backbonekit(reference.state_dict()))
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
@@ -303,6 +324,65 @@ def test_bad_input_is_rejected_before_any_conv(name, shape, message):
     assert not ran and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_non_float_input_is_rejected_before_any_conv(name, dtype):
+    model = bk.create_model(name)
+    ran = _first_conv_guard(model)
+    with pytest.raises(ValueError, match=f"expected a floating-point input .*found {dtype}") as info:
+        model(torch.randint(0, 255, (1, 3, SMALL, SMALL), dtype=dtype))
+    assert not ran and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: bk.create_model(None), "expected a model name string .*found NoneType None"),
+    (lambda: bk.model_info(3), "expected a model name string .*found int 3"),
+    (lambda: bk.create_model("resnet18", pretrained=True), "expects the path of a local weights file here"),
+    (lambda: bk.create_model("resnet18", pretrained=1), "expects the path of a local weights file, found int"),
+])
+def test_wrong_argument_types_are_one_line(call, message):
+    with pytest.raises(ValueError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_pretrained_false_builds_without_weights():
+    assert bk.create_model("resnet18", pretrained=False, num_classes=2).fc.out_features == 2
+
+
+@pytest.mark.parametrize("name", ["resnet18", "darknet53"])
+def test_reset_classifier(name):
+    model = bk.create_model(name)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0 .*found -1"):
+        model.reset_classifier(-1)
+    model.reset_classifier(4)
+    assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 4)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_out_indices_keep_the_order_given(name):
+    x = torch.randn(1, 3, SMALL, SMALL)
+    forward = bk.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    backward = bk.create_model(name, features_only=True, out_indices=(3, 1)).eval()
+    backward.load_state_dict(forward.state_dict())
+    with torch.no_grad():
+        ordered, reordered = forward(x), backward(x)
+    assert backward.out_indices == (3, 1) and backward.feature_info == forward.feature_info[::-1]
+    assert [o.shape[1] for o in reordered] == backward.out_channels == forward.out_channels[::-1]
+    for a, b in zip(reordered, ordered[::-1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_out_indices_order_matches_timm_feature_info():
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("resnet18", features_only=True, out_indices=(3, 1))
+    model = bk.create_model("resnet18", features_only=True, out_indices=(3, 1))
+    assert model.out_channels == reference.feature_info.channels()
+    assert [i.stride for i in model.feature_info] == reference.feature_info.reduction()
+
+
 def test_in_chans_changes_the_stem():
     model = bk.create_model("darknet53", in_chans=1, num_classes=2).eval()
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
@@ -373,3 +453,103 @@ def test_as_features_twice_is_refused():
     with pytest.raises(ValueError, match="already features_only"):
         model.as_features((1, 2))
     assert model(torch.randn(1, 3, SMALL, SMALL))[-1].shape[1] == 512  # still intact
+
+
+# -- norm_layer / act_layer -----------------------------------------------------------------------
+def _count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_frozen_batchnorm_model_matches_batchnorm_model(name):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    reference = randomized(bk.create_model(name, num_classes=5))
+    frozen = bk.create_model(name, num_classes=5, norm_layer="frozen_batchnorm")
+    assert _count(frozen, nn.BatchNorm2d) == 0
+    assert _count(frozen, FrozenBatchNorm2d) == _count(reference, nn.BatchNorm2d)
+    own = reference.state_dict()
+    assert set(frozen.state_dict()) == {k for k in own if not k.endswith("num_batches_tracked")}  # same names
+    frozen.load_state_dict(own)  # FrozenBatchNorm2d drops the counters itself
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(frozen.eval()(x), expected)
+        torch.testing.assert_close(frozen.train()(x), expected)  # frozen: train mode changes nothing
+
+
+def test_batchnorm_and_frozen_batchnorm_files_load_into_each_other(tmp_path):
+    reference = randomized(torchvision.models.resnet18())
+    path = tmp_path / "tv.pth"
+    torch.save(reference.state_dict(), path)
+    frozen = bk.create_model("resnet18", pretrained=path, norm_layer="frozen_batchnorm").eval()
+    frozen_path = tmp_path / "frozen.pth"
+    torch.save(frozen.state_dict(), frozen_path)  # no num_batches_tracked counters
+    back = bk.create_model("resnet18", pretrained=frozen_path).eval()
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), reference(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(back(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_groupnorm_model_trains_a_step(name):
+    model = bk.create_model(name, num_classes=3, norm_layer="groupnorm").train()
+    assert _count(model, nn.BatchNorm2d) == 0 and _count(model, nn.GroupNorm) > 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, SMALL, SMALL)), torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    optimizer.step()
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["darknet53", "resnet18", "detnet59"])  # one per builder
+@pytest.mark.parametrize("norm_layer", ["frozen_batchnorm", "groupnorm"])
+def test_frozen_stages_and_norm_eval_with_other_norms(name, norm_layer):
+    model = bk.create_model(name, num_classes=3, frozen_stages=2, norm_eval=True, norm_layer=norm_layer).train()
+    frozen = {id(p) for m in model.stem_modules() + model.stage_modules()[:2] for p in m.parameters()}
+    assert all(p.requires_grad == (id(p) not in frozen) for p in model.parameters())
+    assert all(not m.training for m in model.stem_modules() + model.stage_modules()[:2])
+    assert model.stage_modules()[2].training
+    model(torch.randn(2, 3, SMALL, SMALL)).sum().backward()
+    assert all((p.grad is None) == (id(p) in frozen) for p in model.parameters())
+
+
+def test_act_layer_replaces_every_activation():
+    relu = randomized(bk.create_model("resnet18", num_classes=4))
+    silu = bk.create_model("resnet18", num_classes=4, act_layer="silu").eval()
+    assert _count(silu, nn.ReLU) == 0 and _count(silu, nn.SiLU) == _count(relu, nn.ReLU)
+    silu.load_state_dict(relu.state_dict())
+    swapped = copy.deepcopy(relu)  # the same network with SiLU put in place of each ReLU by hand
+    for parent in list(swapped.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(parent, child_name, nn.SiLU())
+    x = torch.randn(1, 3, SMALL, SMALL)
+    with torch.no_grad():
+        assert not torch.allclose(silu(x), relu(x))
+        torch.testing.assert_close(silu(x), swapped(x))
+    darknet = bk.create_model("darknet53", act_layer=nn.Hardswish)
+    assert _count(darknet, nn.LeakyReLU) == 0 and _count(darknet, nn.Hardswish) == 52
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(norm_layer="layernorm"), "norm_layer must be one of batchnorm, frozen_batchnorm, groupnorm or a callable"),
+    (dict(norm_layer=3), "norm_layer must be a name .* found int"),
+    (dict(norm_layer=lambda channels: "bn"), "norm_layer must return a torch.nn.Module, found str"),
+    (dict(act_layer="swish"), "act_layer must be one of relu, .* found 'swish'"),
+])
+def test_bad_norm_and_act_layers_are_one_line(kwargs, message):
+    for name in ("resnet18", "darknet53"):
+        with pytest.raises(ValueError, match=message) as info:
+            bk.create_model(name, **kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_callable_norm_layer():
+    model = bk.create_model("detnet59", num_classes=2, norm_layer=lambda c: nn.GroupNorm(1, c))
+    assert all(m.num_groups == 1 for m in model.modules() if isinstance(m, nn.GroupNorm))
+    assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 2)

@@ -23,6 +23,7 @@ from backbonekit.darknet_weights import (DarknetHeader, inspect_darknet_file, re
                                          write_darknet_weights)
 from backbonekit.models.darknet import Darknet, DarknetConfig
 from backbonekit.weights import convert_weights, output_format_for, read_weights, write_safetensors
+from helpers import randomized
 
 # REFERENCES.md section 4: darknet53.weights and darknet53.conv.74 with a 20-byte header
 CLASSIFIER_FILE_BYTES = 166_582_580
@@ -395,3 +396,83 @@ def test_cli_convert(darknet_files: dict[str, Path], tmp_path: Path, capsys: pyt
 
 def test_header_struct_sizes() -> None:
     assert len(DarknetHeader(0, 2, 0, 1).pack()) == 20 and len(DarknetHeader(0, 1, 0, 1).pack()) == 16
+
+
+# -- files without BatchNorm's num_batches_tracked counters ---------------------------------------
+# Every torchvision file written before PyTorch 0.4.1 (resnet50-19c8e357.pth) and many converted files lack them;
+# BatchNorm2d.load_state_dict(strict=True) accepts that and sets them to 0, so the loader must too.
+def without_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def _torchvision_reference(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], str]:
+    torchvision = pytest.importorskip("torchvision")
+    model = randomized(getattr(torchvision.models, name)())
+    return model, without_counters(model.state_dict()), name
+
+
+def _timm_reference() -> tuple[nn.Module, dict[str, torch.Tensor], str]:
+    timm = pytest.importorskip("timm")
+    model = randomized(timm.create_model("darknet53"))
+    return model, without_counters(model.state_dict()), "darknet53"
+
+
+def _save_as(kind: str, state: dict[str, torch.Tensor], model: str, path: Path) -> Path:
+    if kind == "state_dict":
+        torch.save(state, path)
+    elif kind == "backbonekit":
+        torch.save({"format": "backbonekit", "model": model, "model_kwargs": {}, "state_dict": state}, path)
+    else:
+        path = path.with_suffix(".safetensors")
+        write_safetensors(state, path, model, {})
+    return path
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("torchvision-resnet18", "state_dict"),
+    ("torchvision-resnet50", "state_dict"),  # the classic resnet50-19c8e357.pth case
+    ("torchvision-resnet18", "backbonekit"),
+    ("torchvision-resnet18", "safetensors"),
+    ("timm-darknet53", "state_dict"),
+    ("timm-darknet53", "backbonekit-names"),
+])
+def test_file_without_batchnorm_counters_loads_like_the_reference(source: str, kind: str, tmp_path: Path,
+                                                                  image: torch.Tensor) -> None:
+    from backbonekit.weights import backbonekit_darknet_to_timm, timm_darknet_to_backbonekit
+
+    reference, state, name = _timm_reference() if source.startswith("timm") else _torchvision_reference(
+        source.split("-")[1])
+    slope = {"act_slope": 0.01} if name == "darknet53" else {}
+    if kind == "backbonekit-names":  # a darknet53 state_dict in this package's names, without counters
+        state, kind = timm_darknet_to_backbonekit(state), "backbonekit"
+    path = _save_as(kind, state, name, tmp_path / "old.pth")
+    assert not any(k.endswith("num_batches_tracked") for k in read_weights(path)[0])
+    loaded = read_weights(path)[0]
+    reference.load_state_dict(backbonekit_darknet_to_timm(loaded) if "stem.conv.weight" in loaded else loaded,
+                              strict=True)  # torch itself accepts the file
+    model = backbonekit.create_model(name, pretrained=path, **slope).eval()
+    counters = [v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counters and all(int(v) == 0 for v in counters)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference.eval()(image), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_a_file_without_batchnorm_counters(tmp_path: Path, image: torch.Tensor) -> None:
+    reference, state, _ = _torchvision_reference("resnet18")
+    src, dst = tmp_path / "old.pth", tmp_path / "new.safetensors"
+    torch.save(state, src)
+    assert convert_weights(src, dst).model == "resnet18"  # the model is inferred despite the missing counters
+    written = read_weights(dst)[0]
+    assert sum(k.endswith("num_batches_tracked") for k in written) == 20  # filled, like BatchNorm does
+    with torch.no_grad():
+        expected = reference(image)
+        torch.testing.assert_close(backbonekit.create_model("resnet18", pretrained=dst).eval()(image), expected)
+
+
+def test_a_missing_batchnorm_is_still_refused(tmp_path: Path) -> None:
+    _, state, _ = _torchvision_reference("resnet18")
+    del state["layer1.0.bn1.running_mean"]  # a counter can be filled; a statistic cannot
+    torch.save(state, tmp_path / "broken.pth")
+    missing = r"2 missing keys \[layer1.0.bn1.num_batches_tracked, layer1.0.bn1.running_mean\]"
+    with pytest.raises(CheckpointError, match=missing):
+        backbonekit.create_model("resnet18", pretrained=tmp_path / "broken.pth")

@@ -41,17 +41,32 @@ def create_model(
             strictly. The classifier is left initialised when its number of classes differs from ``num_classes``.
             A :class:`backbonekit.weights.Weights` already read (:func:`backbonekit.weights.read_weights`) is
             used as it is, so a caller that needs the file's contents too reads it once.
+            BatchNorm ``num_batches_tracked`` counters absent from the file (files written before PyTorch
+            0.4.1) are set to 0, as ``BatchNorm2d.load_state_dict`` does. Nothing is downloaded: ``True``
+            (timm's idiom) is refused, ``False`` is the same as ``None``.
         features_only: return a multi-scale feature extractor whose forward returns a list of maps.
-        out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three).
+        out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three),
+            in the order given (``forward``, ``feature_info`` and ``out_channels`` follow it).
         output_stride: 32, 16 or 8; strides beyond it become dilation. ``None``: the model's native stride.
         fuse: return an inference model: BatchNorms folded into their convs, eval mode, channels_last
             where faster (:func:`backbonekit.optimize.optimize_for_inference`; not for training).
         **kwargs: architecture options: ``frozen_stages``, ``norm_eval``, ``zero_init_residual``,
-            ``act_slope`` (darknet).
+            ``act_slope`` (darknet: the LeakyReLU slope), and for every family:
+
+            - ``norm_layer``: ``"batchnorm"`` (default, ``nn.BatchNorm2d``), ``"frozen_batchnorm"``
+              (torchvision's ``FrozenBatchNorm2d``, as its detectors use: fixed statistics and affine,
+              no parameters), ``"groupnorm"`` (32 groups), or a callable taking the number of channels
+              and returning a module. Norms keep BatchNorm's module names, so BatchNorm and
+              FrozenBatchNorm2d models load the same files (their keys differ only by BatchNorm's
+              ``num_batches_tracked`` counters, which the loader fills or drops).
+            - ``act_layer``: ``"relu"``, ``"leaky_relu"``, ``"silu"``, ``"mish"``, ``"gelu"``, ``"hardswish"``
+              or a callable returning a module; default: the family's own (ReLU; Darknet's LeakyReLU
+              with ``act_slope``).
     """
     from . import weights
 
     builder = model_entrypoint(name)
+    pretrained = _check_pretrained(pretrained)
     if model_info(name).task == "detection":
         return _create_detector(name, builder, num_classes, in_chans, pretrained, features_only, out_indices,
                                 output_stride, fuse, kwargs)
@@ -98,6 +113,22 @@ def _create_detector(name: str, builder: Any, num_classes: int | None, in_chans:
 
         optimize_for_inference(model)
     return model
+
+
+def _check_pretrained(pretrained: object) -> Any:
+    """``pretrained`` as a path, weights already read (:class:`backbonekit.weights.Weights`), or ``None``;
+    refuses timm's ``pretrained=True`` with what to do instead."""
+    from .weights import Weights
+
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        raise ValueError("pretrained expects the path of a local weights file here (nothing is downloaded), found "
+                         "True: download one (torchvision: ResNet50_Weights.DEFAULT.url; timm: the model's Hugging "
+                         "Face page; Darknet: darknet53.conv.74) and pass pretrained='path/to/file' (docs/weights.md)")
+    if not isinstance(pretrained, (str, os.PathLike, Weights)):
+        raise ValueError(f"pretrained expects the path of a local weights file, found {type(pretrained).__name__}")
+    return pretrained
 
 
 def _check_count(name: str, value: object, minimum: int) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -12,14 +13,9 @@ import torch
 
 from ._text import first_line
 
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: missing, corrupt, truncated or for another model."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -43,25 +39,58 @@ def load_file(path: str | os.PathLike) -> Any:
         ) from None
 
 
+def _create_temporary(path: Path) -> Path:
+    """A new empty file beside ``path`` with the mode ``open(path, 'w')`` would give a new file.
+
+    Created with mode 0o666, which the kernel masks with the process umask: no need to read or
+    change the umask (it is process-wide, so changing it even briefly races with other threads).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}: 100 names taken")
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename itself has happened
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; fsynced and renamed over ``path`` only when the
-    block ends without an exception (for writers that take a path, such as ONNX export)."""
+    block ends without an exception (for writers that take a path, such as ONNX export), then the
+    folder is fsynced so that a power cut cannot lose the rename. On any exception the temporary
+    file is removed and ``path`` is left as it was."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"expected a file path to write, found a folder: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file what open() would
+    tmp = _create_temporary(path)
     try:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if path.exists():  # keep the mode of the file being replaced, as writing it in place would
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
 
 
 @contextmanager

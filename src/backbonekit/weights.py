@@ -15,7 +15,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -195,6 +195,31 @@ def to_backbonekit(state: Mapping[str, Tensor], layout: str) -> dict[str, Tensor
     return timm_darknet_to_backbonekit(state) if layout == "timm-darknet" else dict(state)
 
 
+BN_COUNTER = "num_batches_tracked"
+
+
+def reconcile_batchnorm_counters(state: Mapping[str, Tensor], own_keys: Iterable[str]) -> dict[str, Tensor]:
+    """``state`` with BatchNorm's ``num_batches_tracked`` counters made to match the model's keys.
+
+    A counter the model has and the file lacks, for a norm whose ``running_mean`` the file holds, is
+    set to 0, as ``BatchNorm2d`` itself does on load (files written before PyTorch 0.4.1, such as
+    torchvision's ``resnet50-19c8e357.pth``, and many converted files have none). A counter the file
+    has for a norm the model keeps without one (``FrozenBatchNorm2d``) is dropped. Every other key
+    is left for the strict check.
+    """
+    own = set(own_keys)
+    suffix = "." + BN_COUNTER
+
+    def sibling(key: str) -> str:
+        return key[: -len(BN_COUNTER)] + "running_mean"
+
+    out = {k: v for k, v in state.items() if not (k.endswith(suffix) and k not in own and sibling(k) in own)}
+    for key in own:
+        if key.endswith(suffix) and key not in out and sibling(key) in out:
+            out[key] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
 CLASSIFIER_PREFIXES = ("fc.", "head.")  # ResNet/DetNet (torchvision names), Darknet (timm names)
 
 
@@ -214,6 +239,7 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
     another number of classes) and, with ``allow_missing_head``, those the file does not have.
     """
     own = model.state_dict()
+    state = reconcile_batchnorm_counters(state, own)
     head = _head_keys(model)
     if not head:  # a model built without a classifier (num_classes=0) takes a file's backbone part
         state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
@@ -245,6 +271,7 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "chec
     """
     skipped = check_fits(model, state, source, allow_missing_head)
     own = model.state_dict().keys()
+    state = reconcile_batchnorm_counters(state, own)
     kept = {k: v for k, v in state.items() if k not in skipped and k in own}
     model.load_state_dict(kept, strict=False)  # every key was checked above
     return skipped
@@ -432,6 +459,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
         raise CheckpointError(f"{src} records weights for {meta['model']}, found --model {model}")
     name = model or meta.get("model") or infer_model_name(state, layout)
     checked = _build_on_meta(name, state, kwargs)
+    state = reconcile_batchnorm_counters(state, checked.state_dict())
     check_fits(checked, state, source=f"weights file {src}")
     if hasattr(checked, "act_slope"):
         kwargs["act_slope"] = checked.act_slope  # record the slope the weights compute with, default included

@@ -3,7 +3,7 @@
 A model is a stem followed by stages. ``feature_info`` describes the output of the stem
 (index 0) and of every stage (indices 1..N): channels and stride. Classification runs them
 all and applies the head; ``features_only`` keeps the stages up to the deepest requested
-index, drops the head, and returns the requested maps as a list (shallow to deep).
+index, drops the head, and returns the requested maps as a list in the order of ``out_indices``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ class Backbone(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise a one-line ValueError for input the network cannot take, before any conv runs."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"expected a torch.Tensor of shape (N, C, H, W), found {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point input (float32, float16 or bfloat16), found {x.dtype}: "
+                             f"convert images first, e.g. x.float() / 255 and then normalise")
         if x.dim() != 4:
             raise ValueError(f"expected a 4-D input (N, C, H, W), found shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -93,16 +98,16 @@ class Backbone(nn.Module):
         return x
 
     def forward_levels(self, x: Tensor, indices: tuple[int, ...] | None = None) -> list[Tensor]:
-        """Outputs of the stem (index 0) and of every kept stage, shallow to deep; only ``indices`` if given
-        (the other maps are freed as soon as the next stage has run)."""
+        """Outputs of the stem (index 0) and of every kept stage, shallow to deep; only ``indices``, in
+        their order, if given (the other maps are freed as soon as the next stage has run)."""
         x = self.forward_stem(x)
-        outputs = [x] if indices is None or 0 in indices else []
+        outputs = {0: x} if indices is None or 0 in indices else {}
         for i, stage in enumerate(self.stage_modules()):
             x = self.enter_stage(i, x)
             x = stage(x)
             if indices is None or i + 1 in indices:
-                outputs.append(x)
-        return outputs
+                outputs[i + 1] = x
+        return list(outputs.values()) if indices is None else [outputs[i] for i in indices]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's feature map (what the classifier head pools)."""
@@ -121,8 +126,11 @@ class Backbone(nn.Module):
     def as_features(self, out_indices: tuple[int, ...] | list[int] | None = None) -> "Backbone":
         """Turn this model (in place) into a multi-scale feature extractor and return it.
 
-        Stages deeper than the deepest requested index and the classifier head are removed,
-        so the module holds exactly the parameters it uses (what DDP and profilers expect).
+        ``out_indices`` (0 = stem, i = i-th stage; default: the last three) are kept in the order given:
+        ``forward``, ``feature_info`` and ``out_channels`` follow it (timm keeps the order in its
+        ``feature_info`` too, but returns the maps shallow to deep). Stages deeper than the deepest
+        requested index and the classifier head are removed, so the module holds exactly the
+        parameters it uses (what DDP and profilers expect).
         """
         if self.features_only:
             raise ValueError("as_features expects a classification model, found one that is already features_only")
@@ -139,7 +147,6 @@ class Backbone(nn.Module):
                 f"out_indices must be distinct integers in [0, {num_levels - 1}] "
                 f"(0 = stem, {num_levels - 1} = last stage), found {out_indices}"
             )
-        out_indices = tuple(sorted(out_indices))
         self._all_feature_info = list(self.feature_info)
         self._drop_stages_after(max(out_indices))
         self._drop_head()
@@ -178,8 +185,14 @@ class Backbone(nn.Module):
         return self
 
 
-def init_weights(model: nn.Module, zero_init_residual_bn: list[nn.BatchNorm2d] | None = None) -> None:
-    """He (fan_out) init for convs, unit BatchNorm, and optionally zero the last BN of each residual."""
+def check_num_classes(num_classes: object) -> None:
+    """One ValueError line unless ``num_classes`` is an integer >= 0 (0: no classifier)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0 = no classifier), found {num_classes!r}")
+
+
+def init_weights(model: nn.Module, zero_init_residual_bn: list[nn.Module] | None = None) -> None:
+    """He (fan_out) init for convs, unit BatchNorm, and optionally zero the last norm of each residual."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -195,8 +208,11 @@ def init_weights(model: nn.Module, zero_init_residual_bn: list[nn.BatchNorm2d] |
 def dilation_schedule(strides: list[int], output_stride: int, base_stride: int) -> list[tuple[int, int, int]]:
     """Per stage (stride, first_dilation, dilation) when strides beyond ``output_stride`` become dilation.
 
-    ``base_stride`` is the stride before the first stage. The first conv of a dilated stage keeps the
-    previous dilation (as torchvision and timm do), the rest of the stage uses the new one.
+    ``base_stride`` is the stride before the first stage. ``first_dilation`` is the previous stage's
+    dilation: the first block of a stage gives it to its first conv with a receptive field (a
+    Bottleneck's 3x3 conv, a BasicBlock's first 3x3 conv, Darknet's downsampling conv), and every
+    later conv of the stage, the BasicBlock's second conv included, takes ``dilation``. This is timm's
+    ``make_blocks`` (``first_dilation=prev_dilation``) and torchvision's ``replace_stride_with_dilation``.
     """
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, found {output_stride}")

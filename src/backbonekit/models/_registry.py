@@ -62,7 +62,15 @@ def _unknown(name: str) -> KeyError:
     return KeyError(f"unknown model {name!r}: expected one of {', '.join(list_models(task=None))}{hint}")
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"expected a model name string (one of {', '.join(list_models())}), "
+                         f"found {type(name).__name__} {name!r:.60}")
+
+
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The builder registered under ``name``; KeyError with close matches for an unknown name."""
+    _check_name(name)
     if name not in _ENTRY_POINTS:
         raise _unknown(name)
     return _ENTRY_POINTS[name]
@@ -70,6 +78,7 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 
 def model_info(name: str) -> ModelInfo:
     """Published parameter / MAC figures and the paper of a registered model."""
+    _check_name(name)
     if name not in _INFO:
         raise _unknown(name)
     return _INFO[name]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ._base import Backbone, FeatureInfo, dilation_schedule, init_weights
+from ._base import Backbone, FeatureInfo, check_num_classes, dilation_schedule, init_weights
+from ._layers import ActFactory, ActSpec, NormFactory, NormSpec, resolve_act, resolve_norm
 from ._registry import ModelInfo, register_model
 
 DARKNET_SLOPE = 0.1  # Darknet's leaky_activate (src/activations.h); timm's darknet53 uses 0.01
@@ -34,22 +35,23 @@ DARKNET_CONFIGS = {
 
 
 class ConvNormAct(nn.Sequential):
-    """Bias-free conv, BatchNorm, LeakyReLU: Darknet's ``[convolutional] batch_normalize=1``."""
+    """Bias-free conv, norm (BatchNorm by default), activation (LeakyReLU): Darknet's
+    ``[convolutional] batch_normalize=1``."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 slope: float = DARKNET_SLOPE) -> None:
+                 norm: NormFactory = nn.BatchNorm2d, act: ActFactory | None = None) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation=dilation, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
-        self.act = nn.LeakyReLU(slope, inplace=True)
+        self.bn = norm(out_ch)
+        self.act = act() if act is not None else nn.LeakyReLU(DARKNET_SLOPE, inplace=True)
 
 
 class DarkBlock(nn.Module):
-    def __init__(self, channels: int, dilation: int, slope: float) -> None:
+    def __init__(self, channels: int, dilation: int, norm: NormFactory, act: ActFactory) -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(channels, channels // 2, 1, slope=slope)
-        self.conv2 = ConvNormAct(channels // 2, channels, 3, dilation=dilation, slope=slope)
+        self.conv1 = ConvNormAct(channels, channels // 2, 1, norm=norm, act=act)
+        self.conv2 = ConvNormAct(channels // 2, channels, 3, dilation=dilation, norm=norm, act=act)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv2(self.conv1(x))
@@ -57,10 +59,10 @@ class DarkBlock(nn.Module):
 
 class DarkStage(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, depth: int, stride: int, first_dilation: int, dilation: int,
-                 slope: float) -> None:
+                 norm: NormFactory, act: ActFactory) -> None:
         super().__init__()
-        self.conv_down = ConvNormAct(in_ch, out_ch, 3, stride, first_dilation, slope)
-        self.blocks = nn.Sequential(*(DarkBlock(out_ch, dilation, slope) for _ in range(depth)))
+        self.conv_down = ConvNormAct(in_ch, out_ch, 3, stride, first_dilation, norm, act)
+        self.blocks = nn.Sequential(*(DarkBlock(out_ch, dilation, norm, act) for _ in range(depth)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.conv_down(x))
@@ -80,15 +82,17 @@ class ClassifierHead(nn.Module):
 class Darknet(Backbone):
     def __init__(self, cfg: DarknetConfig, num_classes: int = 1000, in_chans: int = 3, output_stride: int = 32,
                  act_slope: float = DARKNET_SLOPE, frozen_stages: int = -1, norm_eval: bool = False,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, norm_layer: NormSpec = None, act_layer: ActSpec = None) -> None:
         super().__init__()
         self.in_chans, self.act_slope = in_chans, act_slope
-        self.stem = ConvNormAct(in_chans, cfg.stem_channels, 3, slope=act_slope)
+        norm = resolve_norm(norm_layer)
+        act = resolve_act(act_layer, lambda: nn.LeakyReLU(act_slope, inplace=True))
+        self.stem = ConvNormAct(in_chans, cfg.stem_channels, 3, norm=norm, act=act)
         plan = dilation_schedule([2] * len(cfg.depths), output_stride, base_stride=1)
         self.feature_info = [FeatureInfo(0, "stem", cfg.stem_channels, 1)]
         stages, in_ch, reduction = [], cfg.stem_channels, 1
         for i, (depth, out_ch, (stride, first_dilation, dilation)) in enumerate(zip(cfg.depths, cfg.channels, plan)):
-            stages.append(DarkStage(in_ch, out_ch, depth, stride, first_dilation, dilation, act_slope))
+            stages.append(DarkStage(in_ch, out_ch, depth, stride, first_dilation, dilation, norm, act))
             in_ch, reduction = out_ch, reduction * stride
             self.feature_info.append(FeatureInfo(i + 1, f"stages.{i}", out_ch, reduction))
         self.stages = nn.Sequential(*stages)
@@ -111,6 +115,7 @@ class Darknet(Backbone):
         return self.head(x, pre_logits)
 
     def reset_classifier(self, num_classes: int) -> None:
+        check_num_classes(num_classes)
         self.head = ClassifierHead(self.num_features, num_classes)
 
     def _drop_stages_after(self, last_index: int) -> None:
@@ -127,5 +132,6 @@ class Darknet(Backbone):
     extra={"backbone_params": 40_584_928, "backbone_macs_416": 24_515_805_184},
 ))
 def darknet53(**kwargs) -> Darknet:
-    """Darknet-53 (YOLOv3's backbone). ``act_slope`` defaults to Darknet's 0.1."""
+    """Darknet-53 (YOLOv3's backbone). ``act_slope`` (the LeakyReLU slope, unless ``act_layer`` replaces the
+    LeakyReLU) defaults to Darknet's 0.1."""
     return Darknet(DARKNET_CONFIGS["darknet53"], **kwargs)

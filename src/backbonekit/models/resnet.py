@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ._base import Backbone, FeatureInfo, dilation_schedule, init_weights
+from ._base import Backbone, FeatureInfo, check_num_classes, dilation_schedule, init_weights
+from ._layers import ActFactory, ActSpec, NormFactory, NormSpec, resolve_act, resolve_norm
 from ._registry import ModelInfo, register_model
 
 
@@ -26,17 +27,25 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
 
+def _relu() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
 class BasicBlock(nn.Module):
+    """Two 3x3 convs. In the first block of a dilated stage the first conv keeps the previous dilation
+    and the second takes the new one (timm's ``first_dilation``/``dilation``)."""
+
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 first_dilation: int = 1, dilation: int = 1) -> None:
+                 first_dilation: int = 1, dilation: int = 1, norm: NormFactory = nn.BatchNorm2d,
+                 act: ActFactory = _relu) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, first_dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = norm(planes)
+        self.relu = act()
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,26 +54,31 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + shortcut)
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn2
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries stride and dilation), 1x1 expand; ReLU after the residual add only."""
+    """1x1 reduce, 3x3 (carries stride and dilation), 1x1 expand; ReLU after the residual add only.
+
+    The 3x3 conv is the only one with a receptive field: in the first block of a dilated stage it
+    keeps the previous dilation (``first_dilation``, as torchvision and timm do); ``dilation`` is unused.
+    """
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 first_dilation: int = 1, dilation: int = 1) -> None:
+                 first_dilation: int = 1, dilation: int = 1, norm: NormFactory = nn.BatchNorm2d,
+                 act: ActFactory = _relu) -> None:
         super().__init__()
-        del first_dilation  # the 3x3 conv is the only one with a receptive field; it takes `dilation`
+        del dilation
         self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride, dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride, first_dilation)
+        self.bn2 = norm(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn3 = norm(planes * self.expansion)
+        self.relu = act()
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -74,7 +88,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.relu(out + shortcut)
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn3
 
 
@@ -96,19 +110,20 @@ def resnet_stages(depths: tuple[int, int, int, int]) -> tuple[Stage, ...]:
 class ResNet(Backbone):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], stages: tuple[Stage, ...], num_classes: int = 1000,
                  in_chans: int = 3, output_stride: int = 32, frozen_stages: int = -1, norm_eval: bool = False,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, norm_layer: NormSpec = None, act_layer: ActSpec = None) -> None:
         super().__init__()
         self.in_chans, self.num_stages = in_chans, len(stages)
+        norm, act = resolve_norm(norm_layer), resolve_act(act_layer, _relu)
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = norm(64)
+        self.relu = act()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = [FeatureInfo(0, "relu", 64, 2)]
         plan = dilation_schedule([spec.stride for spec in stages], output_stride, base_stride=4)  # after maxpool
         inplanes, reduction = 64, 4
         for i, (spec, (stride, first_dilation, dilation)) in enumerate(zip(stages, plan)):
             reduction *= stride
-            layer, inplanes = self._make_layer(block, inplanes, spec, stride, first_dilation, dilation)
+            layer, inplanes = self._make_layer(block, inplanes, spec, stride, first_dilation, dilation, norm, act)
             setattr(self, f"layer{i + 1}", layer)
             self.feature_info.append(FeatureInfo(i + 1, f"layer{i + 1}", inplanes, reduction))
         self.num_features = inplanes
@@ -120,16 +135,17 @@ class ResNet(Backbone):
 
     @staticmethod
     def _make_layer(block: type[BasicBlock] | type[Bottleneck], inplanes: int, spec: Stage, stride: int,
-                    first_dilation: int, dilation: int) -> tuple[nn.Sequential, int]:
+                    first_dilation: int, dilation: int, norm: NormFactory,
+                    act: ActFactory) -> tuple[nn.Sequential, int]:
         outplanes = spec.planes * block.expansion
         downsample = None
         if stride != 1 or inplanes != outplanes or spec.projection:
-            downsample = nn.Sequential(conv1x1(inplanes, outplanes, stride), nn.BatchNorm2d(outplanes))
+            downsample = nn.Sequential(conv1x1(inplanes, outplanes, stride), norm(outplanes))
         first_dilation, dilation = first_dilation * spec.dilation, dilation * spec.dilation
         if spec.dilation > 1:  # an intrinsically dilated stage (DetNet) dilates its first block too
             first_dilation = dilation
-        blocks = [block(inplanes, spec.planes, stride, downsample, first_dilation, first_dilation)]
-        blocks += [block(outplanes, spec.planes, 1, None, dilation, dilation) for _ in range(1, spec.depth)]
+        blocks = [block(inplanes, spec.planes, stride, downsample, first_dilation, dilation, norm, act)]
+        blocks += [block(outplanes, spec.planes, 1, None, dilation, dilation, norm, act) for _ in range(1, spec.depth)]
         return nn.Sequential(*blocks), outplanes
 
     def stem_modules(self) -> list[nn.Module]:
@@ -149,6 +165,7 @@ class ResNet(Backbone):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int) -> None:
+        check_num_classes(num_classes)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _drop_stages_after(self, last_index: int) -> None:
