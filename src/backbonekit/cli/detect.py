@@ -15,6 +15,7 @@ DEFAULT_DETECTOR = "yolov3"
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("detect", help="object detectors (YOLOv3): predict, export, convert")
     commands = parser.add_subparsers(dest="detect_command", metavar="COMMAND")
+    parser.set_defaults(func=run, detect_parser=parser)
 
     p = commands.add_parser("predict", help="draw boxes on images and write COCO-format detections.json")
     p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, or detector name (with --weights)")
@@ -45,6 +46,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("src")
     c.add_argument("dst", help="output; the format follows the name (.weights, .pt/.pth, .safetensors)")
     c.set_defaults(func=run_convert)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``backbonekit detect`` with no command: list the commands."""
+    args.detect_parser.print_help()
+    return 2
 
 
 def load_detector(spec: str, weights: str | None = None, input_size: int | None = None):
