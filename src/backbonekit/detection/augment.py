@@ -1,0 +1,369 @@
+"""Box-aware augmentation for detection: letterbox, scale/translate/flip, HSV jitter, Mosaic, multi-scale.
+
+Boxes are xyxy in pixels, continuous coordinates (the left edge of pixel column ``j`` is ``x = j``),
+so a geometric map of the image maps box edges exactly; after every geometric change boxes are
+clipped to the image and dropped when thinner than ``min_size`` pixels or when less than
+``min_visible`` of their area is left inside the image.
+
+The training path is batched, as the classification path is (cifar10-airbench's lesson): a whole
+uint8 batch of equal-sized images (already letterboxed, or the in-memory ``photodigits``) gets its
+random scale, translation and flip from ONE ``grid_sample`` with a per-image affine matrix, and its
+HSV jitter from ONE per-image 3x3 colour matrix; box maps are done on all boxes of the batch at
+once (packed with an image index), no Python loop over boxes. ``benchmarks/bench_detection_data.py``
+compares it with torchvision's per-image transforms. Mosaic and the letterbox work per image
+(they run in DataLoader workers, or once at inference).
+
+Defaults follow Darknet's ``cfg/yolov3.cfg``: ``hue=.1`` (a fraction of the colour circle),
+``saturation=1.5`` and ``exposure=1.5`` (factors drawn in [1/1.5, 1.5]), grey fill (0.5), and
+multi-scale ``random=1`` (every 10 batches, a size from 320..608 in steps of 32 for 416 input).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.ops import clip_boxes_to_image
+from torchvision.transforms.v2 import functional as TF
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights torchvision's grayscale uses
+DARKNET_MULTISCALE = (10 / 13, 19 / 13)  # Darknet: (rand() % 10 + 10) * 32 = 320..608 for 416 input
+Size = int | tuple[int, int]
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _fill_value(image: Tensor, fill: float) -> float:
+    return float(round(fill * 255)) if image.dtype == torch.uint8 else float(fill)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: per-box fields, packing a batch's boxes into one tensor, sanitising after a geometric map
+# ---------------------------------------------------------------------------------------------
+
+def per_box_keys(target: dict) -> list[str]:
+    """Keys whose tensors have one row per box (``boxes``, ``labels``, ``difficult``...)."""
+    n = len(target["boxes"])
+    return [k for k, v in target.items() if isinstance(v, Tensor) and v.dim() >= 1 and len(v) == n]
+
+
+def select_boxes(target: dict, keep: Tensor, boxes: Tensor | None = None) -> dict:
+    """``target`` with only the boxes where ``keep`` is True (every per-box field), optionally new ``boxes``."""
+    keys = per_box_keys(target)
+    out = {k: (v[keep] if k in keys else v) for k, v in target.items()}
+    if boxes is not None:
+        out["boxes"] = boxes[keep]
+    return out
+
+
+def pack_targets(targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
+    """All boxes of a batch as one (M, 4) float tensor, and each box's image index (M,)."""
+    counts = torch.tensor([len(t["boxes"]) for t in targets])
+    boxes = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets]) if targets else torch.zeros(0, 4)
+    return boxes, torch.arange(len(targets)).repeat_interleave(counts)
+
+
+def unpack_targets(targets: Sequence[dict], boxes: Tensor, keep: Tensor) -> list[dict]:
+    """Put packed ``boxes`` back into per-image targets, keeping the boxes where ``keep`` is True."""
+    counts = [len(t["boxes"]) for t in targets]
+    return [select_boxes(t, k, b) for t, b, k in zip(targets, boxes.split(counts), keep.split(counts))]
+
+
+def visible(before: Tensor, after: Tensor, min_size: float, min_visible: float) -> Tensor:
+    """Which clipped boxes ``after`` to keep: both sides >= ``min_size`` and >= ``min_visible`` of the area ``before`` clipping."""
+    wh = after[:, 2:] - after[:, :2]
+    area_before = (before[:, 2:] - before[:, :2]).prod(1)
+    return (wh >= min_size).all(1) & (wh.prod(1) >= min_visible * area_before)
+
+
+def clip_and_keep(boxes: Tensor, height: int, width: int, min_size: float = 2.0,
+                  min_visible: float = 0.2) -> tuple[Tensor, Tensor]:
+    """Boxes clipped to an image of (height, width), and which of them to keep (see :func:`visible`)."""
+    clipped = clip_boxes_to_image(boxes, (height, width))
+    return clipped, visible(boxes, clipped, min_size, min_visible)
+
+
+# ---------------------------------------------------------------------------------------------
+# Letterbox (inference and non-square training data): keep the aspect ratio, pad with grey
+# ---------------------------------------------------------------------------------------------
+
+def letterbox(image: Tensor, size: Size, *, fill: float = 0.5, stride: int = 32, auto: bool = False,
+              scaleup: bool = True) -> tuple[Tensor, float, tuple[int, int]]:
+    """Resize ``image`` ((3, H, W) or a batch (N, 3, H, W), uint8 or float) to fit ``size`` keeping its
+    aspect ratio, and pad it, centred, with grey ``fill`` (a fraction of white).
+
+    ``auto=False`` pads to exactly ``size`` (int or (height, width)); ``auto=True`` pads only up to
+    the next multiple of ``stride`` on each side (a smaller tensor for non-square images).
+    ``scaleup=False`` never enlarges. Returns the image, the scale and the (left, top) padding:
+    a point ``p`` of the input lands at ``p * scale + pad`` (see :func:`boxes_to_letterbox`).
+    """
+    if image.dim() not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(f"expected an image (3, H, W) or a batch (N, 3, H, W), found shape {tuple(image.shape)}")
+    th, tw = _hw(size)
+    h, w = image.shape[-2:]
+    scale = min(th / h, tw / w)
+    if not scaleup:
+        scale = min(scale, 1.0)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = TF.resize(image, [nh, nw], antialias=True)
+    if auto:
+        th, tw = math.ceil(nh / stride) * stride, math.ceil(nw / stride) * stride
+    pad_x, pad_y = (tw - nw) // 2, (th - nh) // 2
+    image = F.pad(image, (pad_x, tw - nw - pad_x, pad_y, th - nh - pad_y), value=_fill_value(image, fill))
+    return image, scale, (pad_x, pad_y)
+
+
+def boxes_to_letterbox(boxes: Tensor, scale: float, pad: tuple[int, int]) -> Tensor:
+    """Map xyxy boxes of the original image into the letterboxed image."""
+    offset = boxes.new_tensor([pad[0], pad[1], pad[0], pad[1]])
+    return boxes * scale + offset
+
+
+def boxes_from_letterbox(boxes: Tensor, scale: float, pad: tuple[int, int],
+                         image_size: tuple[int, int] | None = None) -> Tensor:
+    """Map xyxy boxes of the letterboxed image back to the original image, clipped to its (height, width) if given."""
+    offset = boxes.new_tensor([pad[0], pad[1], pad[0], pad[1]])
+    out = (boxes - offset) / scale
+    return clip_boxes_to_image(out, image_size) if image_size is not None else out
+
+
+class Letterbox:
+    """``(image, target) -> (image, target)`` letterboxed to ``size`` (a dataset ``transform``); drops no box."""
+
+    def __init__(self, size: Size, fill: float = 0.5, auto: bool = False) -> None:
+        self.size, self.fill, self.auto = size, fill, auto
+
+    def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
+        out, scale, pad = letterbox(image, self.size, fill=self.fill, auto=self.auto)
+        return out, {**target, "boxes": boxes_to_letterbox(target["boxes"], scale, pad)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Flip and colour
+# ---------------------------------------------------------------------------------------------
+
+def hflip(image: Tensor, target: dict) -> tuple[Tensor, dict]:
+    """Mirror an image left-right and its boxes with it."""
+    width = image.shape[-1]
+    b = target["boxes"]
+    return image.flip(-1), {**target, "boxes": torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)}
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def hsv_matrices(n: int, hue: float, saturation: float, value: float,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """(n, 3, 3) random colour matrices for RGB: value x hue rotation x saturation.
+
+    Darknet's HSV jitter as linear maps: value (exposure) scales all channels; saturation blends
+    with luma (torchvision's ``adjust_saturation``); hue rotates colours about the grey axis by up to
+    ``hue`` of a full turn. Factors are log-uniform in [1/s, s]. Greys stay grey (up to ``value``).
+    """
+    v = torch.exp(_uniform(n, -math.log(value), math.log(value), generator))
+    s = torch.exp(_uniform(n, -math.log(saturation), math.log(saturation), generator))
+    turns = _uniform(n, -hue, hue, generator)
+    return colour_matrix(v, s, turns)
+
+
+def colour_matrix(value: Tensor, saturation: Tensor, hue_turns: Tensor) -> Tensor:
+    """(n, 3, 3) RGB matrices: scale by ``value``, saturation blend with luma, rotate about grey by ``hue_turns`` turns."""
+    eye = torch.eye(3)
+    v, s, theta = value.float(), saturation.float(), hue_turns.float() * 2 * math.pi
+    luma = torch.ones(3, 1) @ torch.tensor([LUMA])
+    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * luma
+    k = torch.full((3,), 1 / math.sqrt(3))
+    cross = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    c, sn = theta.cos()[:, None, None], theta.sin()[:, None, None]
+    rot = c * eye + sn * cross + (1 - c) * torch.outer(k, k)
+    return v[:, None, None] * rot @ sat
+
+
+def apply_colour(images: Tensor, matrices: Tensor) -> Tensor:
+    """Apply per-image (N, 3, 3) colour matrices to float images (N, 3, H, W) in [0, 255], clamped."""
+    return torch.einsum("nij,njhw->nihw", matrices.to(images), images).clamp_(0, 255)
+
+
+def hsv_jitter(images: Tensor, hue: float = 0.1, saturation: float = 1.5, value: float = 1.5,
+               generator: torch.Generator | None = None) -> Tensor:
+    """HSV jitter of a uint8 batch (N, 3, H, W) (boxes are unchanged); returns uint8."""
+    out = apply_colour(images.float(), hsv_matrices(len(images), hue, saturation, value, generator))
+    return out.round_().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batched training path: scale + translate + flip in one grid_sample, then colour
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of a training batch (see :func:`augment_batch`)."""
+
+    scale: tuple[float, float] = (0.75, 1.25)  # of the letterbox fit
+    translate: float = 0.1  # of the output side, each way
+    hflip: float = 0.5  # probability
+    hue: float = 0.1
+    saturation: float = 1.5
+    value: float = 1.5
+    fill: float = 0.5
+    min_size: float = 2.0
+    min_visible: float = 0.2
+
+
+NO_AUGMENT = AugmentConfig(scale=(1.0, 1.0), translate=0.0, hflip=0.0, hue=0.0, saturation=1.0, value=1.0)
+
+
+def _affine(n: int, in_hw: tuple[int, int], out_hw: tuple[int, int], cfg: AugmentConfig,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image scale s (n,), translation t (n, 2) in output pixels, and flip sign f (n,): a point
+    (x, y) of the input goes to (W'/2 + tx + f s (x - W/2), H'/2 + ty + s (y - H/2))."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    s = min(oh / h, ow / w) * _uniform(n, cfg.scale[0], cfg.scale[1], generator)
+    t = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg.translate * torch.tensor([ow, oh])
+    f = torch.where(torch.rand(n, generator=generator) < cfg.hflip, -1.0, 1.0)
+    return s, t, f
+
+
+def _map_boxes(boxes: Tensor, index: Tensor, s: Tensor, t: Tensor, f: Tensor,
+               in_hw: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    (h, w), (oh, ow) = in_hw, out_hw
+    sx, sy = (f * s)[index, None], s[index, None]
+    xs = ow / 2 + t[index, 0:1] + sx * (boxes[:, 0::2] - w / 2)
+    ys = oh / 2 + t[index, 1:2] + sy * (boxes[:, 1::2] - h / 2)
+    return torch.stack([xs.min(1).values, ys[:, 0], xs.max(1).values, ys[:, 1]], 1)
+
+
+def augment_batch(images: Tensor, targets: Sequence[dict], size: Size, cfg: AugmentConfig = AugmentConfig(),
+                  generator: torch.Generator | None = None) -> tuple[Tensor, list[dict]]:
+    """Randomly scale, translate and flip a batch of equal-sized images to ``size`` and jitter its colours.
+
+    ``images``: (N, 3, H, W) uint8 (or float in [0, 255]); ``targets``: N dicts with ``boxes`` in
+    those images' pixels. Returns float images (N, 3, h, w) in [0, 1] and new targets, boxes clipped
+    and filtered. With :data:`NO_AUGMENT` this is a plain letterbox to ``size`` (bilinear).
+    """
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(targets):
+        raise ValueError(f"expected images (N, 3, H, W) and N targets, found shape {tuple(images.shape)} "
+                         f"and {len(targets)} targets")
+    n, in_hw, out_hw = len(images), tuple(images.shape[-2:]), _hw(size)
+    s, t, f = _affine(n, in_hw, out_hw, cfg, generator)
+    (h, w), (oh, ow) = in_hw, out_hw
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = ow / (f * s * w), -2 * t[:, 0] / (f * s * w)
+    theta[:, 1, 1], theta[:, 1, 2] = oh / (s * h), -2 * t[:, 1] / (s * h)
+    fill = cfg.fill * 255
+    x = images.float() - fill  # zero padding outside the image then becomes the grey fill
+    grid = F.affine_grid(theta.to(x.device), [n, 3, oh, ow], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).add_(fill)
+    if cfg.hue or cfg.saturation != 1 or cfg.value != 1:
+        out = apply_colour(out, hsv_matrices(n, cfg.hue, cfg.saturation, cfg.value, generator).to(out.device))
+    boxes, index = pack_targets(targets)
+    mapped = _map_boxes(boxes, index, s, t, f, in_hw, out_hw)
+    clipped, keep = clip_and_keep(mapped, oh, ow, cfg.min_size, cfg.min_visible)
+    return out.div_(255).clamp_(0, 1), unpack_targets(targets, clipped, keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mosaic: four images in one
+# ---------------------------------------------------------------------------------------------
+
+def mosaic(images: Sequence[Tensor], targets: Sequence[dict], size: Size, *,
+           center: tuple[int, int] | None = None, tile_scale: float = 0.5, fill: float = 0.5,
+           min_size: float = 2.0, min_visible: float = 0.2,
+           generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    """Four images in one (YOLOv4's Mosaic): each image is resized (aspect kept) so its long side is
+    ``tile_scale`` x the output's, and placed in one quadrant around a centre (random in the middle
+    half, or ``center`` = (x, y)) with its inner corner at the centre; what falls outside the
+    output is cut, and boxes are cut with it. Returns one image (3, h, w), same dtype, and one target
+    (the four targets' boxes, ``image_id`` of the first)."""
+    if len(images) != 4 or len(targets) != 4:
+        raise ValueError(f"mosaic takes 4 images and 4 targets, found {len(images)} and {len(targets)}")
+    oh, ow = _hw(size)
+    if center is None:
+        xy = torch.rand(2, generator=generator) * 0.5 + 0.25
+        center = (int(xy[0] * ow), int(xy[1] * oh))
+    xc, yc = center
+    canvas = images[0].new_full((3, oh, ow), _fill_value(images[0], fill))
+    parts = []
+    for quadrant, (image, target) in enumerate(zip(images, targets)):
+        h, w = image.shape[-2:]
+        scale = tile_scale * max(oh, ow) / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        tile = TF.resize(image, [nh, nw], antialias=True) if (nh, nw) != (h, w) else image
+        ox = xc - nw if quadrant in (0, 2) else xc  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
+        oy = yc - nh if quadrant in (0, 1) else yc
+        x0, y0, x1, y1 = max(ox, 0), max(oy, 0), min(ox + nw, ow), min(oy + nh, oh)
+        if x1 > x0 and y1 > y0:
+            canvas[:, y0:y1, x0:x1] = tile[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        factor = torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        boxes = target["boxes"].float() * factor + torch.tensor([ox, oy, ox, oy], dtype=torch.float32)
+        clipped, keep = clip_and_keep(boxes, oh, ow, min_size, min_visible)
+        parts.append(select_boxes(target, keep, clipped))
+    keys = per_box_keys(targets[0])
+    out = {k: torch.cat([p[k] for p in parts]) for k in keys}
+    out.update({k: v for k, v in targets[0].items() if k not in keys})
+    return canvas, out
+
+
+class Mosaic(Dataset):
+    """A dataset of mosaics: item ``i`` is image ``i`` with three random others (torch's RNG, which
+    DataLoader seeds per worker), with probability ``p``; otherwise image ``i`` letterboxed to ``size``."""
+
+    def __init__(self, dataset: Dataset, size: Size, p: float = 1.0, tile_scale: float = 0.5,
+                 fill: float = 0.5) -> None:
+        self.dataset, self.size, self.p, self.tile_scale, self.fill = dataset, size, p, tile_scale, fill
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        if float(torch.rand(())) >= self.p:
+            return Letterbox(self.size, self.fill)(*self.dataset[index])
+        others = torch.randint(len(self.dataset), (3,)).tolist()
+        pairs = [self.dataset[i] for i in [index, *others]]
+        return mosaic([p[0] for p in pairs], [p[1] for p in pairs], self.size, tile_scale=self.tile_scale,
+                      fill=self.fill)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-scale training and batching
+# ---------------------------------------------------------------------------------------------
+
+def multiscale_sizes(base: int, scale_range: tuple[float, float] = DARKNET_MULTISCALE, stride: int = 32) -> list[int]:
+    """The input sizes multi-scale training draws from: multiples of ``stride`` within ``scale_range`` x ``base``."""
+    low, high = math.ceil(base * scale_range[0] / stride - 1e-9), math.floor(base * scale_range[1] / stride + 1e-9)
+    sizes = [k * stride for k in range(max(low, 1), high + 1)]
+    return sizes or [max(stride, round(base / stride) * stride)]
+
+
+def multiscale_size(step: int, base: int, *, every: int = 10, scale_range: tuple[float, float] = DARKNET_MULTISCALE,
+                    stride: int = 32, seed: int = 0) -> int:
+    """The input size for training step ``step`` (Darknet's ``random=1``): a new random multiple of
+    ``stride`` every ``every`` steps, the same for a given (seed, step) so resumed runs and all ranks agree."""
+    sizes = multiscale_sizes(base, scale_range, stride)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step // every)
+    return sizes[int(torch.randint(len(sizes), (1,), generator=g))]
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict]], stride: int = 32,
+                      fill: float = 0.5) -> tuple[Tensor, list[dict]]:
+    """A DataLoader ``collate_fn``: images padded at the bottom and right (boxes unchanged) to the
+    batch's largest height and width, rounded up to a multiple of ``stride``, in one tensor; targets as a list."""
+    if not batch:
+        raise ValueError("expected a non-empty batch of (image, target) pairs, found none")
+    images, targets = zip(*batch)
+    h = math.ceil(max(i.shape[-2] for i in images) / stride) * stride
+    w = math.ceil(max(i.shape[-1] for i in images) / stride) * stride
+    out = images[0].new_full((len(images), 3, h, w), _fill_value(images[0], fill))
+    for slot, image in zip(out, images):
+        slot[:, :image.shape[-2], :image.shape[-1]] = image
+    return out, list(targets)
