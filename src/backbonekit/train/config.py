@@ -95,18 +95,20 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, found {value!r}")
 
 
-def config_keys() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+def config_keys(config_class: type = TrainConfig) -> list[str]:
+    return [f.name for f in fields(config_class)]
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, config_class: type = TrainConfig) -> Any:
     """Check a config-file value against the field's type (YAML already parsed it)."""
-    default = TrainConfig.__dataclass_fields__[name].default
-    annotation = str(TrainConfig.__dataclass_fields__[name].type)
+    default = config_class.__dataclass_fields__[name].default
+    annotation = str(config_class.__dataclass_fields__[name].type)
     if value is None:
         if "None" in annotation:
             return None
         raise ValueError(f"config key {name!r} cannot be empty (expected a value like {default!r})")
+    if "list" in annotation and isinstance(value, list):
+        return value  # the dataclass checks the items
     if annotation.startswith("bool"):
         ok = isinstance(value, bool)
     elif annotation.startswith("int"):
@@ -122,8 +124,8 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON mapping of config keys (unknown keys are an error)."""
+def read_config_file(path: str | os.PathLike, config_class: type = TrainConfig) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of ``config_class``'s keys (unknown keys are an error)."""
     import yaml
 
     path = Path(path)
@@ -138,11 +140,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
-    unknown = sorted(set(data) - set(config_keys()))
+    keys = config_keys(config_class)
+    unknown = sorted(set(map(str, data)) - set(keys))
     if unknown:
-        raise ValueError(f"unknown keys in {path}: {', '.join(map(str, unknown))} "
-                         f"(known: {', '.join(config_keys())})")
-    return {k: _coerce(k, v) for k, v in data.items()}
+        raise ValueError(f"unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(keys)})")
+    return {k: _coerce(k, v, config_class) for k, v in data.items()}
 
 
 def resolve_config(config_file: str | os.PathLike | None = None,

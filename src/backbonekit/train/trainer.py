@@ -91,10 +91,10 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
     return path / "last.pt" if path.is_dir() else path
 
 
-def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
+def write_metrics(path: Path, history: Sequence[dict[str, float]], fields: Sequence[str] = METRIC_FIELDS) -> None:
     """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+    writer = csv.DictWriter(text, fieldnames=list(fields))
     writer.writeheader()
     writer.writerows(history)
     with atomic_open(path) as f:
@@ -239,23 +239,32 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResul
     return TrainResult(out, history, best_acc, final, unwrap(model), val_count)
 
 
-def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The config to run, its folder, and the checkpoint to resume from (``None`` for a new run)."""
+def _resolve_run(cfg: TrainConfig, config_class: type = TrainConfig,
+                 may_change: frozenset[str] = RESUME_MAY_CHANGE) -> tuple[Any, Path, dict[str, Any] | None]:
+    """The config to run, its folder, and the checkpoint to resume from (``None`` for a new run).
+
+    ``config_class``/``may_change``: the trainer's config dataclass (TrainConfig, DetectConfig) and
+    the options a resume may change.
+    """
     resumed = None
     if cfg.resume:
         ckpt_path = resume_checkpoint(cfg.resume)
         resumed = read_training_checkpoint(ckpt_path)
+        foreign = sorted(set(resumed["config"]) - {f.name for f in dataclasses.fields(config_class)})
+        if foreign:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: it was written by another trainer (its config "
+                                  f"has {few(foreign)}, unknown to {config_class.__name__})")
         saved_world = int(resumed.get("world_size", 1))
         if saved_world != dist.world_size():
             # shards, steps per epoch and the schedule's length all depend on the number of processes
             raise ValueError(f"cannot resume: the run was trained with {saved_world} process(es), found "
                              f"{dist.world_size()}; resume with the same number (--nproc / torchrun --nproc_per_node)")
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE
+        changed = [f.name for f in dataclasses.fields(config_class) if f.name not in may_change
                    and getattr(cfg, f.name) != f.default and getattr(cfg, f.name) != resumed["config"].get(f.name)]
         if changed:
             raise ValueError(f"cannot change {', '.join(changed)} when resuming: --resume continues the saved run "
-                             f"(only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change)")
-        cfg = dataclasses.replace(TrainConfig(**resumed["config"]), device=cfg.device, workers=cfg.workers,
+                             f"(only {', '.join(sorted(may_change - {'resume'}))} may change)")
+        cfg = dataclasses.replace(config_class(**resumed["config"]), device=cfg.device, workers=cfg.workers,
                                   nproc=cfg.nproc, resume=str(ckpt_path), out=str(ckpt_path.parent))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resumed is None and (out / "last.pt").exists():
