@@ -163,3 +163,29 @@ def test_config_file_then_flags(tmp_path):
     path.write_text("epochs: many\n")
     with pytest.raises(ValueError, match="config key 'epochs' expects int"):
         resolve_detect_config(path)
+
+
+def _detect_cli():
+    """The ``detect`` CLI glue, loaded from its file (the integrator wires the cli/ package)."""
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "src" / "backbonekit" / "cli" / "detect_train.py"
+    spec = importlib.util.spec_from_file_location("detect_train_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser(prog="backbonekit detect")
+    module.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_flags_come_from_the_config_and_evaluate_prints_the_table(full_run, capsys):
+    parser = _detect_cli()
+    args = parser.parse_args(["train", "--backbone", "darknet53", "--no-hsv", "--mosaic", "0.5", "--anchors", "coco"])
+    assert (args.backbone, args.hsv, args.mosaic, args.anchors) == ("darknet53", False, 0.5, "coco")
+    assert not hasattr(args, "epochs")  # unset flags leave the config file's (or the default) value
+    out, _ = full_run
+    args = parser.parse_args(["evaluate", str(out / "best.pt"), "--device", "cpu", "--out", str(out / "cli-eval")])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "mAP@[.5:.95]" in printed and "AP50" in printed

@@ -10,6 +10,7 @@ files of :mod:`.report`, and ``--resume`` continuing exactly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -429,3 +430,14 @@ def predict_checkpoint(checkpoint: str | os.PathLike, images: Sequence[str | os.
     with atomic_open(out / "detections.json") as f:
         f.write(json.dumps(entries, indent=1).encode("utf-8"))
     return entries
+
+
+def make_data(out: str | os.PathLike, *, image_size: int | None = None, num_train: int | None = None,
+              num_val: int | None = None, seed: int | None = None) -> Path:
+    """Write the built-in ``photodigits`` set (or a resized/recounted one) to ``out`` as a YOLO folder."""
+    from .synthetic import DEFAULT_SPEC, photodigits, write_yolo_dataset
+
+    changes = {k: v for k, v in dict(image_size=image_size, num_train=num_train, num_val=num_val,
+                                     seed=seed).items() if v is not None}
+    spec = dataclasses.replace(DEFAULT_SPEC, **changes)
+    return write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, out)
