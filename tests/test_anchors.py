@@ -117,20 +117,11 @@ def test_anchors_for_dataset_reports_fit():
 
 
 def test_anchors_command_prints_a_fit_for_photodigits(capsys):
-    # backbonekit/cli/ is wired by the cli package; load this command's module from its file
-    import argparse
-    import importlib.util
     import json
-    import pathlib
 
-    import backbonekit
+    from backbonekit.cli import build_parser
 
-    path = pathlib.Path(backbonekit.__file__).parent / "cli" / "anchors.py"
-    spec = importlib.util.spec_from_file_location("backbonekit.cli.anchors", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    parser = argparse.ArgumentParser()
-    module.register_cli(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["anchors", "--num", "6", "--input-size", "256", "--format", "json", "--split", "val"])
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)

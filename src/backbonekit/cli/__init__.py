@@ -25,7 +25,7 @@ from .._text import USER_ERRORS, first_line
 # modules that contribute subcommands, in the order they appear in --help
 COMMAND_MODULES = (
     "backbonekit.cli.models",
-    "backbonekit.train.cli",
+    "backbonekit.cli.train",
     "backbonekit.cli.profile",
     "backbonekit.cli.convert",
     "backbonekit.cli.export",

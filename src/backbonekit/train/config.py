@@ -113,23 +113,25 @@ def check_crop_padding(padding: int, image_size: int) -> None:
         raise ValueError(f"crop_padding must be in [0, image_size) = [0, {image_size}), found {padding}")
 
 
-def config_keys() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+def config_keys(config_class: type = TrainConfig) -> list[str]:
+    return [f.name for f in fields(config_class)]
 
 
-def _coerce(name: str, value: Any, where: str = "") -> Any:
+def _coerce(name: str, value: Any, where: str = "", config_class: type = TrainConfig) -> Any:
     """Check a config-file value against the field's type (YAML already parsed it).
 
     Numeric strings are read as numbers for numeric keys: PyYAML follows YAML 1.1, where ``1e-3`` (no dot)
     is a string, not a float. ``where`` (``FILE`` or ``FILE:LINE``) goes into the error message.
     """
-    default = TrainConfig.__dataclass_fields__[name].default
-    annotation = str(TrainConfig.__dataclass_fields__[name].type)
+    default = config_class.__dataclass_fields__[name].default
+    annotation = str(config_class.__dataclass_fields__[name].type)
     place = f" in {where}" if where else ""
     if value is None:
         if "None" in annotation:
             return None
         raise ValueError(f"config key {name!r}{place} cannot be empty (expected a value like {default!r})")
+    if "list" in annotation and isinstance(value, list):
+        return value  # the dataclass checks the items
     if annotation.startswith(("int", "float")) and isinstance(value, str):
         value = _number(name, value, annotation, place)
     if annotation.startswith("bool"):
@@ -165,8 +167,8 @@ def _yaml_key_lines(text: str) -> dict[str, int]:
     return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON mapping of config keys (unknown keys are an error)."""
+def read_config_file(path: str | os.PathLike, config_class: type = TrainConfig) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of ``config_class``'s keys (unknown keys are an error)."""
     import yaml
 
     path = Path(path)
@@ -183,11 +185,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
-    unknown = sorted(set(data) - set(config_keys()), key=str)
+    keys = config_keys(config_class)
+    unknown = sorted(set(map(str, data)) - set(keys))
     if unknown:
-        raise ValueError(f"unknown keys in {path}: {', '.join(map(str, unknown))} "
-                         f"(known: {', '.join(config_keys())})")
-    return {k: _coerce(k, v, f"{path}:{lines[k]}" if k in lines else str(path)) for k, v in data.items()}
+        raise ValueError(f"unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(keys)})")
+    return {k: _coerce(k, v, f"{path}:{lines[k]}" if k in lines else str(path), config_class) for k, v in data.items()}
 
 
 def resolve_config(config_file: str | os.PathLike | None = None,

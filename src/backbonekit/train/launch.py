@@ -76,15 +76,22 @@ def launch_local(cfg: TrainConfig, log: Callable[[str], None] = print, given: Co
 
 def train_worker(cfg_dict: dict[str, Any], given: list[str] | None = None) -> dict[str, Any]:
     """One rank of ``launch_local``: train, print one error line on failure, exit 2."""
-    from .._text import USER_ERRORS
-    from . import dist
     from .trainer import train
 
+    result = run_rank("backbonekit train", lambda: train(TrainConfig(**cfg_dict), given=given))
+    return {"best_acc": result.best_acc, "val_count": result.val_count}
+
+
+def run_rank(command: str, fn: Callable[[], Any]) -> Any:
+    """Run one rank's ``fn``: a user error is one line naming the rank and exits 2; the process group is
+    always torn down (shared by ``train`` and ``detect train``)."""
+    from .._text import USER_ERRORS
+    from . import dist
+
     try:
-        result = train(TrainConfig(**cfg_dict), given=given)
-        return {"best_acc": result.best_acc, "val_count": result.val_count}
+        return fn()
     except USER_ERRORS as exc:
-        print(f"backbonekit train (rank {os.environ.get('RANK', '?')}): error: {first_line(exc, None, lines=None)}",
+        print(f"{command} (rank {os.environ.get('RANK', '?')}): error: {first_line(exc, None, lines=None)}",
               file=sys.stderr)
         raise SystemExit(2) from None
     finally:

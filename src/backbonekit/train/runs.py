@@ -54,21 +54,27 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
     return path / "last.pt" if path.is_dir() else path
 
 
-def given_fields(cfg: TrainConfig, given: Collection[str] | None) -> set[str]:
-    """The fields the caller set; without ``given`` (a plain TrainConfig), those that differ from the defaults."""
+def given_fields(cfg: Any, given: Collection[str] | None) -> set[str]:
+    """The fields the caller set; without ``given`` (a plain config), those that differ from the defaults."""
     if given is not None:
         return set(given)
-    return {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default}
+    return {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
 
 
-def resumed_config(saved: Mapping[str, Any], cfg: TrainConfig, given: Collection[str] | None, run: Path,
-                   checkpoint: Path, epochs_done: int) -> TrainConfig:
-    """The saved config with the changes :data:`RESUME_RULES` allows; one ValueError listing those it refuses."""
+def resumed_config(saved: Mapping[str, Any], cfg: Any, given: Collection[str] | None, run: Path,
+                   checkpoint: Path, epochs_done: int, rules: Mapping[str, str] = RESUME_RULES) -> Any:
+    """The saved config with the changes ``rules`` allow (:data:`RESUME_RULES` for classification);
+    one line listing those it refuses. ``cfg`` is a config dataclass (TrainConfig, DetectConfig)."""
+    config_class = type(cfg)
+    foreign = sorted(set(saved) - {f.name for f in fields(config_class)})
+    if foreign:
+        raise ValueError(f"cannot resume from {checkpoint}: it was written by another trainer (its config has "
+                         f"{', '.join(foreign[:3])}, unknown to {config_class.__name__})")
     values = dict(saved)
     refused = []
     for name in sorted(given_fields(cfg, given) - {"resume"}):
         new, old = getattr(cfg, name), saved.get(name)
-        rule = RESUME_RULES.get(name, FIXED)
+        rule = rules.get(name, FIXED)
         if name == "out":
             if new is not None and Path(new).resolve() != run.resolve():
                 raise ValueError(f"--out {new} with --resume {run}: a resumed run continues in its own folder "
@@ -84,11 +90,11 @@ def resumed_config(saved: Mapping[str, Any], cfg: TrainConfig, given: Collection
         else:
             values[name] = new
     if refused:
-        local = sorted(flag(k) for k, rule in RESUME_RULES.items() if rule == LOCAL and k not in ("resume", "out"))
+        local = sorted(flag(k) for k, rule in rules.items() if rule == LOCAL and k not in ("resume", "out"))
         raise ValueError(f"cannot resume {run} with {'; '.join(refused)}: the run would not continue as it was "
                          f"started; a resume may change only {', '.join(local)} and extend --epochs. Start a new "
                          f"run to train differently (--pretrained {checkpoint} starts from its weights)")
-    return TrainConfig(**{**values, "resume": str(checkpoint), "out": str(run)})
+    return config_class(**{**values, "resume": str(checkpoint), "out": str(run)})
 
 
 # -- one writer per run folder ------------------------------------------------------------------

@@ -78,11 +78,11 @@ def set_determinism(seed: int, deterministic: bool, device: torch.device) -> Non
 
 # -- run folder ---------------------------------------------------------------------------------
 
-def write_metrics(path: Path, history: Sequence[dict[str, float]]) -> None:
+def write_metrics(path: Path, history: Sequence[dict[str, float]], fields: Sequence[str] = METRIC_FIELDS) -> None:
     """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
     text = io.StringIO(newline="")
-    present = [name for name in METRIC_FIELDS if any(name in row for row in history)]  # val_top5: > 5 classes
-    writer = csv.DictWriter(text, fieldnames=present or METRIC_FIELDS)
+    present = [name for name in fields if any(name in row for row in history)]  # val_top5: > 5 classes
+    writer = csv.DictWriter(text, fieldnames=present or list(fields))
     writer.writeheader()
     writer.writerows(history)
     with atomic_open(path) as f:

@@ -1,12 +1,12 @@
-"""``backbonekit train``, ``evaluate`` and ``predict``: parse, call the Python API, print."""
+"""``backbonekit train``, ``evaluate`` and ``predict``: parse, call the Python API (:mod:`backbonekit.train`), print."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
-from .config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ._config import add_config_flags, resolve_from_flags
 
 FLAG_HELP = {
     "model": "a registered model name (backbonekit models)",
@@ -58,37 +58,22 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model. Defaults (darknet53 on digits) run offline in minutes on a CPU. Every option "
                     "can also be set in a YAML/JSON file given with --config; command-line flags win.",
         argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help="YAML or JSON file with any of the options below (same names, '_' for '-')")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        help_text = f"{FLAG_HELP[f.name]} (default: {f.default})"
-        if kind.startswith("bool"):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
-        elif kind.startswith("int"):
-            p.add_argument(flag, dest=f.name, type=int, metavar="N", help=help_text)
-        elif kind.startswith("float"):
-            p.add_argument(flag, dest=f.name, type=float, metavar="X", help=help_text)
-        else:
-            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES}
-            p.add_argument(flag, dest=f.name, choices=choices.get(f.name), help=help_text)
+    add_config_flags(p, TrainConfig, FLAG_HELP, {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
+                                                  "amp": AMP_MODES})
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from . import dist
-    from .config import config_keys, read_config_file, resolve_config
+    from ..train import dist
+    from ..train.config import read_config_file, resolve_config
 
-    overrides = {k: v for k, v in vars(args).items() if k in config_keys()}  # only the flags given (SUPPRESS)
-    config_file = getattr(args, "config", None)
-    given = set(overrides) | (set(read_config_file(config_file)) if config_file else set())
-    cfg = resolve_config(config_file, overrides)
+    cfg, given = resolve_from_flags(args, TrainConfig, read_config_file, resolve_config)
     if cfg.nproc > 1 and not dist.launched_by_torchrun():
-        from .launch import launch_local
+        from ..train.launch import launch_local
 
         return launch_local(cfg, given=given)
 
-    from .trainer import train
+    from ..train.trainer import train
 
     try:
         train(cfg, given=given)
@@ -113,7 +98,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .trainer import evaluate_checkpoint
+    from ..train.trainer import evaluate_checkpoint
 
     quiet = args.format == "json"
     ev = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
@@ -136,7 +121,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .trainer import predict
+    from ..train.trainer import predict
 
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, found {args.topk}")

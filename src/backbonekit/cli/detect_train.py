@@ -1,0 +1,142 @@
+"""``backbonekit detect train | evaluate | make-data``: parse flags, call one library function each.
+
+``register(subparsers)`` takes the sub-parsers of the ``detect`` command. Flags of ``train`` are
+generated from :class:`~backbonekit.detection.config.DetectConfig`'s fields, as ``backbonekit
+train``'s are from TrainConfig; ``--config FILE`` sets any of them and flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..detection.config import DetectConfig
+from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS
+from ._config import add_config_flags, resolve_from_flags
+
+FLAG_HELP = {
+    "model": "the detector (yolov3)",
+    "backbone": "a registered backbone for YOLOv3 (backbonekit models), e.g. resnet18, darknet53",
+    "dataset": "photodigits (built in), yolo:PATH, coco:ANNOTATIONS.json[,VAL.json] or voc:PATH",
+    "data_dir": "images folder for coco:",
+    "epochs": "number of epochs",
+    "batch_size": "images per step per process",
+    "lr": "peak learning rate (cosine schedule after the warm-up)",
+    "optimizer": "/".join(OPTIMIZERS),
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay on conv weights (not on BatchNorm or biases)",
+    "warmup": "epochs of linear learning-rate warm-up",
+    "grad_clip": "clip the gradient norm to this value (0: off)",
+    "input_size": "training and evaluation input size (a multiple of 32)",
+    "neck_width": "YOLOv3 neck widths (512, 256, 128) times this",
+    "multiscale": "multi-scale training (Darknet's random=1: a new size every 10 steps)",
+    "mosaic": "probability of a Mosaic sample (four images in one)",
+    "hflip": "random horizontal flips (off by default: digits are not mirror-symmetric)",
+    "hsv": "HSV colour jitter (Darknet's hue/saturation/exposure)",
+    "scale_jitter": "random scale in [1 - s, 1 + s] of the letterbox fit",
+    "translate": "random translation, a fraction of the input side",
+    "freeze": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1)",
+    "ema": "evaluate and save an exponential moving average of the weights",
+    "anchors": "coco, auto (k-means on the training boxes) or nine 'w,h' pairs",
+    "score_thresh": "score threshold of evaluation detections",
+    "nms_thresh": "IoU threshold of class-aware NMS",
+    "device": "/".join(DEVICES),
+    "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only",
+    "seed": "random seed (weights, order, augmentation)",
+    "workers": "DataLoader workers",
+    "out": "run folder (default runs/yolov3-DATASET[-N])",
+    "resume": "continue the run in this folder (or from this last.pt) with its saved config",
+    "pretrained": "darknet53.conv.74, a classification run's best.pt, or a detector file",
+    "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
+    "nproc": "launch N processes on this machine (DistributedDataParallel)",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``make-data`` to the ``detect`` command's sub-parsers."""
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_make_data(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a detector; writes a run folder with checkpoints, metrics and "
+                                            "a report", argument_default=argparse.SUPPRESS,
+                              description="Train YOLOv3. With no arguments: ResNet-18 YOLOv3 on the built-in "
+                                          "photodigits set, offline. Every option can be set in a YAML/JSON "
+                                          "file given with --config; flags win.")
+    add_config_flags(p, DetectConfig, FLAG_HELP, {"optimizer": OPTIMIZERS, "device": DEVICES, "amp": AMP_MODES})
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..detection.config import resolve_detect_config
+    from ..train import dist
+    from ..train.config import read_config_file
+
+    cfg, given = resolve_from_flags(args, DetectConfig, lambda path: read_config_file(path, DetectConfig),
+                                    resolve_detect_config)
+    if cfg.nproc > 1 and not dist.launched_by_torchrun():
+        from ..detection.launch import launch_local
+
+        return launch_local(cfg, given=sorted(given))
+    from ..detection.trainer import train
+
+    try:
+        train(cfg, given=given)
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="COCO mAP of a saved detector (prints the COCO table)")
+    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit detect train")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--score-thresh", type=float, help="default: the training run's")
+    p.add_argument("--nms-thresh", type=float, help="default: the training run's")
+    p.add_argument("--skip-bad-labels", action="store_true")
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..detection.metrics import format_table
+    from ..detection.trainer import evaluate_checkpoint
+
+    quiet = args.format == "json"
+    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                                  device=args.device, batch_size=args.batch_size, score_thresh=args.score_thresh,
+                                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
+                                  log=(lambda _: None) if quiet else print)
+    if quiet:
+        print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "summary": metrics.summary,
+                          "per_class_ap": metrics.per_class_ap}, indent=2))
+    else:
+        print(format_table(metrics))
+    return 0
+
+
+def _register_make_data(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("make-data", help="write the built-in photodigits set to disk in YOLO format")
+    p.add_argument("out", help="a new (or empty) folder")
+    p.add_argument("--image-size", type=int, help="default 128")
+    p.add_argument("--num-train", type=int, help="default 1000")
+    p.add_argument("--num-val", type=int, help="default 200")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.set_defaults(func=run_make_data)
+
+
+def run_make_data(args: argparse.Namespace) -> int:
+    from ..detection.trainer import make_data
+
+    out = make_data(args.out, image_size=args.image_size, num_train=args.num_train, num_val=args.num_val,
+                    seed=args.seed)
+    print(f"wrote {out} (YOLO layout: images/{{train,val}}, labels/{{train,val}}, data.yaml); "
+          f"train on it with: backbonekit detect train --dataset yolo:{out}")
+    return 0

@@ -1,0 +1,162 @@
+"""One typed detection-training configuration: dataclass defaults, then a YAML/JSON file, then flags.
+
+The same conventions as :class:`backbonekit.train.config.TrainConfig` (and the same file reader):
+``config.yaml`` in a run folder is this, resolved, and ``detect train --config config.yaml`` repeats
+the run. The defaults are the recipe ``docs/detection-training.md`` explains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
+from ..train.runs import EXTEND, FIXED, LOCAL
+
+ANCHOR_CHOICES = ("coco", "auto")
+
+__all__ = ["DetectConfig", "resolve_detect_config", "write_config", "parse_anchors", "detect_config_keys"]
+
+
+@dataclass
+class DetectConfig:
+    """Everything that decides a detector training run.
+
+    ``freeze``: backbone stages kept frozen (the backbone's ``frozen_stages``: -1 none, 0 the stem,
+    k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without.
+    ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
+    ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
+    ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
+    cosine decay. ``neck_width``: the YOLOv3 neck's widths (512, 256, 128) times this.
+    """
+
+    model: str = "yolov3"
+    backbone: str = "resnet18"
+    dataset: str = "photodigits"
+    data_dir: str | None = None
+    epochs: int = 24
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 1.0
+    grad_clip: float = 10.0
+    input_size: int = 128
+    neck_width: float = 0.5
+    multiscale: bool = False
+    mosaic: float = 0.0
+    hflip: bool = False
+    hsv: bool = True
+    scale_jitter: float = 0.25
+    translate: float = 0.1
+    freeze: int | None = None
+    ema: bool = False
+    anchors: str | list = "auto"
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    device: str = "auto"
+    amp: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    out: str | None = None
+    resume: str | None = None
+    pretrained: str | None = None
+    skip_bad_labels: bool = False
+    nproc: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise one-line ValueErrors for values no run can use."""
+        if self.model != "yolov3":
+            raise ValueError(f"model must be yolov3 (the detector this package trains), found {self.model!r}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("device", self.device, DEVICES)
+        _choice("amp", self.amp, AMP_MODES)
+        for name in ("epochs", "nproc"):
+            _in_range(name, getattr(self, name), 1)
+        _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
+        _in_range("lr", self.lr, 0, low_open=True)
+        _in_range("momentum", self.momentum, 0, high=1)
+        for name in ("weight_decay", "warmup", "grad_clip", "workers", "translate", "scale_jitter"):
+            _in_range(name, getattr(self, name), 0)
+        if self.input_size < 32 or self.input_size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32 (YOLOv3's stride), found {self.input_size}")
+        if not 0 < self.neck_width <= 4:
+            raise ValueError(f"neck_width must be in (0, 4], found {self.neck_width}")
+        for name in ("mosaic", "score_thresh", "nms_thresh"):
+            if not 0 <= getattr(self, name) <= 1:  # NaN fails too
+                raise ValueError(f"{name} must be in [0, 1], found {getattr(self, name)}")
+        if self.scale_jitter >= 1:
+            raise ValueError(f"scale_jitter must be < 1 (scales drawn in [1 - s, 1 + s]), found {self.scale_jitter}")
+        if self.freeze is not None and self.freeze < -1:
+            raise ValueError(f"freeze must be >= -1 (-1: nothing frozen, 0: the stem), found {self.freeze}")
+        parse_anchors(self.anchors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def frozen_stages(self) -> int:
+        """``freeze`` resolved: one stage (and the stem) frozen when starting from pretrained weights."""
+        if self.freeze is not None:
+            return self.freeze
+        return 1 if self.pretrained else -1
+
+    @property
+    def neck_channels(self) -> tuple[int, int, int]:
+        """YOLOv3's (512, 256, 128) scaled by ``neck_width`` (multiples of 8, at least 8)."""
+        return tuple(max(8, int(round(n * self.neck_width / 8)) * 8) for n in (512, 256, 128))
+
+
+# What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
+# the run's content is fixed, where it runs is local, epochs may be extended.
+DETECT_RESUME_RULES: dict[str, str] = {
+    **{f.name: FIXED for f in fields(DetectConfig)},
+    "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
+    "out": LOCAL, "resume": LOCAL,
+}
+
+
+def parse_anchors(value: str | list) -> str | list[list[float]]:
+    """``coco``/``auto`` unchanged; ``"w,h w,h ..."`` or a list of pairs -> nine [w, h] lists (positive)."""
+    if isinstance(value, str) and value in ANCHOR_CHOICES:
+        return value
+    pairs: list = []
+    if isinstance(value, str):
+        try:
+            pairs = [[float(v) for v in pair.split(",")] for pair in value.replace(";", " ").split()]
+        except ValueError:
+            pairs = []
+    elif isinstance(value, (list, tuple)):
+        try:
+            pairs = [[float(v) for v in pair] for pair in value]
+        except (TypeError, ValueError):
+            pairs = []
+    ok = len(pairs) == 9 and all(len(p) == 2 and all(math.isfinite(v) and v > 0 for v in p) for p in pairs)
+    if not ok:
+        raise ValueError(f"anchors must be coco, auto or nine positive 'w,h' pairs (e.g. \"10,13 16,30 ...\"), "
+                         f"found {value!r}")
+    return pairs
+
+
+def detect_config_keys() -> list[str]:
+    return [f.name for f in fields(DetectConfig)]
+
+
+def resolve_detect_config(config_file: str | os.PathLike | None = None,
+                          overrides: Mapping[str, Any] | None = None) -> DetectConfig:
+    """Dataclass defaults, updated by ``config_file``, updated by ``overrides`` (command-line flags win)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(config_file, DetectConfig))
+    values.update(dict(overrides or {}))
+    unknown = sorted(set(values) - set(detect_config_keys()))
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+    return DetectConfig(**values)

@@ -1,0 +1,179 @@
+"""Detection report files: per-class AP, PR curves, predictions drawn on images, curves and report.html.
+
+:func:`write_evaluation` writes what one evaluation found (``eval.json``, ``per_class_ap.txt/.json``,
+``pr_curves.png``, ``predictions.png``); :func:`write_run_report` rebuilds ``curves.png``,
+``pr_curves.png`` and ``report.html`` from the files in a run folder alone
+(``python -m backbonekit.detection.report RUN_DIR``). Plots use matplotlib (Agg).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from torch import Tensor
+
+from ..train.report import _pyplot, _table, read_metrics
+from .loss import PARTS
+from .metrics import DetectionMetrics, format_table
+
+PRED_STYLE = {"edgecolor": "#e8112d", "linestyle": "-", "linewidth": 1.6}  # predictions: solid red
+TRUE_STYLE = {"edgecolor": "#00c853", "linestyle": "--", "linewidth": 1.6}  # ground truth: dashed green
+GRID_COLUMNS = 4
+MAP_CURVES = (("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("map_75", "mAP@.75"))
+
+
+def write_evaluation(out: str | Path, metrics: DetectionMetrics, samples: Sequence[tuple[Tensor, dict, dict]],
+                     classes: Sequence[str], title: str) -> None:
+    """eval.json, per_class_ap.txt/.json, pr_curves.png and predictions.png for one evaluation.
+
+    ``samples``: (uint8 image (3, H, W), prediction, ground truth) triples to draw.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "per_class_ap.txt").write_text(f"{title}\n\n{format_table(metrics)}\n", encoding="utf-8")
+    per_class = {name: {"ap": metrics.per_class_ap[name], "ap50": metrics.per_class_ap50.get(name, -1.0)}
+                 for name in metrics.per_class_ap}
+    (out / "per_class_ap.json").write_text(json.dumps(per_class, indent=2), encoding="utf-8")
+    (out / "eval.json").write_text(json.dumps({"title": title, "summary": metrics.summary, "per_class": per_class,
+                                               "pr_curves": metrics.pr_curves}, indent=1), encoding="utf-8")
+    plot_pr_curves(metrics.pr_curves, out / "pr_curves.png")
+    plot_predictions(samples, classes, out / "predictions.png")
+
+
+def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:
+    """Precision against recall (IoU 0.5, COCO's 101 recall points) for each class, one panel per class."""
+    plt = _pyplot()
+    names = list(curves)
+    cols = min(5, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows + 0.5), squeeze=False)
+    recall = [i / 100 for i in range(101)]
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        ax.axis("on")
+        precision = curves[name]
+        ap50 = sum(precision) / len(precision) if precision else 0.0
+        ax.plot(recall, precision, color="#1f77b4")
+        ax.fill_between(recall, precision, alpha=0.15)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), title=f"{name}  AP50 {100 * ap50:.1f}")
+        ax.title.set_fontsize(9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Precision-recall per class (IoU 0.5; x: recall, y: precision)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _draw(ax, image: Tensor, pred: dict | None, target: dict | None, classes: Sequence[str]) -> None:
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+    for boxes, labels, scores, style in (
+            (target["boxes"], target["labels"], None, TRUE_STYLE) if target is not None else (None,) * 4,
+            (pred["boxes"], pred["labels"], pred["scores"], PRED_STYLE) if pred is not None else (None,) * 4):
+        if boxes is None:
+            continue
+        for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, **style))
+            label = int(labels[i])
+            name = classes[label] if 0 <= label < len(classes) else str(label)
+            text = name if scores is None else f"{name} {float(scores[i]):.2f}"
+            ax.text(x1, y1 if scores is not None else y2, text, fontsize=7, color="white",
+                    va="bottom" if scores is not None else "top",
+                    bbox={"facecolor": style["edgecolor"], "alpha": 0.75, "pad": 0.5, "linewidth": 0})
+
+
+def plot_predictions(samples: Sequence[tuple[Tensor, dict, dict]], classes: Sequence[str], path: Path,
+                     min_score: float = 0.25) -> None:
+    """Validation images with predictions (solid red, score >= ``min_score``) and ground truth (dashed green)."""
+    plt = _pyplot()
+    rows = max(1, math.ceil(len(samples) / GRID_COLUMNS))
+    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(3 * GRID_COLUMNS, 3 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, pred, target) in zip(axes.flat, samples):
+        ax.axis("on")
+        keep = pred["scores"] >= min_score
+        _draw(ax, image, {k: v[keep] for k, v in pred.items()}, target, classes)
+    fig.suptitle(f"Predictions (solid red, score >= {min_score}) and ground truth (dashed green)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_detections(image: Tensor, pred: dict, target: dict | None, classes: Sequence[str], path: Path) -> None:
+    """One image with its detections (and ground truth, if given) drawn, saved to ``path``."""
+    plt = _pyplot()
+    h, w = image.shape[-2:]
+    fig, ax = plt.subplots(figsize=(max(3.0, w / 100), max(3.0, h / 100)))
+    _draw(ax, image, pred, target, classes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
+    """Each training-loss part and the validation mAPs per epoch."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", color="black", label="total")
+    for part in PARTS:
+        ax_loss.plot(epochs, [r[f"train_loss_{part}"] for r in rows], ".-", label=part)
+    ax_loss.set(title="Training loss per image", xlabel="epoch", ylabel="loss", yscale="log")
+    for key, label in MAP_CURVES:
+        ax_map.plot(epochs, [100 * r[key] for r in rows], "o-", label=label)
+    ax_map.set(title="Validation mAP (COCO)", xlabel="epoch", ylabel="%", ylim=(0, 100))
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """curves.png, pr_curves.png and report.html from metrics.csv, eval.json and the files present."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
+    if rows:
+        plot_curves(rows, run_dir / "curves.png")
+    parts = [f"<h1>backbonekit detector run: {html.escape(run_dir.name)}</h1>"]
+    if (run_dir / "eval.json").is_file():
+        ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+        if not (run_dir / "pr_curves.png").is_file():
+            plot_pr_curves(ev.get("pr_curves", {}), run_dir / "pr_curves.png")
+        s = ev["summary"]
+        parts.append(f"<h2>Final figures</h2><p>{html.escape(ev['title'])}: mAP@[.5:.95] <b>{100 * s['map']:.1f}</b>, "
+                     f"mAP@.5 <b>{100 * s['map_50']:.1f}</b>, mAP@.75 {100 * s['map_75']:.1f}.</p>")
+    if rows:
+        parts.append("<h2>Per epoch (metrics.csv)</h2>" + _table(rows))
+    for name, caption in (("curves.png", "Loss parts and mAP"), ("pr_curves.png", "Precision-recall per class"),
+                          ("predictions.png", "Validation predictions (red) and ground truth (dashed green)")):
+        if (run_dir / name).is_file():
+            parts.append(f"<h2>{caption}</h2><img src=\"{name}\" alt=\"{caption}\">")
+    for name, caption in (("per_class_ap.txt", "COCO summary and AP per class (pycocotools via torchmetrics)"),
+                          ("config.yaml", "Config (config.yaml: rerun with backbonekit detect train --config)")):
+        if (run_dir / name).is_file():
+            parts.append(f"<h2>{caption}</h2><pre>{html.escape((run_dir / name).read_text(encoding='utf-8'))}</pre>")
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>backbonekit detector run "
+            f"{html.escape(run_dir.name)}</title><style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}"
+            "img{max-width:100%}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;text-align:right}pre{background:#f6f6f6;padding:8px}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    print(write_run_report(sys.argv[1] if len(sys.argv) > 1 else "."))

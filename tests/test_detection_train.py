@@ -1,0 +1,184 @@
+"""Detection training: the loss falls, the detector overfits four images, the run folder, resume, bad labels.
+
+Everything runs on tiny generated photodigits sets (64x64, ResNet-18 backbone, a quarter-width neck).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbonekit.checkpoint import load_file
+from backbonekit.detection import trainer
+from backbonekit.detection.config import DetectConfig, resolve_detect_config
+from backbonekit.detection.engine import (TrainBatches, augment_config, evaluate, shard_indices,
+                                          train_one_epoch)
+from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.trainer import (METRIC_FIELDS, build_detector, evaluate_checkpoint, load_detector,
+                                           resolve_anchors, train)
+from backbonekit.train.engine import build_optimizer, build_scheduler
+
+CPU = torch.device("cpu")
+TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu",
+            score_thresh=0.01)
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png", "pr_curves.png", "predictions.png",
+             "per_class_ap.txt", "per_class_ap.json", "report.html")
+
+
+def tiny_set(split: str = "train", n: int = 4, seed: int = 0):
+    spec = PhotoDigitsSpec(image_size=64, num_train=n, num_val=n, digits_per_image=(1, 2), digit_height=(20, 32),
+                           seed=seed)
+    return photodigits(split, spec)
+
+
+@pytest.fixture(scope="module")
+def yolo_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_yolo_dataset({"train": tiny_set("train", 8), "val": tiny_set("val", 4)}, root)
+    return root
+
+
+def run_config(yolo_dir: Path, out: Path, **kw) -> DetectConfig:
+    return DetectConfig(**{**TINY, "dataset": f"yolo:{yolo_dir}", "epochs": 2, "out": str(out), **kw})
+
+
+@pytest.fixture(scope="module")
+def full_run(yolo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    return out, train(run_config(yolo_dir, out), log=lambda _: None)
+
+
+def _fit(model, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
+    optimizer = build_optimizer("adamw", model, lr, 0.0)
+    scheduler = build_scheduler("cosine", optimizer, lr, 1, steps, warmup_epochs=0.1)
+    return [train_one_epoch(model, [(images, targets)], optimizer, scheduler, device=CPU).parts["loss"]
+            for _ in range(steps)]
+
+
+def test_loss_falls_on_augmented_batches():
+    data = tiny_set("train", 8, seed=1)
+    cfg = DetectConfig(**TINY)
+    model, _ = build_detector(cfg, 10, resolve_anchors("coco", data, 64))
+    optimizer = build_optimizer("adamw", model, 3e-3, 0.0)
+    scheduler = build_scheduler("cosine", optimizer, 3e-3, 12, 2, warmup_epochs=0.5)
+    losses = []
+    for epoch in range(12):  # 24 steps of 4 images, each epoch a new order and new jitter
+        batches = TrainBatches(data, 4, 64, CPU, seed=0, epoch=epoch, augment=augment_config(0.2, 0.1, False, True))
+        stats = train_one_epoch(model, batches, optimizer, scheduler, device=CPU, epoch=epoch)
+        assert set(stats.parts) == {"loss", "loss_xy", "loss_wh", "loss_obj", "loss_noobj", "loss_cls"}
+        losses.append(stats.parts["loss"])
+    # the xy term is a BCE against fractional targets: its floor is their entropy, not 0
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+def test_detector_overfits_four_images():
+    data = tiny_set("train", 4)
+    model, _ = build_detector(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
+    images, targets = next(iter(TrainBatches(data, 4, 64, CPU, seed=0, epoch=0)))
+    losses = _fit(model, images, targets, steps=80)
+    assert losses[-1] < 0.5 * losses[0]
+    metrics, items = evaluate(model, data, data.classes, device=CPU, distributed=False)
+    assert [i for i, _, _ in items] == [0, 1, 2, 3]
+    assert metrics.summary["map_50"] >= 0.9, metrics.summary
+
+
+def test_evaluation_shards_cover_every_image_once():
+    shards = [shard_indices(10, r, 3) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+
+
+def test_run_folder_holds_every_file(full_run):
+    out, result = full_run
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == list(METRIC_FIELDS) and [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["train_loss_noobj"]) > 0 for r in rows)
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["classes"] == [str(d) for d in range(10)] and best["input_size"] == 64
+    assert len(best["anchors"]) == 9 and best["model_kwargs"]["backbone"] == "resnet18"
+    assert best["epoch"] == max(result.history, key=lambda r: r["map"])["epoch"]
+    per_class = json.loads((out / "per_class_ap.json").read_text())
+    assert set(per_class) <= set(best["classes"])
+    html = (out / "report.html").read_text()
+    assert all(name in html for name in ("curves.png", "pr_curves.png", "predictions.png", "mAP@.5"))
+    # best.pt alone is enough to evaluate: the same figures as the final report
+    metrics = evaluate_checkpoint(out / "best.pt", out=out / "eval", device="cpu", log=lambda _: None)
+    assert metrics.summary == pytest.approx(result.final.summary)
+    model, _ = load_detector(out / "best.pt")
+    assert model.input_size == 64 and model.num_classes == 10
+
+
+def test_resume_continues_exactly(full_run, yolo_dir, tmp_path, monkeypatch):
+    out_full, full = full_run
+    real, calls = trainer.train_one_epoch, []
+
+    def interrupted_after_one_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(yolo_dir, tmp_path / "run"), log=lambda _: None)
+    assert load_file(tmp_path / "run" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    resumed = train(DetectConfig(resume=str(tmp_path / "run"), device="cpu"), log=lambda _: None)
+    a, b = load_file(out_full / "last.pt"), load_file(tmp_path / "run" / "last.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    strip = [{k: v for k, v in row.items() if k != "time_s"} for row in full.history]
+    assert strip == [{k: v for k, v in row.items() if k != "time_s"} for row in resumed.history]
+
+
+def test_bad_label_gives_one_line_before_training(yolo_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "bad"
+    shutil.copytree(yolo_dir, data)
+    label = data / "labels" / "train" / "000002.txt"
+    label.write_text(label.read_text() + "12 0.5 0.5 0.2 0.2\n")
+    bad_line = len(label.read_text().splitlines())
+    with pytest.raises(ValueError) as info:
+        train(run_config(data, tmp_path / "run"), log=lambda _: None)
+    message = str(info.value)
+    assert "\n" not in message and f"000002.txt:{bad_line}: class id 12 is outside" in message
+    assert not (tmp_path / "run").exists()  # nothing was written: the check comes first
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nanchors: [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], "
+                    "[116, 90], [156, 198], [373, 326]]\nlr: 0.01\n")
+    cfg = resolve_detect_config(path, {"lr": 0.002})
+    assert cfg.epochs == 3 and cfg.lr == 0.002 and len(cfg.anchors) == 9
+    with pytest.raises(ValueError, match="anchors must be coco, auto or nine positive"):
+        DetectConfig(anchors="10,13 16,30")
+    path.write_text("epochs: many\n")
+    with pytest.raises(ValueError, match=r"config key 'epochs' in .*c.yaml:1 expects int"):
+        resolve_detect_config(path)
+
+
+def _detect_cli():
+    """The ``detect`` command's parser, as ``backbonekit`` builds it."""
+    from backbonekit.cli import build_parser
+
+    return build_parser()
+
+
+def test_cli_flags_come_from_the_config_and_evaluate_prints_the_table(full_run, capsys):
+    parser = _detect_cli()
+    args = parser.parse_args(["detect", "train", "--backbone", "darknet53", "--no-hsv", "--mosaic", "0.5", "--anchors", "coco"])
+    assert (args.backbone, args.hsv, args.mosaic, args.anchors) == ("darknet53", False, 0.5, "coco")
+    assert not hasattr(args, "epochs")  # unset flags leave the config file's (or the default) value
+    out, _ = full_run
+    args = parser.parse_args(["detect", "evaluate", str(out / "best.pt"), "--device", "cpu", "--out", str(out / "cli-eval")])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "mAP@[.5:.95]" in printed and "AP50" in printed
