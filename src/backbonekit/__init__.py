@@ -7,6 +7,7 @@ import warnings
 from typing import Any, Sequence
 
 from .models import Backbone, FeatureInfo, list_models, model_entrypoint, model_info
+from . import detection  # noqa: E402,F401  (registers the detectors: yolov3)
 
 __version__ = "0.1.0"
 
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     pretrained: str | os.PathLike | None = None,
     features_only: bool = False,
@@ -27,7 +28,9 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models` (``KeyError`` with close matches otherwise).
-        num_classes: classifier outputs; 0 drops the classifier (``forward`` returns pooled features).
+        num_classes: classifier outputs (default 1000); 0 drops the classifier (``forward`` returns pooled
+            features). Detectors (``list_models(task="detection")``): object classes, default the weights
+            file's, else 80.
         in_chans: input channels.
         pretrained: a local weights file: a backbonekit checkpoint, a torchvision or timm state_dict
             (layout detected from its keys), a ``.safetensors`` file, or a Darknet weights file
@@ -44,6 +47,10 @@ def create_model(
     from . import weights
 
     builder = model_entrypoint(name)
+    if model_info(name).task == "detection":
+        return _create_detector(name, builder, num_classes, in_chans, pretrained, features_only, out_indices,
+                                output_stride, fuse, kwargs)
+    num_classes = 1000 if num_classes is None else num_classes
     _check_count("num_classes", num_classes, minimum=0)
     _check_count("in_chans", in_chans, minimum=1)
     if output_stride is not None:
@@ -67,6 +74,20 @@ def create_model(
                           f"({', '.join(skipped)})", stacklevel=2)
     if features_only:
         model.as_features(out_indices)
+    if fuse:
+        from .optimize import optimize_for_inference
+
+        optimize_for_inference(model)
+    return model
+
+
+def _create_detector(name: str, builder: Any, num_classes: int | None, in_chans: int, pretrained: Any,
+                     features_only: bool, out_indices: Any, output_stride: int | None, fuse: bool,
+                     kwargs: dict[str, Any]) -> Any:
+    """Detectors read their own weights files (``pretrained`` goes to the builder)."""
+    if features_only or out_indices is not None or output_stride is not None:
+        raise ValueError(f"features_only, out_indices and output_stride apply to backbones, not the detector {name}")
+    model = builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
     if fuse:
         from .optimize import optimize_for_inference
 

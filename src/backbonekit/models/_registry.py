@@ -21,6 +21,7 @@ class ModelInfo:
     gmacs: float  # conv + linear multiply-adds (G) at input_size x input_size, batch 1, as published
     source: str = ""  # where `params`/`macs` come from
     extra: dict = field(default_factory=dict)
+    task: str = "classification"  # "classification" (backbones with a classifier) or "detection" (detectors)
 
 
 _ENTRY_POINTS: dict[str, Callable[..., nn.Module]] = {}
@@ -40,15 +41,25 @@ def register_model(info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Call
     return decorator
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (``'resnet*'``), sorted."""
-    return sorted(name for name in _ENTRY_POINTS if fnmatch.fnmatch(name, pattern))
+TASKS = ("classification", "detection")
+
+
+def list_models(pattern: str = "*", task: str | None = "classification") -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (``'resnet*'``), sorted.
+
+    ``task``: ``"classification"`` (the backbones, the default), ``"detection"`` (detectors such as
+    ``yolov3``), or ``None`` for every model.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)} or None, found {task!r}")
+    return sorted(name for name in _ENTRY_POINTS
+                  if fnmatch.fnmatch(name, pattern) and (task is None or _INFO[name].task == task))
 
 
 def _unknown(name: str) -> KeyError:
     close = difflib.get_close_matches(name, list(_ENTRY_POINTS), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return KeyError(f"unknown model {name!r}: expected one of {', '.join(list_models())}{hint}")
+    return KeyError(f"unknown model {name!r}: expected one of {', '.join(list_models(task=None))}{hint}")
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:

@@ -1,0 +1,282 @@
+"""YOLOv3 (Redmon & Farhadi, "YOLOv3: An Incremental Improvement", arXiv 1804.02767).
+
+The detector is five parts called in order, as torchvision's detectors are: ``transform``
+(letterbox each image to the input size, :func:`letterbox`), ``backbone`` (Darknet-53's C3-C5, or
+any registered backbone's three maps at strides 8, 16 and 32), ``neck`` (:mod:`.neck`), ``head``
+(:mod:`.head`) and ``postprocess`` (decode with :mod:`.coder`, score threshold, class-aware NMS,
+boxes back into each image's pixels).
+
+Three ways in:
+
+* ``model(images)`` in eval mode, ``images`` a list of float (3, H, W) tensors in [0, 1] of any sizes:
+  one dict per image with ``boxes`` (xyxy, original pixels), ``scores`` and ``labels``.
+* ``model(x)`` or ``model.forward_raw(x)`` with a batch tensor (N, 3, S, S) already at the input size:
+  the decoded predictions (N, sum of 3*H*W, 5 + C) in Darknet's order (the contract shared with any
+  cfg-driven port, and what export and profiling trace).
+* ``model(images, targets)`` in train mode: the loss dict from ``model.loss_fn(levels, targets)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms, box_convert
+
+from ..models import Backbone
+from ..models._registry import ModelInfo, register_model
+from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
+from .coder import decode_level
+from .head import YOLOv3Head
+from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
+
+LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.5)
+LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of ``height`` x ``width`` pixels went in the letterboxed input: scaled to
+    ``new_w`` x ``new_h`` and placed at (``left``, ``top``)."""
+
+    height: int
+    width: int
+    new_h: int
+    new_w: int
+    top: int
+    left: int
+
+    def to_original(self, boxes: Tensor) -> Tensor:
+        """xyxy boxes in input pixels -> xyxy boxes in the original image's pixels, clipped to it."""
+        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
+        scale = boxes.new_tensor([self.width / self.new_w, self.height / self.new_h] * 2)
+        out = (boxes - offset) * scale
+        return torch.stack((out[:, 0].clamp(0, self.width), out[:, 1].clamp(0, self.height),
+                            out[:, 2].clamp(0, self.width), out[:, 3].clamp(0, self.height)), 1)
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
+    """Darknet's ``letterbox_image`` geometry: scale to fit ``size`` keeping the aspect ratio, centre."""
+    if width / size >= height / size:  # the wider side fills the input
+        new_w, new_h = size, max(1, (height * size) // width)
+    else:
+        new_w, new_h = max(1, (width * size) // height), size
+    return Letterbox(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+
+
+def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    """A list of float (3, H, W) images; one ValueError line naming the first bad one otherwise."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"expected a list of (3, H, W) images or a (N, 3, H, W) batch, found a tensor of "
+                             f"shape {tuple(images.shape)}")
+        images = list(images.unbind(0))
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError(f"expected a non-empty list of (3, H, W) image tensors, found "
+                         f"{'an empty list' if isinstance(images, (list, tuple)) else type(images).__name__}")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise ValueError(f"image {i}: expected a (3, H, W) tensor, found {type(image).__name__}")
+        if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
+            raise ValueError(f"image {i}: expected a 3-channel (3, H, W) tensor, found shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"image {i}: expected float values in [0, 1], found dtype {image.dtype} "
+                             f"(divide uint8 images by 255)")
+    return list(images)
+
+
+def letterbox(images: Sequence[Tensor], size: int) -> tuple[Tensor, list[Letterbox]]:
+    """Letterbox each (3, H, W) image into a (3, size, size) canvas (bilinear resize, grey border)."""
+    batch = images[0].new_full((len(images), 3, size, size), LETTERBOX_FILL)
+    boxes = []
+    for i, image in enumerate(images):
+        box = letterbox_geometry(int(image.shape[1]), int(image.shape[2]), size)
+        resized = F.interpolate(image[None], size=(box.new_h, box.new_w), mode="bilinear", align_corners=False)
+        batch[i, :, box.top:box.top + box.new_h, box.left:box.left + box.new_w] = resized[0]
+        boxes.append(box)
+    return batch, boxes
+
+
+class YOLOv3(nn.Module):
+    """YOLOv3: backbone (C3-C5), :class:`YOLOv3Neck`, :class:`YOLOv3Head`, Darknet's decoding.
+
+    Args:
+        backbone: a ``features_only`` backbone returning three maps at strides 8, 16 and 32.
+        num_classes: object classes (80 for COCO).
+        anchors: (width, height) pairs in input pixels (default Darknet's nine COCO anchors).
+        masks: the anchors of each output level, deepest (stride 32) first.
+        neck_channels: ``n`` of each detection block, deepest first (Darknet: 512, 256, 128).
+        input_size: the letterboxed input size of ``model(images)`` (a multiple of 32).
+        score_thresh, nms_thresh, detections_per_img: postprocessing defaults (arguments of :meth:`detect`).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int = 80,
+                 anchors: Sequence[Sequence[float]] = COCO_ANCHORS,
+                 masks: Sequence[Sequence[int]] = YOLOV3_MASKS,
+                 neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS, input_size: int = 416,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100) -> None:
+        super().__init__()
+        strides = tuple(info.stride for info in getattr(backbone, "feature_info", []))
+        if not getattr(backbone, "features_only", False) or strides != LEVEL_STRIDES:
+            raise ValueError(f"expected a features_only backbone with maps at strides {LEVEL_STRIDES}, "
+                             f"found strides {strides}")
+        with torch.device("cpu"):  # checked on the CPU even when the model is built on the meta device
+            table = anchor_tensor(anchors)
+        masks = tuple(tuple(int(i) for i in m) for m in masks)
+        if len(masks) != len(strides) or any(not 0 <= i < len(table) for m in masks for i in m):
+            raise ValueError(f"expected {len(strides)} masks of indices into the {len(table)} anchors, found {masks}")
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32 or input_size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32, found {input_size!r}")
+        self.num_classes = num_classes
+        self.masks = masks
+        self.strides = tuple(reversed(strides))  # output order: stride 32, 16, 8
+        self.input_size = input_size
+        self.in_chans = 3
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.register_buffer("anchors", table, persistent=False)  # (K, 2) px; recorded in model_kwargs, not weights
+        self.backbone = backbone
+        self.neck = YOLOv3Neck([info.channels for info in backbone.feature_info], neck_channels)
+        self.head = YOLOv3Head(self.neck.out_channels, num_classes, [len(m) for m in masks])
+        self.loss_fn: Callable[[list[Tensor], Any], dict[str, Tensor]] | None = None  # set by the training code
+
+    # -- the network -------------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        """One ValueError line for a batch the network cannot take."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected a (N, 3, H, W) batch, found {found}")
+        if x.shape[2] % 32 or x.shape[3] % 32 or x.shape[2] < 32 or x.shape[3] < 32:
+            raise ValueError(f"expected height and width that are positive multiples of 32 (YOLOv3's stride), "
+                             f"found {x.shape[2]}x{x.shape[3]}")
+
+    def forward_levels(self, x: Tensor) -> list[Tensor]:
+        """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels."""
+        return self.head(self.neck(self.backbone.forward_levels(x, self.backbone.out_indices)))
+
+    def level_anchors(self) -> list[Tensor]:
+        """Each output level's (A, 2) anchors, in output order."""
+        return [self.anchors[list(m)] for m in self.masks]
+
+    def decode(self, levels: Sequence[Tensor]) -> Tensor:
+        """Raw level outputs -> (N, R, 5+C): cx, cy, w, h (input pixels), objectness, class probabilities."""
+        return torch.cat([decode_level(raw, anchors, stride) for raw, anchors, stride
+                          in zip(levels, self.level_anchors(), self.strides)], 1)
+
+    def forward_raw(self, x: Tensor) -> Tensor:
+        """Darknet's decoded predictions for a batch already at the input size, values in [0, 1]."""
+        self.check_input(x)
+        return self.decode(self.forward_levels(x))
+
+    # -- images in, detections out -------------------------------------------------------------
+    def postprocess(self, decoded: Tensor, boxes: Sequence[Letterbox], score_thresh: float, nms_thresh: float,
+                    detections_per_img: int) -> list[dict[str, Tensor]]:
+        """Per image: score = objectness x class probability (each class its own candidate, as Darknet),
+        drop scores <= ``score_thresh``, class-aware NMS, keep the best ``detections_per_img``,
+        map boxes back into the original image."""
+        results = []
+        for pred, box in zip(decoded, boxes):
+            scores = pred[:, 4:5] * pred[:, 5:]
+            index, labels = (scores > score_thresh).nonzero(as_tuple=True)
+            xyxy = box_convert(pred[index, :4], "cxcywh", "xyxy")
+            scores = scores[index, labels]
+            keep = batched_nms(xyxy, scores, labels, nms_thresh)[:detections_per_img]
+            results.append({"boxes": box.to_original(xyxy[keep]), "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
+               nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
+        """Letterbox, run, decode, threshold, NMS: one ``{boxes, scores, labels}`` dict per image."""
+        images = check_images(images)
+        batch, boxes = letterbox(images, self.input_size)
+        decoded = self.forward_raw(batch)
+        return self.postprocess(decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
+                                self.nms_thresh if nms_thresh is None else nms_thresh,
+                                self.detections_per_img if detections_per_img is None else detections_per_img)
+
+    def forward(self, images: Sequence[Tensor] | Tensor, targets: Any = None) -> Any:
+        if self.training:
+            if self.loss_fn is None:
+                raise NotImplementedError("training YOLOv3 needs its loss, which lands with the training issue: "
+                                          "set model.loss_fn = fn(levels, targets) -> dict of losses")
+            batch = images if isinstance(images, Tensor) else torch.stack(check_images(images))
+            self.check_input(batch)
+            return self.loss_fn(self.forward_levels(batch), targets)
+        if isinstance(images, Tensor) and images.dim() == 4:
+            return self.forward_raw(images)
+        return self.detect(images)
+
+
+# -- building -----------------------------------------------------------------------------------
+def build_backbone(name: str, **kwargs: Any) -> Backbone:
+    """A registered backbone as a features_only model of its maps at strides 8, 16 and 32."""
+    from .. import create_model
+    from ..models import model_info
+
+    if model_info(name).task != "classification":
+        raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
+    body = create_model(name, num_classes=0, **kwargs)
+    by_stride = {info.stride: info.index for info in body.feature_info}
+    missing = [s for s in LEVEL_STRIDES if s not in by_stride]
+    if missing:
+        raise ValueError(f"backbone {name} has no feature maps at strides {missing}: YOLOv3 needs strides "
+                         f"{LEVEL_STRIDES}, found {sorted(by_stride)}")
+    return body.as_features([by_stride[s] for s in LEVEL_STRIDES])
+
+
+YOLOV3_INFO = ModelInfo(
+    name="yolov3", paper="arXiv:1804.02767", input_size=416, params=61_949_149, gmacs=32.932037632,
+    task="detection",
+    source="params: 61,949,149 for 80 classes (yolov3.weights: 62,001,757 floats incl. BatchNorm statistics, "
+           "AlexeyAB/darknet#1910); MACs: Darknet prints 65.86 BFLOPs (=2 x MACs) at 416, 38.97 at 320, 140.69 at 608",
+    extra={"bflops": {320: 38.97, 416: 65.86, 608: 140.69}, "macs_416": 32_932_037_632},
+)
+
+
+@register_model(YOLOV3_INFO)
+def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str | os.PathLike | None = None,
+           backbone: str | None = None, backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> YOLOv3:
+    """YOLOv3 on ``backbone`` (default: the checkpoint's, else Darknet-53; any registered backbone).
+
+    ``num_classes`` defaults to the weights file's (Darknet ``.weights`` files tell it by their size),
+    else 80. ``pretrained``: a Darknet detector ``.weights`` file (``yolov3.weights``,
+    ``yolov3-voc.weights``, any class count), a backbone file (``darknet53.conv.74``: the neck and head
+    start from scratch, as YOLOv3's training recipe does), or a backbonekit checkpoint.
+    ``kwargs``: :class:`YOLOv3` options (``anchors``, ``masks``, ``neck_channels``, ``input_size``,
+    thresholds).
+    """
+    from .yolov3_weights import inspect_pretrained, load_pretrained
+
+    if in_chans != 3:
+        raise ValueError(f"YOLOv3 takes RGB images: expected in_chans=3, found {in_chans}")
+    source = inspect_pretrained(pretrained, neck_channels=kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
+        if pretrained is not None else None
+    if source is not None:
+        recorded = dict(source.model_kwargs)
+        backbone = backbone or recorded.pop("backbone", None)
+        backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
+        for key, value in recorded.items():
+            if key not in ("backbone", "backbone_kwargs"):
+                kwargs.setdefault(key, value)
+        if source.num_classes and num_classes not in (None, source.num_classes):
+            raise ValueError(f"{pretrained} holds a {source.num_classes}-class detector, found num_classes={num_classes}")
+        num_classes = num_classes or source.num_classes
+    num_classes = 80 if num_classes is None else num_classes
+    backbone = backbone or "darknet53"
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1 for a detector, found {num_classes!r}")
+    model = YOLOv3(build_backbone(backbone, **(backbone_kwargs or {})), num_classes, **kwargs)
+    # what a checkpoint records to rebuild this model (create_model("yolov3", **model_kwargs))
+    model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": backbone_kwargs} if backbone_kwargs else {}),
+                          **{k: [list(v) for v in val] if k in ("anchors", "masks") else
+                             (list(val) if isinstance(val, tuple) else val) for k, val in kwargs.items()}}
+    if source is not None:
+        message = load_pretrained(model, source)
+        if message:
+            warnings.warn(message, stacklevel=3)
+    return model
