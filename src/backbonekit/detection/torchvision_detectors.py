@@ -187,22 +187,27 @@ CLASS_KEYS = {  # the tensors whose shape depends on the number of classes
 }
 
 
+def detector_kind(state: Mapping[str, Tensor]) -> str | None:
+    """Which of torchvision's detectors a state_dict is (by its head's keys), or None."""
+    if CLASS_KEYS["fasterrcnn"][0] in state:
+        return "fasterrcnn"
+    if CLASS_KEYS["fcos"][0] in state:
+        return "fcos" if "head.regression_head.bbox_ctrness.weight" in state else "retinanet"
+    return None
+
+
 def classes_in_file(kind: str, state: Mapping[str, Tensor], path: Any) -> int:
     """Object classes of a ``kind`` detector state_dict (torchvision's layout): Faster R-CNN's class scores
     minus background; RetinaNet's and FCOS's class logits per anchor."""
-    key = CLASS_KEYS[kind][0]
-    if key not in state:
-        other = next((k for k, keys in CLASS_KEYS.items() if keys[0] in state), None)
-        found = f"a {other} state_dict" if other and other != kind else f"keys like {few(sorted(state))}"
-        raise CheckpointError(f"cannot use {path} for {kind}: expected a {kind} state_dict with {key}, found {found}")
+    found = detector_kind(state)
+    if found != kind:
+        what = f"a state_dict of {found}" if found else f"keys like {few(sorted(state))}"
+        raise CheckpointError(f"cannot use {path} for {kind}: expected a state_dict of {kind} "
+                              f"({CLASS_KEYS[kind][0]}, ...), found {what}")
     if kind == "fasterrcnn":
-        return int(state[key].shape[0]) - 1
-    if kind == "fcos" and "head.regression_head.bbox_ctrness.weight" not in state:
-        raise CheckpointError(f"cannot use {path} for fcos: expected FCOS's bbox_ctrness, found a retinanet state_dict")
-    if kind == "retinanet" and "head.regression_head.bbox_ctrness.weight" in state:
-        raise CheckpointError(f"cannot use {path} for retinanet: found an fcos state_dict")
+        return int(state[CLASS_KEYS[kind][0]].shape[0]) - 1
     anchors = int(state["head.regression_head.bbox_reg.weight"].shape[0]) // 4
-    return int(state[key].shape[0]) // anchors
+    return int(state[CLASS_KEYS[kind][0]].shape[0]) // anchors
 
 
 def read_pretrained(kind: str, path: str | os.PathLike) -> tuple[dict[str, Tensor], int, dict[str, Any]]:
