@@ -43,9 +43,9 @@ def meta_yolov3() -> torch.nn.Module:
 
 # -- the model and its figures ------------------------------------------------------------------
 def test_registry_keeps_detectors_apart() -> None:
-    assert bk.list_models(task="detection") == ["yolov3"]
+    assert bk.list_models(task="detection") == ["fasterrcnn", "fcos", "retinanet", "yolov3"]
     assert "yolov3" not in bk.list_models() and "darknet53" in bk.list_models()
-    assert set(bk.list_models(task=None)) == set(bk.list_models()) | {"yolov3"}
+    assert set(bk.list_models(task=None)) == set(bk.list_models()) | set(bk.list_models(task="detection"))
     assert bk.model_info("yolov3").task == "detection"
     with pytest.raises(ValueError, match="task must be one of"):
         bk.list_models(task="segmentation")

@@ -1,12 +1,15 @@
 """Detection: detectors built on this package's backbones, and what trains and evaluates them.
 
 The files read like a detection paper's sections: ``fpn`` (feature pyramids for torchvision's
-detectors), ``neck``, ``head``, ``coder``, ``yolov3`` (the detector), ``yolov3_weights`` (Darknet files),
+detectors, DetNet's pyramid and its RoI pooler), ``torchvision_detectors`` (Faster R-CNN,
+RetinaNet and FCOS from torchvision's classes), ``neck``, ``head``, ``coder``, ``yolov3`` (the detector), ``yolov3_weights`` (Darknet files),
 and, as they land, ``assigner``, ``loss``, ``data``,
 ``augment``, ``anchors``, ``metrics``.
 """
 
-from .fpn import BackboneWithFPN, fpn_backbone
+from .fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid, fpn_backbone
 from .yolov3 import YOLOv3, letterbox, yolov3
+from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, create_detector  # registers fasterrcnn, retinanet, fcos
 
-__all__ = ["BackboneWithFPN", "YOLOv3", "fpn_backbone", "letterbox", "yolov3"]
+__all__ = ["BackboneWithFPN", "FCOS", "FasterRCNN", "LevelRoIAlign", "RetinaNet", "YOLOv3", "create_detector",
+           "detector_pyramid", "fpn_backbone", "letterbox", "yolov3"]

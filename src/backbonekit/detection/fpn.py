@@ -3,30 +3,84 @@
 torchvision's FasterRCNN, RetinaNet, FCOS and MaskRCNN take a backbone that returns an
 ``OrderedDict[str, Tensor]`` and has an ``out_channels`` int shared by every map; an FPN
 gives exactly that from this package's features-only models.
+
+Pyramids (Lin et al., arXiv 1612.03144; DetNet: Li et al., arXiv 1804.06215). Each output map has
+an FPN *level* k (stride about 2^k); the levels are numbered consecutively from the first map's
+stride, whatever the strides of the later maps:
+
+================  ==========================  ==================  ====================
+backbone           detector                    maps (strides)      levels
+================  ==========================  ==================  ====================
+ResNet, Darknet    two-stage (Faster R-CNN)    4, 8, 16, 32 + pool 2, 3, 4, 5, 6
+ResNet, Darknet    one-stage (RetinaNet, FCOS) 8, 16, 32 + P6, P7  3, 4, 5, 6, 7
+DetNet-59          every detector              4, 8, 16, 16, 16    2, 3, 4, 5, 6
+================  ==========================  ==================  ====================
+
+DetNet's stages 4-6 keep stride 16, so its pyramid is its five stages (P2-P6) and needs no extra
+level. The top-down path needs no change for it: torchvision's ``FeaturePyramidNetwork`` resizes the
+coarser map to the lateral's size with nearest-neighbour ``F.interpolate``, and between maps of equal
+size that is an exact copy, so equal-stride levels are added without upsampling (tested).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, Sequence
 
 from torch import Tensor, nn
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.poolers import LevelMapper
 
-from ..models import Backbone
+from ..models import Backbone, FeatureInfo
+
+EXTRA_LEVELS = ("maxpool", "p6p7", "none")  # what BackboneWithFPN adds above the backbone's last map
+
+
+def _extra_block(extra: ExtraFPNBlock | str | None, out_channels: int) -> tuple[ExtraFPNBlock | None, int | None]:
+    """The block for a name (``None`` is ``"maxpool"``, the default) and how many maps it adds (None: unknown)."""
+    if isinstance(extra, ExtraFPNBlock):
+        known = {LastLevelMaxPool: 1, LastLevelP6P7: 2}
+        return extra, known.get(type(extra))
+    if extra is None or extra == "maxpool":
+        return LastLevelMaxPool(), 1
+    if extra == "p6p7":  # from P5, as torchvision's retinanet_resnet50_fpn and fcos_resnet50_fpn
+        return LastLevelP6P7(out_channels, out_channels), 2
+    if extra == "none":
+        return None, 0
+    raise ValueError(f"extra_blocks must be one of {', '.join(EXTRA_LEVELS)} or an ExtraFPNBlock, found {extra!r}")
+
+
+def pyramid_levels(strides: Sequence[int]) -> tuple[int, ...]:
+    """FPN level of each map: log2 of the first map's stride, then one more per map (equal strides too)."""
+    first = round(math.log2(strides[0]))
+    return tuple(range(first, first + len(strides)))
 
 
 class BackboneWithFPN(nn.Module):
-    """A features-only backbone followed by ``torchvision.ops.FeaturePyramidNetwork``."""
+    """A features-only backbone followed by ``torchvision.ops.FeaturePyramidNetwork``.
 
-    def __init__(self, body: Backbone, out_channels: int = 256, extra_blocks: ExtraFPNBlock | None = None) -> None:
+    Module names are torchvision's (``body``, ``fpn``), so torchvision detector state_dicts load.
+    ``levels`` and ``strides`` describe every output map, extra ones included (``None`` for an
+    ExtraFPNBlock this class does not know); ``body_names`` are the maps the backbone itself gives.
+    """
+
+    def __init__(self, body: Backbone, out_channels: int = 256, extra_blocks: ExtraFPNBlock | str | None = None) -> None:
         super().__init__()
         if not getattr(body, "features_only", False):
             raise ValueError("BackboneWithFPN expects a features_only model, found a classification model")
+        block, num_extra = _extra_block(extra_blocks, out_channels)
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels,
-                                         extra_blocks if extra_blocks is not None else LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels, block)
         self.out_channels = out_channels
+        strides = [info.stride for info in body.feature_info]
+        self.body_names = [str(i) for i in range(len(strides))]
+        if num_extra is None:
+            self.strides, self.levels = None, None
+        else:
+            self.strides = tuple(strides + [strides[-1] * 2 ** (i + 1) for i in range(num_extra)])
+            self.levels = pyramid_levels(self.strides)
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         features = self.body(x)
@@ -34,9 +88,61 @@ class BackboneWithFPN(nn.Module):
 
 
 def fpn_backbone(name: str, *, out_channels: int = 256, out_indices: Sequence[int] | None = None,
-                 extra_blocks: ExtraFPNBlock | None = None, **kwargs: Any) -> BackboneWithFPN:
-    """``create_model(name, features_only=True, ...)`` wrapped with an FPN, ready for torchvision detectors."""
+                 extra_blocks: ExtraFPNBlock | str | None = None, **kwargs: Any) -> BackboneWithFPN:
+    """``create_model(name, features_only=True, ...)`` wrapped with an FPN, ready for torchvision detectors.
+
+    Defaults: the backbone's last three maps and a max-pool level. :func:`detector_pyramid` gives the
+    maps each detector in this package uses (DetNet: its five stages, no extra level).
+    """
     from .. import create_model
 
     body = create_model(name, features_only=True, out_indices=out_indices, **kwargs)
     return BackboneWithFPN(body, out_channels, extra_blocks)
+
+
+def detector_pyramid(feature_info: Sequence[FeatureInfo], two_stage: bool) -> tuple[tuple[int, ...], str]:
+    """``(out_indices, extra_blocks)`` of the pyramid a detector takes from a backbone (table above).
+
+    ``feature_info``: every level of the backbone (stem included). A backbone with equal-stride stages
+    (DetNet) gives all its maps from stride 4 on and no extra level; others give strides 4-32 plus a
+    max-pool level (two-stage) or strides 8-32 plus P6 and P7 (one-stage), as torchvision's ResNet detectors.
+    """
+    strides = [info.stride for info in feature_info]
+    if len(set(strides)) < len(strides):
+        return tuple(info.index for info in feature_info if info.stride >= 4), "none"
+    wanted = (4, 8, 16, 32) if two_stage else (8, 16, 32)
+    by_stride = {info.stride: info.index for info in feature_info}
+    missing = [s for s in wanted if s not in by_stride]
+    if missing:
+        raise ValueError(f"an FPN detector needs backbone maps at strides {wanted}, found strides {strides}")
+    return tuple(by_stride[s] for s in wanted), "maxpool" if two_stage else "p6p7"
+
+
+class LevelRoIAlign(MultiScaleRoIAlign):
+    """``MultiScaleRoIAlign`` told each map's stride and FPN level instead of inferring them.
+
+    torchvision infers the scales from the map sizes and the level range from the first and last
+    map's scale, which assumes the stride doubles from map to map: on DetNet's P2-P6 (strides 4, 8,
+    16, 16, 16) it finds levels 2-4, so P5 and P6 never pool. Here a RoI of size sqrt(wh) goes to
+    level k = floor(4 + log2(sqrt(wh) / 224)) clamped to the maps' levels (FPN's Eqn. 1, torchvision's
+    ``LevelMapper``) and is pooled from the map of that level with ``torchvision.ops.roi_align``.
+    On a stride-doubling pyramid this is exactly torchvision's pooler.
+    """
+
+    def __init__(self, featmap_names: Sequence[str], strides: Sequence[int], levels: Sequence[int],
+                 output_size: int | Sequence[int] = 7, sampling_ratio: int = 2, *, canonical_scale: int = 224,
+                 canonical_level: int = 4) -> None:
+        super().__init__(list(featmap_names), output_size, sampling_ratio, canonical_scale=canonical_scale,
+                         canonical_level=canonical_level)
+        levels = tuple(int(k) for k in levels)
+        if not len(featmap_names) == len(strides) == len(levels) or levels != tuple(range(levels[0], levels[-1] + 1)):
+            raise ValueError(f"expected one stride and one consecutive level per map ({len(featmap_names)} maps), "
+                             f"found strides {tuple(strides)} and levels {levels}")
+        self.strides, self.levels = tuple(strides), levels
+        # MultiScaleRoIAlign.forward infers these only while they are None
+        self.scales = [1.0 / s for s in strides]
+        self.map_levels = LevelMapper(levels[0], levels[-1], canonical_scale, canonical_level)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(featmap_names={self.featmap_names}, strides={self.strides}, "
+                f"levels={self.levels}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio})")

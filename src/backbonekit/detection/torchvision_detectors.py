@@ -1,0 +1,339 @@
+"""Faster R-CNN, RetinaNet and FCOS from torchvision's own classes, on this package's backbones through an FPN.
+
+``create_model("fasterrcnn" | "retinanet" | "fcos", backbone=NAME, num_classes=N, **torchvision_kwargs)``.
+Heads, losses, samplers, anchors and post-processing are torchvision's (Ren et al. arXiv 1506.01497,
+Lin et al. arXiv 1708.02002, Tian et al. arXiv 1904.01355); this module only chooses the pyramid
+(:func:`~backbonekit.detection.fpn.detector_pyramid`), one anchor size per map, the RoI pooler
+(:class:`~backbonekit.detection.fpn.LevelRoIAlign`), and the label convention:
+
+* ``labels`` are 0-based object classes and ``num_classes`` counts objects only, for every detector.
+  Faster R-CNN's background slot (torchvision's label 0) is internal: targets are shifted up by one on the
+  way in and detections down by one on the way out. RetinaNet and FCOS have no background slot.
+* Module names are torchvision's, so torchvision's ``fasterrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``
+  and ``fcos_resnet50_fpn`` state_dicts load with ``pretrained=FILE`` (``backbone="resnet50"``).
+* A backbone that starts from weights (``pretrained=``, a detector or a backbone file) gets
+  ``FrozenBatchNorm2d`` and ``trainable_layers`` (default: all but the stem and the first stage) as
+  torchvision's builders do; from scratch it keeps plain BatchNorm and trains every layer.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import detection as tvd
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .._text import few
+from ..checkpoint import CheckpointError
+from ..models._registry import ModelInfo, register_model
+from .fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid
+from .yolov3 import check_images
+
+DEFAULT_BACKBONE = "resnet50"
+DEFAULT_NUM_CLASSES = 80  # COCO's object classes, as yolov3
+
+
+# -- the label convention, on top of torchvision's classes ------------------------------------------
+def check_targets(targets: Any, num_images: int, num_classes: int) -> list[dict[str, Tensor]]:
+    """One ValueError line for targets torchvision would choke on; labels must be in [0, num_classes)."""
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        found = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"expected one target dict per image ({num_images}), found {found}")
+    for i, target in enumerate(targets):
+        if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"target {i}: expected a dict with 'boxes' (N, 4) and 'labels' (N,), found "
+                             f"{sorted(target) if isinstance(target, Mapping) else type(target).__name__}")
+        boxes, labels = target["boxes"], target["labels"]
+        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
+            raise ValueError(f"target {i}: expected float 'boxes' of shape (N, 4) in xyxy pixels, found "
+                             f"{tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__}")
+        if not isinstance(labels, Tensor) or labels.shape != (boxes.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"target {i}: expected integer 'labels' of shape ({boxes.shape[0]},), found "
+                             f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
+                             f"{' floats' if isinstance(labels, Tensor) and labels.is_floating_point() else ''}")
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.numel():
+            raise ValueError(f"target {i}: expected 0-based labels in [0, {num_classes - 1}] ({num_classes} object "
+                             f"classes, no background), found {int(bad[0])}")
+        flat = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if flat.any():
+            raise ValueError(f"target {i}: expected boxes with x2 > x1 and y2 > y1 (xyxy), found "
+                             f"{boxes[flat][0].tolist()}")
+    return list(targets)
+
+
+class _ZeroBasedLabels:
+    """Mixin over a torchvision detector: checks the input and shifts labels by ``label_offset``."""
+
+    label_offset = 0
+    num_classes: int
+
+    def forward(self, images: Sequence[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None) -> Any:
+        images = check_images(images)
+        if self.training and targets is None:
+            raise ValueError("in train mode the detector takes targets: model(images, targets); "
+                             "call model.eval() for detections")
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"].long() + self.label_offset}
+                       for t in check_targets(targets, len(images), self.num_classes)]
+        out = super().forward(images, targets)  # type: ignore[misc]
+        if self.training or not self.label_offset:
+            return out
+        return [{**d, "labels": d["labels"] - self.label_offset} for d in out]
+
+
+class FasterRCNN(_ZeroBasedLabels, tvd.FasterRCNN):
+    """torchvision's ``FasterRCNN``, 0-based labels in and out (background is slot 0 inside)."""
+
+    label_offset = 1
+
+
+class RetinaNet(_ZeroBasedLabels, tvd.RetinaNet):
+    """torchvision's ``RetinaNet`` with this package's input checks."""
+
+
+class FCOS(_ZeroBasedLabels, tvd.FCOS):
+    """torchvision's ``FCOS`` with this package's input checks."""
+
+
+# -- pieces -------------------------------------------------------------------------------------------
+def freeze_batchnorm(module: nn.Module, eps: float | None = None) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by torchvision's ``FrozenBatchNorm2d`` with its statistics.
+
+    ``eps``: the frozen layers' epsilon (default: each BatchNorm's own; torchvision's COCO_V1 Faster R-CNN
+    and RetinaNet weights were trained with 0.0, which its builders set with ``overwrite_eps``).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps if eps is None else eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen.to(child.weight.device))
+        else:
+            freeze_batchnorm(child, eps)
+    return module
+
+
+def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
+    """One anchor size per pyramid map, i-th map the i-th of torchvision's defaults extended by doubling:
+    RPN 32, 64, ... (aspect 0.5, 1, 2); RetinaNet x, x 2^(1/3), x 2^(2/3) for x = 32, 64, ...; FCOS 8, 16, ...
+    (one square "anchor" whose size sets the map's regression range [4 s, 8 s], see :func:`build_detector`)."""
+    if kind == "fcos":
+        return AnchorGenerator(tuple((8 * 2 ** i,) for i in range(num_maps)), ((1.0,),) * num_maps)
+    if kind == "retinanet":
+        sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in (32 * 2 ** i for i in range(num_maps)))
+        return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * num_maps)
+    return AnchorGenerator(tuple((32 * 2 ** i,) for i in range(num_maps)), ((0.5, 1.0, 2.0),) * num_maps)
+
+
+def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
+                       out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
+    """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
+    from .. import create_model
+    from ..models import model_info
+
+    if model_info(name).task != "classification":  # KeyError with close matches for unknown names
+        raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
+    body = create_model(name, num_classes=0, **dict(backbone_kwargs or {}))
+    num_levels = len(body.feature_info)
+    if frozen:
+        trainable = num_levels - 2 if trainable_layers is None else trainable_layers
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or not 0 <= trainable <= num_levels:
+            raise ValueError(f"trainable_layers must be an integer in [0, {num_levels}] for {name} "
+                             f"(stem + {num_levels - 1} stages), found {trainable!r}")
+        freeze_batchnorm(body, bn_eps)
+        body.frozen_stages = num_levels - 1 - trainable  # stem and the first stages get no gradient
+        body._freeze()
+    elif trainable_layers is not None:
+        warnings.warn(f"trainable_layers={trainable_layers} has no effect on a backbone trained from scratch "
+                      f"(no pretrained=): every layer trains, as torchvision does", stacklevel=4)
+    out_indices, extra = detector_pyramid(body.feature_info, two_stage=kind == "fasterrcnn")
+    return BackboneWithFPN(body.as_features(out_indices), out_channels, extra)
+
+
+def build_detector(kind: str, backbone: BackboneWithFPN, num_classes: int, **kwargs: Any) -> nn.Module:
+    """torchvision's detector ``kind`` on ``backbone``: anchors per map, and for Faster R-CNN the level-aware
+    RoI pooler over the backbone's own maps. ``kwargs`` go to torchvision's class unchanged."""
+    num_maps = len(backbone.levels)
+    if kind == "fasterrcnn":
+        names = backbone.body_names
+        pool = LevelRoIAlign(names, backbone.strides[:len(names)], backbone.levels[:len(names)], 7, 2)
+        kwargs.setdefault("rpn_anchor_generator", anchor_generator(kind, num_maps))
+        kwargs.setdefault("box_roi_pool", pool)
+        model = FasterRCNN(backbone, num_classes + 1, **kwargs)
+    elif kind == "retinanet":
+        kwargs.setdefault("anchor_generator", anchor_generator(kind, num_maps))
+        model = RetinaNet(backbone, num_classes, **kwargs)
+    else:
+        kwargs.setdefault("anchor_generator", anchor_generator(kind, num_maps))
+        model = FCOS(backbone, num_classes, **kwargs)
+    model.num_classes = num_classes
+    return model
+
+
+# -- pretrained files ----------------------------------------------------------------------------------
+CLASS_KEYS = {  # the tensors whose shape depends on the number of classes
+    "fasterrcnn": ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+                   "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias"),
+    "retinanet": ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"),
+    "fcos": ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"),
+}
+
+
+def detector_kind(state: Mapping[str, Tensor]) -> str | None:
+    """Which of torchvision's detectors a state_dict is (by its head's keys), or None."""
+    if CLASS_KEYS["fasterrcnn"][0] in state:
+        return "fasterrcnn"
+    if CLASS_KEYS["fcos"][0] in state:
+        return "fcos" if "head.regression_head.bbox_ctrness.weight" in state else "retinanet"
+    return None
+
+
+def classes_in_file(kind: str, state: Mapping[str, Tensor], path: Any) -> int:
+    """Object classes of a ``kind`` detector state_dict (torchvision's layout): Faster R-CNN's class scores
+    minus background; RetinaNet's and FCOS's class logits per anchor."""
+    found = detector_kind(state)
+    if found != kind:
+        what = f"a state_dict of {found}" if found else f"keys like {few(sorted(state))}"
+        raise CheckpointError(f"cannot use {path} for {kind}: expected a state_dict of {kind} "
+                              f"({CLASS_KEYS[kind][0]}, ...), found {what}")
+    if kind == "fasterrcnn":
+        return int(state[CLASS_KEYS[kind][0]].shape[0]) - 1
+    anchors = int(state["head.regression_head.bbox_reg.weight"].shape[0]) // 4
+    return int(state[CLASS_KEYS[kind][0]].shape[0]) // anchors
+
+
+def read_pretrained(kind: str, path: str | os.PathLike) -> tuple[dict[str, Tensor], int, dict[str, Any]]:
+    """``(state, num_classes, model_kwargs)`` of a ``pretrained=`` file: a whole detector (torchvision's
+    layout or a backbonekit checkpoint; ``num_classes`` from the file) or a backbone (``num_classes`` 0,
+    keys prefixed ``backbone.body.``)."""
+    from ..weights import detect_layout, read_weights, to_backbonekit
+
+    state, meta = read_weights(path)
+    if meta.get("model") not in (None, kind) and detect_layout(state) == "unknown":
+        raise CheckpointError(f"{path} holds weights for {meta['model']}, found {kind}")
+    if any(k.startswith("backbone.body.") for k in state):
+        return state, classes_in_file(kind, state, path), dict(meta.get("model_kwargs") or {})
+    layout = detect_layout(state)
+    if layout == "unknown":
+        raise CheckpointError(f"cannot use {path} for {kind}: expected a detector state_dict (backbone.body.*) "
+                              f"or a backbone's weights, found keys like {few(sorted(state))}")
+    return {f"backbone.body.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0, {}
+
+
+def load_detector_state(model: nn.Module, state: Mapping[str, Tensor], source: str,
+                        skip: Sequence[str] = (), prefix: str = "") -> None:
+    """Load ``state`` strictly (only ``skip`` may be absent; under ``prefix`` when given); one CheckpointError line
+    otherwise. BatchNorm counters are matched to the model (a FrozenBatchNorm2d has none)."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if k not in skip
+             and not (k.endswith("num_batches_tracked") and k not in own)}
+    state.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state})
+    if prefix:  # a backbone file: the classifier has no place in a features-only body
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(prefix + "fc.")}
+    missing = sorted(set(own) - set(state) - set(skip))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {len(missing)} missing keys "
+                              f"{few(missing)}, {len(unexpected)} unexpected keys {few(unexpected)}")
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: shape mismatch (file vs model) for "
+                              f"{len(wrong)} tensors, e.g. {wrong[0]}")
+    model.load_state_dict(state, strict=False)
+
+
+# -- the registered builders --------------------------------------------------------------------------
+def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int = 3,
+                    pretrained: str | os.PathLike | None = None, backbone: str | None = None,
+                    backbone_kwargs: Mapping[str, Any] | None = None, trainable_layers: int | None = None,
+                    frozen_bn: bool | None = None, bn_eps: float | None = None, out_channels: int = 256,
+                    **kwargs: Any) -> nn.Module:
+    """torchvision's ``kind`` detector on ``backbone`` (default: the file's, else resnet50) through an FPN.
+
+    Args:
+        num_classes: object classes, background not counted (default: the file's, else 80). A value
+            other than the file's keeps everything but the class-specific layers (fine-tuning).
+        pretrained: torchvision's ``fasterrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn`` / ``fcos_resnet50_fpn``
+            state_dict (or any state_dict of this layout, or a backbonekit checkpoint), or a backbone's
+            weights (ImageNet ResNet, ...), whose FPN and heads then start from scratch.
+        backbone_kwargs: options of the backbone builder (``output_stride``, ...).
+        trainable_layers: with weights, how many of the backbone's levels train, counted from the top
+            (torchvision's ``trainable_backbone_layers``; default all but the stem and the first stage:
+            3 for ResNet, as torchvision). Ignored with a warning from scratch, as torchvision.
+        frozen_bn: ``FrozenBatchNorm2d`` in the backbone (default: with weights only).
+        bn_eps: the frozen BatchNorms' epsilon; pass 0.0 with torchvision's COCO files of
+            ``fasterrcnn_resnet50_fpn`` and ``retinanet_resnet50_fpn`` (their builders set it).
+        **kwargs: keyword arguments of torchvision's class (``min_size``, ``max_size``, ``box_score_thresh``,
+            ``rpn_post_nms_top_n_test``, ``score_thresh``, ``detections_per_img``, ...).
+    """
+    if in_chans != 3:
+        raise ValueError(f"{kind} takes RGB images: expected in_chans=3, found {in_chans}")
+    state, file_classes, recorded = (read_pretrained(kind, pretrained) if pretrained is not None else ({}, 0, {}))
+    backbone = backbone or recorded.pop("backbone", None) or DEFAULT_BACKBONE
+    backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
+    for key, value in recorded.items():
+        kwargs.setdefault(key, value)
+    if num_classes is None:
+        num_classes = file_classes or DEFAULT_NUM_CLASSES
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1 (object classes, no background), found {num_classes!r}")
+    frozen = pretrained is not None if frozen_bn is None else bool(frozen_bn)
+    body = build_fpn_backbone(backbone, kind, frozen=frozen, trainable_layers=trainable_layers, bn_eps=bn_eps,
+                              out_channels=out_channels, backbone_kwargs=backbone_kwargs)
+    model = build_detector(kind, body, num_classes, **kwargs)
+    model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else {}),
+                          **({"out_channels": out_channels} if out_channels != 256 else {}),
+                          **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))}}
+    if state:
+        _load(model, kind, state, file_classes, num_classes, pretrained)
+    return model
+
+
+def _load(model: nn.Module, kind: str, state: dict[str, Tensor], file_classes: int, num_classes: int,
+          path: Any) -> None:
+    source = f"weights file {path}"
+    if not file_classes:
+        load_detector_state(model, state, source, prefix="backbone.body.")
+        warnings.warn(f"{path} holds a backbone only: loaded it; the FPN and the heads start from scratch",
+                      stacklevel=4)
+        return
+    skip = CLASS_KEYS[kind] if file_classes != num_classes else ()
+    load_detector_state(model, state, source, skip=skip)
+    if skip:
+        warnings.warn(f"{path} holds a {file_classes}-class {kind}, found num_classes={num_classes}: loaded all but "
+                      f"the class-specific layers ({', '.join(sorted({k.rsplit('.', 1)[0] for k in skip}))})",
+                      stacklevel=4)
+
+
+def _info(name: str, paper: str, params: int, gmacs: float, box_map: float) -> ModelInfo:
+    return ModelInfo(name=name, paper=paper, input_size=800, params=params, gmacs=gmacs, task="detection",
+                     source=f"torchvision {name}_resnet50_fpn COCO_V1 meta: {params:,} params (ResNet-50, 91 class "
+                            f"slots = num_classes {90 if name == 'fasterrcnn' else 91} here, FrozenBatchNorm2d), "
+                            f"_ops {gmacs} G, COCO val2017 box mAP {box_map}",
+                     extra={"coco_box_map": box_map, "backbone": DEFAULT_BACKBONE})
+
+
+@register_model(_info("fasterrcnn", "arXiv:1506.01497", 41_755_286, 134.38, 37.0))
+def fasterrcnn(**kwargs: Any) -> nn.Module:
+    """Faster R-CNN with FPN (Ren et al. arXiv 1506.01497; Lin et al. arXiv 1612.03144); see :func:`create_detector`."""
+    return create_detector("fasterrcnn", **kwargs)
+
+
+@register_model(_info("retinanet", "arXiv:1708.02002", 34_014_999, 151.54, 36.4))
+def retinanet(**kwargs: Any) -> nn.Module:
+    """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", arXiv 1708.02002); see :func:`create_detector`."""
+    return create_detector("retinanet", **kwargs)
+
+
+@register_model(_info("fcos", "arXiv:1904.01355", 32_269_600, 128.207, 39.2))
+def fcos(**kwargs: Any) -> nn.Module:
+    """FCOS (Tian et al., arXiv 1904.01355); see :func:`create_detector`."""
+    return create_detector("fcos", **kwargs)
