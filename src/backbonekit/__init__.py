@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from typing import Any, Sequence
 
-from .models import Backbone, FeatureInfo, list_models, model_entrypoint, model_info
-
 __version__ = "0.1.0"
+
+# Imported on first use, so that ``import backbonekit.deploy`` works without torch installed.
+_LAZY = {"Backbone": ".models", "FeatureInfo": ".models", "list_models": ".models", "model_entrypoint": ".models",
+         "model_info": ".models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "models":  # was always loaded by ``import backbonekit``
+        return importlib.import_module(".models", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def create_model(
@@ -42,6 +55,7 @@ def create_model(
             ``act_slope`` (darknet).
     """
     from . import weights
+    from .models import model_entrypoint
 
     builder = model_entrypoint(name)
     _check_count("num_classes", num_classes, minimum=0)
