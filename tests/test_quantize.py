@@ -135,3 +135,40 @@ def test_a_model_the_quantizer_cannot_handle(tmp_path):
     junk.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="cannot read .*junk.onnx: expected an ONNX model file"):
         export_int8(junk, tmp_path / "q.onnx", calibrate="fake")
+
+
+class TinyDetector(torch.nn.Module):
+    """Two convs, then a YOLO-like decoding (sigmoid, scale by a stride, exp) that must stay fp32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.LeakyReLU(0.1),
+                                        torch.nn.Conv2d(8, 7, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.body(x).flatten(2).transpose(1, 2)  # (N, HW, 7)
+        return torch.cat([raw[..., :2].sigmoid() * 2.0, raw[..., 2:4].exp(), raw[..., 4:].sigmoid()], -1)
+
+
+def test_detector_decoding_stays_fp32(tmp_path):
+    from backbonekit.deploy.metadata import detector_metadata
+    from backbonekit.export import export_model
+    from backbonekit.quantize import tail_nodes
+
+    path = export_model(TinyDetector().eval(), tmp_path / "det.onnx", input_size=32, dynamic_batch=True)
+    write_metadata(path, detector_metadata(classes=["a", "b"], input_size=32))
+    with pytest.raises(ValueError, match="calibrating a detector needs its letterboxed images"):
+        export_int8(path, tmp_path / "q.onnx", calibrate="fake")
+    proto = onnx.load(str(path))
+    tail = {n.op_type for n in proto.graph.node if n.name in tail_nodes(proto)}
+    assert {"Sigmoid", "Exp", "Concat"} <= tail and "Conv" not in tail and "LeakyRelu" not in tail
+    calib = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    report = export_int8(path, tmp_path / "q.onnx", calibrate=calib)
+    assert report.int8_nodes >= 3  # conv, leaky relu, conv
+    kept = {n.op_type for n in report.fp32 if n.reason.startswith("kept in fp32 on purpose")}
+    assert {"Sigmoid", "Exp", "Concat"} <= kept
+    quantized = onnx.load(str(report.path))
+    produced_by = {o: n for n in quantized.graph.node for o in n.output}
+    for node in quantized.graph.node:
+        if node.op_type in ("Sigmoid", "Exp"):
+            assert all(produced_by[i].op_type != "DequantizeLinear" for i in node.input if i in produced_by)

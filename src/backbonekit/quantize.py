@@ -179,7 +179,6 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
         raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
@@ -195,6 +194,11 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         graph_input = proto.graph.input[0]
         input_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param
                        for d in graph_input.type.tensor_type.shape.dim]
+        if meta["task"] == "detection":
+            if isinstance(calibrate, str):
+                raise ValueError("calibrating a detector needs its letterboxed images: pass calibrate= a float "
+                                 "(N, 3, S, S) array in [0, 1]")
+            nodes_to_exclude = list(nodes_to_exclude) + tail_nodes(proto)  # decode and NMS stay fp32
         if isinstance(calibrate, str):
             count, fetch, source = dataset_calibration(calibrate, meta, calib_images, split=split,
                                                        data_dir=data_dir, download=download)
@@ -209,7 +213,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "int8.onnx"
         try:
-            quant_pre_process(str(fp32), str(prepared))
+            _pre_process(fp32, prepared)
             quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
@@ -238,6 +242,19 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
     return report
 
 
+def _pre_process(src: Path, dst: Path) -> None:
+    """ONNX Runtime's ``quant_pre_process``; where its symbolic shape inference cannot follow the graph
+    (data-dependent shapes such as NonMaxSuppression's), ONNX's own shape inference instead."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception as exc:  # onnxruntime raises a bare Exception("Incomplete symbolic shape inference")
+        if "symbolic shape" not in str(exc):
+            raise
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
 def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_size, data_dir, download) -> Path:
     """An fp32 ONNX file with metadata: the given one, or an export of the model/checkpoint."""
     source = model_or_checkpoint
@@ -252,6 +269,22 @@ def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_
 
         preprocessing = load_dataset(calibrate, data_dir, input_size, 0, False, download).preprocessing()
     return export_onnx(source, path, preprocessing=preprocessing, dynamic_batch=True)
+
+
+def tail_nodes(proto) -> list[str]:
+    """Names of the nodes after the last convolution on every path (a detector's decoding and NMS):
+    nodes from which no Conv can be reached. Their inputs are boxes and scores, not features."""
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_conv: set[int] = set()
+    for node in reversed(proto.graph.node):  # nodes are topologically sorted: children come later
+        children = [c for out in node.output for c in consumers.get(out, [])]
+        if any(c.op_type == "Conv" or id(c) in feeds_conv for c in children):
+            feeds_conv.add(id(node))
+    return [n.name for n in proto.graph.node if n.op_type != "Conv" and id(n) not in feeds_conv
+            and n.op_type not in SHAPE_OPS]
 
 
 # -- what stayed fp32 -----------------------------------------------------------------------------------
@@ -287,7 +320,7 @@ def _count_nodes(proto, nodes_to_exclude: Sequence[str] = ()) -> tuple[int, list
 
 def _reason(node, parents: list, excluded: set[str], quantizable: set[str]) -> str:
     if node.name in excluded:
-        return "excluded on request (nodes_to_exclude)"
+        return "kept in fp32 on purpose (nodes_to_exclude; a detector's decoding and NMS)"
     if node.op_type not in quantizable:
         return f"ONNX Runtime's quantizer has no int8 form of {node.op_type}"
     fp32_parents = sorted({p.op_type for p in parents if p is not None and p.op_type not in QDQ_OPS})
