@@ -78,6 +78,8 @@ class CalibrationData:
                  batch_size: int = CALIB_BATCH) -> None:
         self.input_name, self.count, self.fetch, self.batch_size = input_name, count, fetch, batch_size
         self._batches: Iterator[np.ndarray] | None = None
+        self.error: Exception | None = None  # a failure to read the data, kept apart from the quantizer's own
+
 
     def _generate(self) -> Iterator[np.ndarray]:
         for start in range(0, self.count, self.batch_size):
@@ -86,7 +88,10 @@ class CalibrationData:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._batches is None:
             self._batches = self._generate()
-        batch = next(self._batches, None)
+        try:
+            batch = next(self._batches, None)
+        except Exception as exc:  # an unreadable image: reported as itself once the quantizer returns
+            self.error, batch = exc, None
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
@@ -178,8 +183,6 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         per_channel: one weight scale per output channel (``False``: per tensor).
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
         raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
                          f"found {calib_images!r}")
@@ -189,11 +192,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
     with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
         fp32 = _fp32_onnx(model_or_checkpoint, Path(tmp) / "fp32.onnx", calibrate, preprocessing, input_size,
                           data_dir, download)
-        meta = read_metadata(fp32)
-        proto = load_proto(fp32, load_weights=False)
-        graph_input = proto.graph.input[0]
-        input_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param
-                       for d in graph_input.type.tensor_type.shape.dim]
+        meta, proto = read_metadata(fp32), load_proto(fp32, load_weights=False)
         if meta["task"] == "detection":
             if isinstance(calibrate, str):
                 raise ValueError("calibrating a detector needs its letterboxed images: pass calibrate= a float "
@@ -204,42 +203,53 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
                                                        data_dir=data_dir, download=download)
         else:
             count, fetch, source = array_calibration(calibrate)
-            count = min(count, calib_images)
-        batch = input_shape[0] if isinstance(input_shape[0], int) and input_shape[0] > 0 else CALIB_BATCH
-        check_calibration(fetch(np.arange(min(batch, count))), count, input_shape, source)
-        if isinstance(input_shape[0], int):
-            count -= count % input_shape[0]  # a fixed-batch file takes whole batches only
-        reader = CalibrationData(graph_input.name, count, fetch, batch)
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "int8.onnx"
-        try:
-            _pre_process(fp32, prepared)
-            quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            nodes_to_exclude=list(nodes_to_exclude) or None)
-# the calibrator keeps only ReduceMin/ReduceMax per tensor and batch: memory stays small
-        except (ValueError, OSError, KeyError) as exc:
-            if "calibration set" in str(exc):
-                raise
-            raise ValueError(f"ONNX Runtime's quantizer cannot handle this model: {type(exc).__name__}: "
-                             f"{first_line(exc, 200)}") from None
-        except Exception as exc:  # onnxruntime and onnx raise their own types (Fail, InvalidGraph, ...)
-            raise ValueError(f"ONNX Runtime's quantizer cannot handle this model: {type(exc).__name__}: "
-                             f"{first_line(exc, 200)}") from None
-        int8 = load_proto(quantized)
+        reader = _reader(proto, min(count, calib_images), fetch, source)
+        int8 = _quantize(fp32, Path(tmp), reader, nodes_to_exclude, per_channel, reduce_range)
         meta["quantization"] = {"format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
-                                "activations": "uint8", "calibration": source, "images": count,
+                                "activations": "uint8", "calibration": source, "images": reader.count,
                                 "method": "MinMax", "reduce_range": reduce_range}
-        set_metadata(int8, meta)
-        import onnx
-
         with atomic_path(out_path) as dst:
-            onnx.save(int8, str(dst))
-    report = Int8Report(out_path, count, source, *_count_nodes(int8, nodes_to_exclude))
+            import onnx
+
+            onnx.save(set_metadata(int8, meta), str(dst))
+    report = Int8Report(out_path, reader.count, source, *_count_nodes(int8, nodes_to_exclude))
     if log:
         log(report.summary())
     return report
+
+
+def _reader(proto, count: int, fetch: Callable[[np.ndarray], np.ndarray], source: str) -> CalibrationData:
+    """The calibration reader for the model's input, after checking the images fit it."""
+    graph_input = proto.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+    fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    if fixed_batch:
+        count -= count % fixed_batch  # a fixed-batch file takes whole batches only
+    check_calibration(fetch(np.arange(min(fixed_batch or CALIB_BATCH, max(count, 1)))), count, shape, source)
+    return CalibrationData(graph_input.name, count, fetch, fixed_batch or CALIB_BATCH)
+
+
+def _quantize(fp32: Path, folder: Path, reader: CalibrationData, nodes_to_exclude: Sequence[str], per_channel: bool,
+              reduce_range: bool):
+    """``quant_pre_process`` then ``quantize_static`` (QDQ, int8 weights, uint8 activations, MinMax): the
+    quantized ``ModelProto``. The calibrator keeps one ReduceMin/ReduceMax per tensor and batch, not the
+    activations, so memory stays small whatever the number of images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
+    try:
+        _pre_process(fp32, prepared)
+        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude) or None)
+    except Exception as exc:  # onnxruntime and onnx raise their own types (Fail, InvalidGraph, bare Exception)
+        if reader.error is not None:
+            raise reader.error from None
+        raise ValueError(f"ONNX Runtime's quantizer cannot handle this model: {type(exc).__name__}: "
+                         f"{first_line(exc, 200)}") from None
+    if reader.error is not None:
+        raise reader.error
+    return load_proto(quantized)
 
 
 def _pre_process(src: Path, dst: Path) -> None:
