@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .models import Backbone, FeatureInfo, list_models, model_entrypoint, model_info
-from . import detection  # noqa: E402,F401  (registers the detectors: yolov3)
-
 __version__ = "0.1.0"
+
+# Imported on first use, so that ``import backbonekit.deploy`` works without torch installed.
+_LAZY = {"Backbone": ".models", "FeatureInfo": ".models", "list_models": ".models", "model_entrypoint": ".models",
+         "model_info": ".models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "models":  # was always loaded by ``import backbonekit``
+        return importlib.import_module(".models", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _register_all()
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def _register_all() -> None:
+    """Import the model families and the detectors, so that the registry knows every model."""
+    importlib.import_module(".detection", __name__)
+
 
 if TYPE_CHECKING:
     from .weights import Weights
@@ -64,6 +83,9 @@ def create_model(
               with ``act_slope``).
     """
     from . import weights
+    from .models import model_entrypoint, model_info
+
+    _register_all()
 
     builder = model_entrypoint(name)
     pretrained = _check_pretrained(pretrained)

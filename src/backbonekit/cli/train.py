@@ -85,7 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="the training report (accuracy, classification report, "
                                                "confusion matrix, predictions) for a saved model")
-    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit train")
+    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit train, or an exported .onnx "
+                                      "file (fp32 or int8; run by ONNX Runtime)")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--data-dir", default="data")
@@ -101,9 +102,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..train.trainer import evaluate_checkpoint
 
     quiet = args.format == "json"
-    ev = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-                             device=args.device, batch_size=args.batch_size, out=args.out, download=args.download,
-                             log=(lambda _: None) if quiet else print)
+    common = dict(dataset=args.dataset, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                  out=args.out, download=args.download, log=(lambda _: None) if quiet else print)
+    if str(args.checkpoint).lower().endswith(".onnx"):  # fp32 or int8, run by ONNX Runtime on the CPU
+        from .onnx_eval import evaluate_onnx
+
+        ev = evaluate_onnx(args.checkpoint, **common)
+    else:
+        ev = evaluate_checkpoint(args.checkpoint, device=args.device, **common)
     if quiet:
         print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "count": ev.count, "loss": ev.loss,
                           **ev.accuracies()}, indent=2))

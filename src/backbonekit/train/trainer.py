@@ -352,6 +352,22 @@ def load_trained_model(checkpoint: str | os.PathLike, device: torch.device) -> t
     return model.to(device).eval(), ckpt
 
 
+def evaluation_batches(prep: dict[str, Any], name: str, split: str, data_dir: str | os.PathLike, download: bool,
+                       dev: torch.device, batch_size: int) -> tuple[DataBundle, Batches]:
+    """The dataset's ``split`` prepared as the model's training prepared test images (``prep``: a
+    checkpoint's preprocessing: size, classes, mean/std), as evaluation batches; ``data.val`` is that split."""
+    data = load_dataset(name, data_dir, prep["image_size"], 0, False, download)
+    if data.classes != list(prep["classes"]):
+        raise ValueError(f"dataset {name} has classes {few(data.classes, 4)}, the model was trained on "
+                         f"{few(prep['classes'], 4)}")
+    data.mean, data.std = tuple(prep["mean"]), tuple(prep["std"])
+    if split == "train":
+        data.val = data.train
+    if data.in_memory:
+        data.val = data.val.to(dev)
+    return data, Batches(data.val, batch_size, Normalizer(data.mean, data.std, dev), dev, 0, 0, train=False)
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, split: str = "test",
                         data_dir: str = "data", device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                         out: str | os.PathLike | None = None, download: bool = True,
@@ -365,18 +381,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
         raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
     dev = resolve_device(device)
     model, ckpt = load_trained_model(checkpoint, dev)
-    prep = ckpt["preprocessing"]
-    name = dataset or prep["dataset"]
-    data = load_dataset(name, data_dir, prep["image_size"], 0, False, download)
-    if data.classes != prep["classes"]:
-        raise ValueError(f"dataset {name} has classes {few(data.classes, 4)}, the checkpoint was trained on "
-                         f"{few(prep['classes'], 4)}")
-    data.mean, data.std = tuple(prep["mean"]), tuple(prep["std"])
-    if split == "train":
-        data.val = data.train
-    if data.in_memory:
-        data.val = data.val.to(dev)
-    batches = Batches(data.val, batch_size, Normalizer(data.mean, data.std, dev), dev, 0, 0, train=False)
+    name = dataset or ckpt["preprocessing"]["dataset"]
+    data, batches = evaluation_batches(ckpt["preprocessing"], name, split, data_dir, download, dev, batch_size)
     ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{split}"
     report.write_evaluation(out, ev, data, title=f"{checkpoint} on {name} {split} split")

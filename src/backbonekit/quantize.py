@@ -1,0 +1,339 @@
+"""Post-training static int8 quantization of an exported model with ONNX Runtime's quantizer.
+
+The fp32 model is exported to ONNX (:func:`backbonekit.onnx_meta.export_onnx`), prepared with
+ONNX Runtime's recommended ``quant_pre_process`` (symbolic shape inference and graph optimisation),
+then ``quantize_static`` writes a QDQ model: per-channel symmetric int8 weights, uint8 activations
+whose ranges come from calibration images (MinMax). Calibration images go through exactly the
+evaluation preprocessing (the dataset resized to the model's image size, no crop or flip, normalised
+with the training mean/std) and come by default from the dataset's *training* split, so the test
+split that the accuracy is measured on stays unseen.
+
+ONNX Runtime then fuses each ``DequantizeLinear -> op -> QuantizeLinear`` group into an integer kernel
+(``QLinearConv`` and friends) when it loads the file. :func:`fp32_nodes` lists the compute nodes with no
+such group around them, and why, from the quantized graph itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from ._text import first_line
+from .checkpoint import atomic_path
+from .onnx_meta import export_onnx, load_proto, read_metadata, set_metadata
+
+MIN_CALIB_IMAGES = 8  # fewer images give activation ranges that depend on which images were drawn
+CALIB_BATCH = 16
+CALIB_SEED = 0
+# Ops that move or reshape data or compute shapes: never worth an int8 kernel, listed as "data movement".
+SHAPE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Range", "Size", "Identity", "Expand",
+                       "Equal", "Less", "Greater", "Not", "And", "Or"})
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class Fp32Node:
+    """A node of the quantized graph that still computes in fp32, and why."""
+
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class Int8Report:
+    """What :func:`export_int8` wrote and what stayed in fp32."""
+
+    path: Path
+    calib_images: int
+    calib_source: str
+    int8_nodes: int
+    fp32: list[Fp32Node] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line per reason: ``fp32: 2 nodes (Flatten x1, ...): reason``."""
+        lines = [f"wrote {self.path}: {self.int8_nodes} nodes in int8 (QDQ), {len(self.fp32)} in fp32; calibrated on "
+                 f"{self.calib_images} images of {self.calib_source}"]
+        by_reason: dict[str, list[Fp32Node]] = {}
+        for node in self.fp32:
+            by_reason.setdefault(node.reason, []).append(node)
+        for reason, nodes in by_reason.items():
+            ops = sorted({n.op_type for n in nodes})
+            lines.append(f"  fp32: {len(nodes)} node(s) ({', '.join(ops)}): {reason}")
+        return "\n".join(lines)
+
+
+# -- calibration data -------------------------------------------------------------------------------
+class CalibrationData:
+    """Batches of float32 (B, C, S, S) calibration inputs for ``quantize_static`` (an ONNX Runtime
+    ``CalibrationDataReader``): decoded lazily, batch by batch, from a dataset split or an array."""
+
+    def __init__(self, input_name: str, count: int, fetch: Callable[[np.ndarray], np.ndarray],
+                 batch_size: int = CALIB_BATCH) -> None:
+        self.input_name, self.count, self.fetch, self.batch_size = input_name, count, fetch, batch_size
+        self._batches: Iterator[np.ndarray] | None = None
+        self.error: Exception | None = None  # a failure to read the data, kept apart from the quantizer's own
+
+
+    def _generate(self) -> Iterator[np.ndarray]:
+        for start in range(0, self.count, self.batch_size):
+            yield self.fetch(np.arange(start, min(start + self.batch_size, self.count)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._batches is None:
+            self._batches = self._generate()
+        try:
+            batch = next(self._batches, None)
+        except Exception as exc:  # an unreadable image: reported as itself once the quantizer returns
+            self.error, batch = exc, None
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._batches = None
+
+    def __iter__(self):  # ONNX Runtime's quantizer iterates some readers; keep both protocols
+        return iter(lambda: self.get_next(), None)
+
+
+def dataset_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, split: str = "train",
+                        data_dir: str | os.PathLike = "data", download: bool = True
+                        ) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
+    """(number of images, fetch(positions) -> normalised float32 batch, description) for ``count``
+    images of ``dataset``'s ``split`` drawn in a seeded random order (classes mixed), prepared as
+    ``evaluate`` prepares test images: the model's image size, no crop or flip, its mean/std."""
+    import torch
+
+    from .train.data import Normalizer, Split, load_dataset
+
+    if split not in ("train", "test"):
+        raise ValueError(f"calibration split must be train or test, found {split!r}")
+    data = load_dataset(dataset, data_dir, meta["image_size"], 0, False, download)
+    images = data.train if split == "train" else data.val
+    available = len(images)
+    if available < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: {dataset} {split} split has {available} images, "
+                         f"expected at least {MIN_CALIB_IMAGES}")
+    count = min(count, available)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(CALIB_SEED))[:count]
+    normalize = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        idx = order[torch.as_tensor(positions)]
+        if isinstance(images, Split):
+            batch = images.images.index_select(0, idx)
+        else:
+            batch = torch.stack([images[int(i)][0] for i in idx])
+        return normalize(batch).numpy()
+
+    return count, fetch, f"{dataset} ({split} split)"
+
+
+def array_calibration(array: np.ndarray) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
+    """Calibration from an already prepared float array (N, C, H, W)."""
+    array = np.asarray(array)
+    if array.ndim != 4 or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected calibration images as a float (N, C, H, W) array, found {array.dtype} "
+                         f"array of shape {array.shape}")
+    array = array.astype(np.float32, copy=False)
+    return len(array), lambda positions: array[positions], f"an array of {len(array)} images"
+
+
+def check_calibration(sample: np.ndarray, count: int, input_shape: Sequence[Any], source: str) -> None:
+    """One line for a calibration set that is too small or whose images do not fit the model's input."""
+    if count < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: {source} gives {count} images, expected at least "
+                         f"{MIN_CALIB_IMAGES}")
+    expected = list(input_shape[1:])
+    found = list(sample.shape[1:])
+    if len(found) != 3 or found[0] != expected[0]:
+        raise ValueError(f"calibration images from {source} have {found[0] if found else '?'} channels "
+                         f"(shape {tuple(found)}), the model takes {expected[0]} (input {input_shape})")
+    fixed = [(e, f) for e, f in zip(expected[1:], found[1:]) if isinstance(e, int)]
+    if any(e != f for e, f in fixed):
+        raise ValueError(f"calibration images from {source} are {found[1]}x{found[2]}, the model takes "
+                         f"{expected[1]}x{expected[2]}")
+
+
+# -- quantization ---------------------------------------------------------------------------------------
+def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: str | os.PathLike, *,
+                calibrate: str | np.ndarray, calib_images: int = 256, split: str = "train",
+                data_dir: str | os.PathLike = "data", download: bool = True,
+                preprocessing: Mapping[str, Any] | None = None, input_size: int | None = None,
+                nodes_to_exclude: Sequence[str] = (), per_channel: bool = True, reduce_range: bool = False,
+                log: Callable[[str], None] | None = None) -> Int8Report:
+    """Quantize a classifier to int8 (QDQ) with ONNX Runtime, calibrated on ``calib_images`` images.
+
+    Args:
+        model_or_checkpoint: a model, a best.pt/last.pt written by ``backbonekit train``, or an fp32
+            ONNX file with backbonekit metadata (:func:`backbonekit.onnx_meta.export_onnx`).
+        out_path: the int8 ONNX file to write (atomically; the preprocessing metadata travels with it).
+        calibrate: a dataset name ``train`` accepts (``digits``, ``cifar10``, ``imagefolder:PATH``, ...),
+            or a float (N, C, H, W) array already prepared like the model's input.
+        calib_images: how many images to calibrate on (fewer when the split has fewer; at least 8).
+        split: the dataset split the calibration images come from (``train``: keeps ``test`` unseen).
+        preprocessing: for a bare model, the checkpoint-style preprocessing (classes, image_size, mean,
+            std); default: the calibration dataset's own, at ``input_size``.
+        nodes_to_exclude: node names to keep in fp32.
+        per_channel: one weight scale per output channel (``False``: per tensor).
+        reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
+    """
+    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
+                         f"found {calib_images!r}")
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
+    with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
+        fp32 = _fp32_onnx(model_or_checkpoint, Path(tmp) / "fp32.onnx", calibrate, preprocessing, input_size,
+                          data_dir, download)
+        meta, proto = read_metadata(fp32), load_proto(fp32, load_weights=False)
+        if meta["task"] == "detection":
+            if isinstance(calibrate, str):
+                raise ValueError("calibrating a detector needs its letterboxed images: pass calibrate= a float "
+                                 "(N, 3, S, S) array in [0, 1]")
+            nodes_to_exclude = list(nodes_to_exclude) + tail_nodes(proto)  # decode and NMS stay fp32
+        if isinstance(calibrate, str):
+            count, fetch, source = dataset_calibration(calibrate, meta, calib_images, split=split,
+                                                       data_dir=data_dir, download=download)
+        else:
+            count, fetch, source = array_calibration(calibrate)
+        reader = _reader(proto, min(count, calib_images), fetch, source)
+        int8 = _quantize(fp32, Path(tmp), reader, nodes_to_exclude, per_channel, reduce_range)
+        meta["quantization"] = {"format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+                                "activations": "uint8", "calibration": source, "images": reader.count,
+                                "method": "MinMax", "reduce_range": reduce_range}
+        with atomic_path(out_path) as dst:
+            import onnx
+
+            onnx.save(set_metadata(int8, meta), str(dst))
+    report = Int8Report(out_path, reader.count, source, *_count_nodes(int8, nodes_to_exclude))
+    if log:
+        log(report.summary())
+    return report
+
+
+def _reader(proto, count: int, fetch: Callable[[np.ndarray], np.ndarray], source: str) -> CalibrationData:
+    """The calibration reader for the model's input, after checking the images fit it."""
+    graph_input = proto.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+    fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    if fixed_batch:
+        count -= count % fixed_batch  # a fixed-batch file takes whole batches only
+    check_calibration(fetch(np.arange(min(fixed_batch or CALIB_BATCH, max(count, 1)))), count, shape, source)
+    return CalibrationData(graph_input.name, count, fetch, fixed_batch or CALIB_BATCH)
+
+
+def _quantize(fp32: Path, folder: Path, reader: CalibrationData, nodes_to_exclude: Sequence[str], per_channel: bool,
+              reduce_range: bool):
+    """``quant_pre_process`` then ``quantize_static`` (QDQ, int8 weights, uint8 activations, MinMax): the
+    quantized ``ModelProto``. The calibrator keeps one ReduceMin/ReduceMax per tensor and batch, not the
+    activations, so memory stays small whatever the number of images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
+    try:
+        _pre_process(fp32, prepared)
+        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude) or None)
+    except Exception as exc:  # onnxruntime and onnx raise their own types (Fail, InvalidGraph, bare Exception)
+        if reader.error is not None:
+            raise reader.error from None
+        raise ValueError(f"ONNX Runtime's quantizer cannot handle this model: {type(exc).__name__}: "
+                         f"{first_line(exc, 200)}") from None
+    if reader.error is not None:
+        raise reader.error
+    return load_proto(quantized)
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    """ONNX Runtime's ``quant_pre_process``; where its symbolic shape inference cannot follow the graph
+    (data-dependent shapes such as NonMaxSuppression's), ONNX's own shape inference instead."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception as exc:  # onnxruntime raises a bare Exception("Incomplete symbolic shape inference")
+        if "symbolic shape" not in str(exc):
+            raise
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_size, data_dir, download) -> Path:
+    """An fp32 ONNX file with metadata: the given one, or an export of the model/checkpoint."""
+    source = model_or_checkpoint
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx":
+        read_metadata(source)  # the preprocessing must be known to calibrate through it
+        return Path(source)
+    if isinstance(source, nn.Module) and preprocessing is None:
+        if not isinstance(calibrate, str):
+            raise ValueError("a bare model calibrated on an array needs preprocessing= (classes, image_size, "
+                             "mean, std)")
+        from .train.data import load_dataset
+
+        preprocessing = load_dataset(calibrate, data_dir, input_size, 0, False, download).preprocessing()
+    return export_onnx(source, path, preprocessing=preprocessing, dynamic_batch=True)
+
+
+def tail_nodes(proto) -> list[str]:
+    """Names of the nodes after the last convolution on every path (a detector's decoding and NMS):
+    nodes from which no Conv can be reached. Their inputs are boxes and scores, not features."""
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_conv: set[int] = set()
+    for node in reversed(proto.graph.node):  # nodes are topologically sorted: children come later
+        children = [c for out in node.output for c in consumers.get(out, [])]
+        if any(c.op_type == "Conv" or id(c) in feeds_conv for c in children):
+            feeds_conv.add(id(node))
+    return [n.name for n in proto.graph.node if n.op_type != "Conv" and id(n) not in feeds_conv
+            and n.op_type not in SHAPE_OPS]
+
+
+# -- what stayed fp32 -----------------------------------------------------------------------------------
+def fp32_nodes(proto, nodes_to_exclude: Sequence[str] = ()) -> list[Fp32Node]:
+    """Compute nodes of a QDQ graph with no DequantizeLinear feeding them, with the reason (see :func:`_count_nodes`)."""
+    return _count_nodes(proto, nodes_to_exclude)[1]
+
+
+def _count_nodes(proto, nodes_to_exclude: Sequence[str] = ()) -> tuple[int, list[Fp32Node]]:
+    """(nodes that ONNX Runtime runs in int8, the other compute nodes with a reason).
+
+    A node runs in int8 when its op type has an int8 form and a DequantizeLinear feeds it (ONNX Runtime
+    fuses the group into an integer kernel). Shape arithmetic and constant folding are not counted.
+    """
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    produced_by = {out: node for node in proto.graph.node for out in node.output}
+    weights = {init.name for init in proto.graph.initializer}
+    excluded = set(nodes_to_exclude)
+    int8, fp32 = 0, []
+    for node in proto.graph.node:
+        if node.op_type in QDQ_OPS or node.op_type in SHAPE_OPS:
+            continue
+        parents = [produced_by.get(name) for name in node.input if name]
+        dequantized = any(p is not None and p.op_type == "DequantizeLinear" for p in parents)
+        if dequantized and node.op_type in quantizable and node.name not in excluded:
+            int8 += 1
+        elif not all(name in weights for name in node.input if name):  # constants: folded, not image work
+            fp32.append(Fp32Node(node.name, node.op_type, _reason(node, parents, excluded, quantizable)))
+    return int8, fp32
+
+
+def _reason(node, parents: list, excluded: set[str], quantizable: set[str]) -> str:
+    if node.name in excluded:
+        return "kept in fp32 on purpose (nodes_to_exclude; a detector's decoding and NMS)"
+    if node.op_type not in quantizable:
+        return f"ONNX Runtime's quantizer has no int8 form of {node.op_type}"
+    fp32_parents = sorted({p.op_type for p in parents if p is not None and p.op_type not in QDQ_OPS})
+    if fp32_parents:
+        return f"its input comes from an fp32 node ({', '.join(fp32_parents)}), so no int8 tensor reaches it"
+    return "the quantizer left it in fp32 (no calibrated range for its input)"

@@ -1,0 +1,76 @@
+"""``evaluate`` for exported ONNX classifiers (fp32 or int8): the same figures and report files as a checkpoint.
+
+The preprocessing (image size, mean/std, class names) comes from the file's metadata
+(:mod:`backbonekit.deploy.metadata`), so the file is checked exactly as the checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..deploy.runtime import open_session
+from .engine import EvalResult, evaluate
+from .trainer import EVAL_BATCH_SIZE, evaluation_batches
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind ``nn.Module``'s call, so the training code's ``evaluate`` can run it."""
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.detach().cpu().float().contiguous().numpy()
+        step = self.fixed_batch or len(batch)
+        outs = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start:start + step]
+            if len(chunk) < step:  # a fixed-batch file: pad with copies, drop their outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), 0)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0])
+        return torch.from_numpy(np.concatenate(outs)[: len(batch)])
+
+
+def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split: str = "test",
+                  data_dir: str | os.PathLike = "data", batch_size: int = EVAL_BATCH_SIZE,
+                  out: str | os.PathLike | None = None, download: bool = True, threads: int | None = None,
+                  log: Callable[[str], None] = print) -> EvalResult:
+    """Evaluate an exported classifier with ONNX Runtime: :func:`evaluate_checkpoint`'s figures and report.
+
+    ``dataset`` defaults to the one in the file's metadata; the report goes to ``out`` (default
+    ``FILE_FOLDER/eval-FILE_STEM-DATASET-SPLIT``).
+    """
+    from . import report
+
+    if split not in ("test", "train"):
+        raise ValueError(f"--split must be test or train, found {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
+    session, meta = open_session(path, threads)
+    if meta["task"] != "classification":
+        raise ValueError(f"{path} holds a {meta['task']} model: evaluate takes classifiers")
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise ValueError(f"{path} does not name the dataset it was trained on: pass --dataset")
+    prep = {"image_size": meta["image_size"], "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"]}
+    dev = torch.device("cpu")
+    data, batches = evaluation_batches(prep, name, split, data_dir, download, dev, batch_size)
+    ev = evaluate(OnnxModule(session), batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(path).stem}-{name}")
+    out = Path(out) if out else Path(path).parent / f"eval-{stem}-{split}"
+    kind = "int8" if "quantization" in meta else "fp32"
+    report.write_evaluation(out, ev, data, title=f"{path} ({kind} ONNX) on {name} {split} split")
+    log(f"{path} ({kind} ONNX) on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); "
+        f"report in {out}")
+    return ev
