@@ -12,6 +12,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from .._text import first_line
 from .metadata import DETECTION_OUTPUTS, from_props
 
 ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821 (PIL.Image, imported lazily)
@@ -125,7 +126,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None):
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-        reason = " ".join(str(exc).split())[:200]
+        reason = first_line(exc, 200, lines=None)
         raise ValueError(f"cannot load {path}: expected an ONNX model ONNX Runtime can run ({reason})") from None
     return session, from_props(session.get_modelmeta().custom_metadata_map, str(path))
 
