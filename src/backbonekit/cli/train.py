@@ -105,7 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     common = dict(dataset=args.dataset, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                   out=args.out, download=args.download, log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # fp32 or int8, run by ONNX Runtime on the CPU
-        from .onnx_eval import evaluate_onnx
+        from ..train.onnx_eval import evaluate_onnx
 
         ev = evaluate_onnx(args.checkpoint, **common)
     else:
