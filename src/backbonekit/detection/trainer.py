@@ -27,7 +27,7 @@ from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from ..train import dist
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ..train.runs import claim_run_folder, default_out, resume_checkpoint, resumed_config
+from ..train.runs import check_resumed_world, resume_checkpoint, resumed_config, run_in_folder
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
 from .config import DETECT_RESUME_RULES, DetectConfig, parse_anchors, write_config
@@ -235,15 +235,8 @@ def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
                              DETECT_RESUME_RULES)
     device = resolve_device(cfg.device)
     dist.setup(device.type)
-    if resumed is not None and int(resumed.get("world_size", 1)) != dist.world_size():
-        raise ValueError(f"cannot resume: the run was trained with {resumed.get('world_size', 1)} process(es), found "
-                         f"{dist.world_size()}; resume with the same number (--nproc / torchrun --nproc_per_node)")
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    cfg = dataclasses.replace(cfg, out=str(out))
-    if not dist.is_main():
-        return _train(cfg, out, resumed, device, log)
-    with claim_run_folder(out, new=resumed is None):
-        return _train(cfg, out, resumed, device, log)
+    check_resumed_world(resumed)
+    return run_in_folder(cfg, resumed, lambda cfg, out: _train(cfg, out, resumed, device, log))
 
 
 def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device: torch.device,

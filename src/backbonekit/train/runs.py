@@ -6,11 +6,14 @@ import contextlib
 import os
 import re
 import socket
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping, TypeVar
 
+from . import dist
 from .config import TrainConfig
+
+Result = TypeVar("Result")
 
 LOCK_NAME = ".backbonekit.lock"
 FAILED_START_FILES = ("config.yaml", "best.pt", "metrics.csv")  # what a run writes before its first last.pt
@@ -174,3 +177,24 @@ def claim_run_folder(out: Path, *, new: bool) -> Iterator[Path]:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def check_resumed_world(resumed: Mapping[str, Any] | None) -> None:
+    """A resume runs with the process count it was trained with: shards, steps per epoch and the
+    schedule's length all depend on it."""
+    world = dist.world_size()
+    if resumed is not None and int(resumed.get("world_size", 1)) != world:
+        raise ValueError(f"cannot resume: the run was trained with {resumed.get('world_size', 1)} process(es), found "
+                         f"{world}; resume with the same number (--nproc / torchrun --nproc_per_node)")
+
+
+def run_in_folder(cfg: Any, resumed: Mapping[str, Any] | None,
+                  train_fn: Callable[[Any, Path], Result]) -> Result:
+    """``train_fn(cfg, out)`` with ``cfg.out`` resolved (:func:`default_out`), the writing rank holding the
+    folder (:func:`claim_run_folder`) for the whole run; shared by ``train`` and ``detect train``."""
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    cfg = replace(cfg, out=str(out))
+    if not dist.is_main():
+        return train_fn(cfg, out)
+    with claim_run_folder(out, new=resumed is None):
+        return train_fn(cfg, out)

@@ -24,7 +24,7 @@ from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
-from .runs import RESUME_RULES, claim_run_folder, default_out, resume_checkpoint, resumed_config
+from .runs import RESUME_RULES, check_resumed_world, default_out, resume_checkpoint, resumed_config, run_in_folder
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
@@ -149,12 +149,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         torch.set_flush_denormal(True)
     dist.setup(device.type)
     _check_process_count(cfg, resumed)
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    cfg = dataclasses.replace(cfg, out=str(out))
-    if not dist.is_main():
-        return _train(cfg, out, resumed, device, log)
-    with claim_run_folder(out, new=resumed is None):
-        return _train(cfg, out, resumed, device, log)
+    return run_in_folder(cfg, resumed, lambda cfg, out: _train(cfg, out, resumed, device, log))
 
 
 def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: torch.device,
@@ -249,11 +244,8 @@ def _resolve_config(cfg: TrainConfig, given: Collection[str] | None) -> tuple[Tr
 
 
 def _check_process_count(cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
+    check_resumed_world(resumed)
     world = dist.world_size()
-    if resumed is not None and int(resumed.get("world_size", 1)) != world:
-        # shards, steps per epoch and the schedule's length all depend on the number of processes
-        raise ValueError(f"cannot resume: the run was trained with {resumed.get('world_size', 1)} process(es), found "
-                         f"{world}; resume with the same number (--nproc / torchrun --nproc_per_node)")
     if cfg.nproc not in (1, world):  # 1: not set (torchrun decides)
         raise ValueError(f"nproc {cfg.nproc}: expected the number of processes running this training ({world}); "
                          f"start them with backbonekit train --nproc {cfg.nproc} or torchrun")
