@@ -17,7 +17,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from ..train.report import _pyplot, _table, read_metrics
+from ..train.report import _pyplot, _table, read_metrics, save_epoch_figure
 from .loss import PARTS
 from .metrics import DetectionMetrics, format_table
 
@@ -132,13 +132,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     for key, label in MAP_CURVES:
         ax_map.plot(epochs, [100 * r[key] for r in rows], "o-", label=label)
     ax_map.set(title="Validation mAP (COCO)", xlabel="epoch", ylabel="%", ylim=(0, 100))
-    for ax in (ax_loss, ax_map):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_epoch_figure(fig, (ax_loss, ax_map), path, legend_size=8)
 
 
 def write_run_report(run_dir: str | Path) -> Path:

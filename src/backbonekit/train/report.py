@@ -149,13 +149,18 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
     ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "s-", label="val top-1")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="%")
-    for ax in (ax_loss, ax_acc):
+    save_epoch_figure(fig, (ax_loss, ax_acc), path)
+
+
+def save_epoch_figure(fig, axes, path: Path, legend_size: float | None = None) -> None:
+    """Grid, legend and whole-number epochs on each axis; save ``fig`` to ``path`` and close it."""
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=legend_size)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def write_run_report(run_dir: str | Path) -> Path:
