@@ -1,7 +1,8 @@
 """YOLOv3 (Redmon & Farhadi, "YOLOv3: An Incremental Improvement", arXiv 1804.02767).
 
 The detector is five parts called in order, as torchvision's detectors are: ``transform``
-(letterbox each image to the input size, :func:`letterbox`), ``backbone`` (Darknet-53's C3-C5, or
+(letterbox each image to the input size with :func:`.augment.letterbox`, the
+same function training and evaluation use), ``backbone`` (Darknet-53's C3-C5, or
 any registered backbone's three maps at strides 8, 16 and 32), ``neck`` (:mod:`.neck`), ``head``
 (:mod:`.head`) and ``postprocess`` (decode with :mod:`.coder`, score threshold, class-aware NMS,
 boxes back into each image's pixels).
@@ -20,53 +21,26 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.ops import batched_nms, box_convert
 
 from ..models import Backbone
 from ..models._registry import ModelInfo, register_model
+from .augment import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
 from .coder import decode_level
 from .head import YOLOv3Head
 from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
 
-LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.5)
 LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where an image of ``height`` x ``width`` pixels went in the letterboxed input: scaled to
-    ``new_w`` x ``new_h`` and placed at (``left``, ``top``)."""
-
-    height: int
-    width: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
-
-    def to_original(self, boxes: Tensor) -> Tensor:
-        """xyxy boxes in input pixels -> xyxy boxes in the original image's pixels, clipped to it."""
-        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
-        scale = boxes.new_tensor([self.width / self.new_w, self.height / self.new_h] * 2)
-        out = (boxes - offset) * scale
-        return torch.stack((out[:, 0].clamp(0, self.width), out[:, 1].clamp(0, self.height),
-                            out[:, 2].clamp(0, self.width), out[:, 3].clamp(0, self.height)), 1)
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
-    """Darknet's ``letterbox_image`` geometry: scale to fit ``size`` keeping the aspect ratio, centre."""
-    if width / size >= height / size:  # the wider side fills the input
-        new_w, new_h = size, max(1, (height * size) // width)
-    else:
-        new_w, new_h = max(1, (width * size) // height), size
-    return Letterbox(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+# ``from backbonekit.detection.yolov3 import letterbox``: a list of images of any sizes -> one batch and
+# where each image went; the same :func:`.augment.letterbox` per image that training uses.
+letterbox = letterbox_images
+__all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
+           "letterbox", "letterbox_geometry", "yolov3"]
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -88,18 +62,6 @@ def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
             raise ValueError(f"image {i}: expected float values in [0, 1], found dtype {image.dtype} "
                              f"(divide uint8 images by 255)")
     return list(images)
-
-
-def letterbox(images: Sequence[Tensor], size: int) -> tuple[Tensor, list[Letterbox]]:
-    """Letterbox each (3, H, W) image into a (3, size, size) canvas (bilinear resize, grey border)."""
-    batch = images[0].new_full((len(images), 3, size, size), LETTERBOX_FILL)
-    boxes = []
-    for i, image in enumerate(images):
-        box = letterbox_geometry(int(image.shape[1]), int(image.shape[2]), size)
-        resized = F.interpolate(image[None], size=(box.new_h, box.new_w), mode="bilinear", align_corners=False)
-        batch[i, :, box.top:box.top + box.new_h, box.left:box.left + box.new_w] = resized[0]
-        boxes.append(box)
-    return batch, boxes
 
 
 class YOLOv3(nn.Module):
@@ -173,7 +135,7 @@ class YOLOv3(nn.Module):
         return self.decode(self.forward_levels(x))
 
     # -- images in, detections out -------------------------------------------------------------
-    def postprocess(self, decoded: Tensor, boxes: Sequence[Letterbox], score_thresh: float, nms_thresh: float,
+    def postprocess(self, decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thresh: float, nms_thresh: float,
                     detections_per_img: int) -> list[dict[str, Tensor]]:
         """Per image: score = objectness x class probability (each class its own candidate, as Darknet),
         drop scores <= ``score_thresh``, class-aware NMS, keep the best ``detections_per_img``,
@@ -193,7 +155,7 @@ class YOLOv3(nn.Module):
                nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
         """Letterbox, run, decode, threshold, NMS: one ``{boxes, scores, labels}`` dict per image."""
         images = check_images(images)
-        batch, boxes = letterbox(images, self.input_size)
+        batch, boxes = letterbox_images(images, self.input_size)
         decoded = self.forward_raw(batch)
         return self.postprocess(decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
                                 self.nms_thresh if nms_thresh is None else nms_thresh,
