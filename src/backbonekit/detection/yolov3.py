@@ -75,13 +75,17 @@ class YOLOv3(nn.Module):
         neck_channels: ``n`` of each detection block, deepest first (Darknet: 512, 256, 128).
         input_size: the letterboxed input size of ``model(images)`` (a multiple of 32).
         score_thresh, nms_thresh, detections_per_img: postprocessing defaults (arguments of :meth:`detect`).
+        input_mean, input_std: per-channel normalisation applied inside the network, ``(x - mean) / std``
+            on the [0, 1] input, for a backbone trained on normalised images (a ``backbonekit train`` run);
+            default None: Darknet's raw [0, 1] input.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int = 80,
                  anchors: Sequence[Sequence[float]] = COCO_ANCHORS,
                  masks: Sequence[Sequence[int]] = YOLOV3_MASKS,
                  neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS, input_size: int = 416,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100) -> None:
+                 score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100,
+                 input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None) -> None:
         super().__init__()
         strides = tuple(info.stride for info in getattr(backbone, "feature_info", []))
         if not getattr(backbone, "features_only", False) or strides != LEVEL_STRIDES:
@@ -101,6 +105,9 @@ class YOLOv3(nn.Module):
         self.in_chans = 3
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.register_buffer("anchors", table, persistent=False)  # (K, 2) px; recorded in model_kwargs, not weights
+        mean, std = input_normalisation(input_mean, input_std)  # recorded in model_kwargs, not weights
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
         self.backbone = backbone
         self.neck = YOLOv3Neck([info.channels for info in backbone.feature_info], neck_channels)
         self.head = YOLOv3Head(self.neck.out_channels, num_classes, [len(m) for m in masks])
@@ -117,7 +124,11 @@ class YOLOv3(nn.Module):
                              f"found {x.shape[2]}x{x.shape[3]}")
 
     def forward_levels(self, x: Tensor) -> list[Tensor]:
-        """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels."""
+        """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels.
+
+        ``x`` holds [0, 1] pixels; with ``input_mean``/``input_std`` the backbone sees them normalised."""
+        if self.input_mean is not None:
+            x = (x - self.input_mean) / self.input_std
         return self.head(self.neck(self.backbone.forward_levels(x, self.backbone.out_indices)))
 
     def level_anchors(self) -> list[Tensor]:
@@ -130,7 +141,9 @@ class YOLOv3(nn.Module):
                           in zip(levels, self.level_anchors(), self.strides)], 1)
 
     def forward_raw(self, x: Tensor) -> Tensor:
-        """Darknet's decoded predictions for a batch already at the input size, values in [0, 1]."""
+        """Darknet's decoded predictions for a batch already at the input size, values in [0, 1] (with the
+        default ``input_mean``/``input_std`` of None, exactly Darknet's contract; otherwise the network
+        normalises them first)."""
         self.check_input(x)
         return self.decode(self.forward_levels(x))
 
@@ -172,6 +185,20 @@ class YOLOv3(nn.Module):
         if isinstance(images, Tensor) and images.dim() == 4:
             return self.forward_raw(images)
         return self.detect(images)
+
+
+def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Tensor | None, Tensor | None]:
+    """(1, 3, 1, 1) mean and std buffers, or (None, None) for Darknet's raw input; one ValueError line otherwise."""
+    if mean is None and std is None:
+        return None, None
+    values = [list(v) if isinstance(v, (list, tuple)) else v for v in (mean, std)]
+    if any(not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) for v in values):
+        raise ValueError(f"input_mean and input_std must both be 3 numbers (one per RGB channel), found "
+                         f"input_mean={mean!r}, input_std={std!r}")
+    if min(values[1]) <= 0:
+        raise ValueError(f"input_std must be positive, found {values[1]}")
+    with torch.device("cpu"):
+        return torch.tensor(values[0]).view(1, 3, 1, 1), torch.tensor(values[1]).view(1, 3, 1, 1)
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -219,7 +246,7 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     source = inspect_pretrained(pretrained, neck_channels=kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
         if pretrained is not None else None
     if source is not None:
-        recorded = dict(source.model_kwargs)
+        recorded = {**source.input_norm, **source.model_kwargs}  # a classification run's mean/std too
         backbone = backbone or recorded.pop("backbone", None)
         backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
         for key, value in recorded.items():
