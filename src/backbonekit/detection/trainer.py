@@ -257,7 +257,8 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     model, model_kwargs = build_detector(cfg, len(classes), anchors, load_pretrained=resumed is None,
                                          resumed_kwargs=resumed["model_kwargs"] if resumed else None,
                                          log=log if dist.is_main() else (lambda _: None))
-    if dist.is_main():  # the file repeats the run: no --out (a rerun writes a new folder)
+    cfg = dataclasses.replace(cfg, nproc=dist.world_size())
+    if dist.is_main():  # the file repeats the run: no --out (a rerun writes a new folder), the real process count
         write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     model = model.to(device)
     if dist.is_distributed():
