@@ -29,7 +29,7 @@ import backbonekit as bk
 from backbonekit.bench import environment
 from backbonekit.detection.anchors import COCO_ANCHORS, YOLOV3_MASKS, YOLOV3_STRIDES
 from backbonekit.detection.loss import YOLOv3Loss
-from results_file import load_note, write_section
+from results_file import CpuWatch, load_note, write_section
 
 
 def conv(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -109,23 +109,23 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     targets = [{k: v.to(device) for k, v in t.items()} for t in
                random_targets(args.batch, args.boxes, args.size, args.classes, torch.Generator().manual_seed(0))]
-    load_before = list(os.getloadavg())
     rows: dict[str, list[float]] = {k: [] for k in ("forward", "loss", "backward", "step", "loss alone")}
-    for i in range(args.warmup + args.repeats):
-        model.zero_grad(set_to_none=True)
-        t0 = clock(device)
-        levels = model.forward_levels(x)
-        t1 = clock(device)
-        losses = loss_fn(levels, targets)
-        t2 = clock(device)
-        losses["loss"].backward()
-        t3 = clock(device)
-        leaves = [r.detach().requires_grad_(True) for r in levels]
-        loss_fn(leaves, targets)["loss"].backward()
-        alone = clock(device) - t3
-        if i >= args.warmup:
-            for k, v in zip(rows, (t1 - t0, t2 - t1, t3 - t2, t3 - t0, alone)):
-                rows[k].append(v)
+    with CpuWatch() as watch:
+        for i in range(args.warmup + args.repeats):
+            model.zero_grad(set_to_none=True)
+            t0 = clock(device)
+            levels = model.forward_levels(x)
+            t1 = clock(device)
+            losses = loss_fn(levels, targets)
+            t2 = clock(device)
+            losses["loss"].backward()
+            t3 = clock(device)
+            leaves = [r.detach().requires_grad_(True) for r in levels]
+            loss_fn(leaves, targets)["loss"].backward()
+            alone = clock(device) - t3
+            if i >= args.warmup:
+                for k, v in zip(rows, (t1 - t0, t2 - t1, t3 - t2, t3 - t0, alone)):
+                    rows[k].append(v)
     med = {k: statistics.median(v) for k, v in rows.items()}
     share = med["loss alone"] / med["step"]
     lines = [
@@ -139,7 +139,7 @@ def main() -> None:
         "",
         f"**assignment + loss (forward and backward): {100 * share:.1f}% of the step** (target: at most 10%)",
     ]
-    note = load_note(load_before, os.cpu_count())
+    note = load_note(watch.others_cores, os.cpu_count())
     text = "\n".join(lines + ([note] if note else []))
     print(text)
     if args.write:

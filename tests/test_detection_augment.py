@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from backbonekit.detection.augment import (
-    NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, boxes_from_letterbox, boxes_to_letterbox,
-    collate_detection, colour_matrix, hflip, hsv_jitter, letterbox, mosaic, multiscale_size, multiscale_sizes,
+    NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, colour_matrix, hflip,
+    hsv_jitter, letterbox, letterbox_geometry, mosaic, multiscale_size, multiscale_sizes,
 )
 
 
@@ -55,18 +55,31 @@ BOXES = [(10, 20, 50, 44), (70, 5, 118, 80), (30, 60, 64, 90)]
 def test_letterbox_keeps_boxes_on_objects_and_maps_back():
     image, target = rectangles_image(96, 128, BOXES)
     for size, auto, shape in [(160, False, (160, 160)), (200, True, (160, 224)), ((96, 64), False, (96, 64))]:
-        out, scale, pad = letterbox(image, size, auto=auto, fill=0.0)
+        out, box = letterbox(image, size, auto=auto, fill=0.0)
         assert tuple(out.shape[-2:]) == shape
-        mapped = boxes_to_letterbox(target["boxes"], scale, pad)
+        mapped = box.to_letterbox(target["boxes"])
         assert_boxes_on_objects(out, {"boxes": mapped, "labels": target["labels"]})
-        back = boxes_from_letterbox(mapped, scale, pad, (96, 128))
-        assert torch.allclose(back, target["boxes"], atol=1e-4)
+        assert torch.allclose(box.to_original(mapped), target["boxes"], atol=1e-4)
     # grey padding where there is no image, centred: 128x96 into 160x160 is scaled 1.25 to 160x120, 20 rows each side
-    out, scale, pad = letterbox(image, 160)
-    assert scale == pytest.approx(1.25) and pad == (0, 20)
+    out, box = letterbox(image, 160)
+    assert (box.new_w, box.new_h, box.left, box.top) == (160, 120, 0, 20)
     assert bool((out[:, :20] == 128).all()) and bool((out[:, 140:] == 128).all())
-    batch, _, _ = letterbox(torch.stack([image, image]), 160)
+    batch, _ = letterbox(torch.stack([image, image]), 160)
     assert torch.equal(batch[1], out)
+
+
+def test_letterbox_is_darknets_geometry_by_hand():
+    # Darknet's letterbox_image: the side that fills first takes the size, the other is floored, centred
+    box = letterbox_geometry(100, 30, 64)  # 30 * 64 // 100 = 19 columns, (64 - 19) // 2 = 22 on the left
+    assert (box.new_w, box.new_h, box.left, box.top) == (19, 64, 22, 0)
+    box = letterbox_geometry(50, 81, (64, 96))  # 96/81 < 64/50: width fills, 50 * 96 // 81 = 59 rows
+    assert (box.new_w, box.new_h, box.left, box.top) == (96, 59, 0, 2)
+    # bilinear without antialiasing: a 2x downscale of a column ramp averages each pair of columns exactly
+    ramp = torch.arange(64.0).repeat(3, 32, 1) / 64
+    out, box = letterbox(ramp, 32)
+    assert (box.new_w, box.new_h) == (32, 16)
+    assert torch.allclose(out[0, 8, :], (torch.arange(0, 64, 2.0) + 0.5) / 64)
+    assert torch.equal(out[:, :8], torch.full((3, 8, 32), 0.5))
 
 
 def test_letterbox_transform_and_flip():
@@ -105,9 +118,33 @@ def test_augment_batch_keeps_boxes_on_objects(flip):
 def test_augment_batch_without_augmentation_is_a_letterbox():
     image, target = rectangles_image(96, 128, BOXES)
     out, targets = augment_batch(image[None], [target], 160, NO_AUGMENT)
-    ref, scale, pad = letterbox(image, 160)
-    assert torch.allclose(targets[0]["boxes"], boxes_to_letterbox(target["boxes"], scale, pad), atol=1e-4)
-    assert (out[0] * 255 - ref.float()).abs().mean() < 2.0  # bilinear vs antialiased resize: nearly equal
+    ref, box = letterbox(image, 160)
+    assert torch.allclose(targets[0]["boxes"], box.to_letterbox(target["boxes"]), atol=1e-4)
+    assert (out[0] * 255 - ref.float()).abs().mean() < 2.0  # one bilinear resize vs another: nearly equal
+
+
+def test_training_evaluation_and_deploy_letterbox_the_same_pixels():
+    """The training path (dataset letterbox + batched augmentation, off) puts an image on the pixels
+    model(images) and the numpy deploy runtime put it on, and its boxes map back exactly."""
+    from backbonekit.deploy.runtime import letterbox_input
+    from backbonekit.detection.engine import TrainBatches
+    from backbonekit.detection.yolov3 import letterbox as inference_letterbox
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 50, 81), generator=g, dtype=torch.uint8)
+    target = {"boxes": torch.tensor([[3.0, 4.5, 40.25, 31.0], [60.0, 10.0, 81.0, 50.0]]),
+              "labels": torch.tensor([0, 1])}
+    batches = TrainBatches([(image, target)], 1, 64, torch.device("cpu"), seed=0, epoch=0)
+    (train_batch, train_targets), = list(batches)
+    infer_batch, (box,) = inference_letterbox([image.float() / 255], 64)
+    deploy, deploy_box = letterbox_input(image.permute(1, 2, 0).numpy(), {"input_size": 64, "letterbox_fill": 0.5})
+    assert (box.new_w, box.new_h, box.left, box.top) == (64, 39, 0, 12)  # 50 * 64 // 81 = 39 rows, floored
+    assert (deploy_box.new_w, deploy_box.new_h, deploy_box.left, deploy_box.top) == (64, 39, 0, 12)
+    assert torch.allclose(infer_batch[0], torch.from_numpy(deploy), atol=1e-5)
+    # the training path stores uint8 letterboxed images: equal up to that rounding
+    assert (train_batch[0] - infer_batch[0]).abs().max() <= 0.5 / 255 + 1e-5
+    assert torch.allclose(train_batch[0, :, :12], torch.full((3, 12, 64), 128 / 255), atol=1e-6)
+    assert torch.allclose(box.to_original(train_targets[0]["boxes"]), target["boxes"], atol=1e-4)
 
 
 def test_hsv_jitter_keeps_boxes_and_greys_and_rotates_hue():

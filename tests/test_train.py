@@ -411,3 +411,21 @@ def test_onecycle_works_for_short_runs(total_steps):
 def test_batch_size_one_is_refused():
     with pytest.raises(ValueError, match="batch_size must be >= 2, found 1"):
         TrainConfig(batch_size=1).validate()
+
+
+def test_shared_training_step_clips_and_steps_as_by_hand():
+    """train.engine.backward_and_step (both trainers' step): SGD on a clipped gradient, computed by hand."""
+    from backbonekit.train.engine import NonFiniteLoss, backward_and_step, check_finite
+
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    model = torch.nn.Module()
+    model.w = w
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    backward_and_step((w * torch.tensor([6.0, 8.0])).sum(), model, optimizer, grad_clip=5.0)
+    # gradient (6, 8) has norm 10: clipped to norm 5 -> (3, 4); w - 0.1 * (3, 4)
+    assert torch.allclose(w.detach(), torch.tensor([2.7, 3.6]), atol=1e-6)
+    backward_and_step((w * torch.tensor([1.0, 1.0])).sum(), model, optimizer)  # zeroed first, no clipping
+    assert torch.allclose(w.detach(), torch.tensor([2.6, 3.5]), atol=1e-6)
+    check_finite(1.5, 0, 0)
+    with pytest.raises(NonFiniteLoss, match="loss became nan at epoch 2, step 4"):
+        check_finite(float("nan"), 1, 3)

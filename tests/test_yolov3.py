@@ -197,7 +197,7 @@ def test_file_of_no_class_count_refused_in_one_line(tmp_path) -> None:
 
 # -- images in, detections out -----------------------------------------------------------------
 def test_letterbox_geometry_and_mapping_by_hand() -> None:
-    box = letterbox_geometry(50, 80, 64)  # h=50, w=80 -> 64x40 at top 12
+    box = letterbox_geometry(50, 80, 64)  # h=50, w=80 -> 64x40 at top 12 (the one letterbox, augment.py)
     assert (box.new_w, box.new_h, box.left, box.top) == (64, 40, 0, 12)
     mapped = box.to_original(torch.tensor([[8.0, 22.0, 40.0, 60.0]]))
     assert mapped.tolist() == [[10.0, 12.5, 50.0, 50.0]]  # x*1.25, (y-12)*1.25, clipped to the height

@@ -91,59 +91,109 @@ def clip_and_keep(boxes: Tensor, height: int, width: int, min_size: float = 2.0,
 
 
 # ---------------------------------------------------------------------------------------------
-# Letterbox (inference and non-square training data): keep the aspect ratio, pad with grey
+# Letterbox (training, evaluation and inference alike): keep the aspect ratio, pad with grey
 # ---------------------------------------------------------------------------------------------
 
-def letterbox(image: Tensor, size: Size, *, fill: float = 0.5, stride: int = 32, auto: bool = False,
-              scaleup: bool = True) -> tuple[Tensor, float, tuple[int, int]]:
-    """Resize ``image`` ((3, H, W) or a batch (N, 3, H, W), uint8 or float) to fit ``size`` keeping its
-    aspect ratio, and pad it, centred, with grey ``fill`` (a fraction of white).
+LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.5)
 
-    ``auto=False`` pads to exactly ``size`` (int or (height, width)); ``auto=True`` pads only up to
-    the next multiple of ``stride`` on each side (a smaller tensor for non-square images).
-    ``scaleup=False`` never enlarges. Returns the image, the scale and the (left, top) padding:
-    a point ``p`` of the input lands at ``p * scale + pad`` (see :func:`boxes_to_letterbox`).
+
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """Where an image of ``height`` x ``width`` pixels went in the letterboxed canvas: scaled to
+    ``new_w`` x ``new_h`` and placed at (``left``, ``top``). A point (x, y) of the image lands at
+    (x * new_w / width + left, y * new_h / height + top)."""
+
+    height: int
+    width: int
+    new_h: int
+    new_w: int
+    top: int
+    left: int
+
+    def _offset_scale(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
+        scale = boxes.new_tensor([self.new_w / self.width, self.new_h / self.height] * 2)
+        return offset, scale
+
+    def to_letterbox(self, boxes: Tensor) -> Tensor:
+        """xyxy boxes in the original image's pixels -> xyxy boxes in the letterboxed canvas."""
+        offset, scale = self._offset_scale(boxes)
+        return boxes * scale + offset
+
+    def to_original(self, boxes: Tensor, clip: bool = True) -> Tensor:
+        """xyxy boxes in the letterboxed canvas -> xyxy boxes in the original image's pixels, clipped to it."""
+        offset, scale = self._offset_scale(boxes)
+        out = (boxes - offset) / scale
+        return clip_boxes_to_image(out, (self.height, self.width)) if clip else out
+
+
+def letterbox_geometry(height: int, width: int, size: Size, *, stride: int = 32,
+                       auto: bool = False) -> LetterboxGeometry:
+    """Darknet's ``letterbox_image`` geometry: the side that fills first takes the target size, the
+    other is floored (``im.h * w / im.w`` in integers), the image is centred (padding floored on the
+    top/left). ``size`` is an int or (height, width); ``auto=True`` shrinks the canvas to the next
+    multiple of ``stride`` around the scaled image."""
+    th, tw = _hw(size)
+    if tw / width < th / height:  # the width fills the canvas first (Darknet's test, in this order)
+        new_w, new_h = tw, max(1, (height * tw) // width)
+    else:
+        new_w, new_h = max(1, (width * th) // height), th
+    th, tw = _canvas_hw(new_h, new_w, size, stride, auto)
+    return LetterboxGeometry(height, width, new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2)
+
+
+def _canvas_hw(new_h: int, new_w: int, size: Size, stride: int, auto: bool) -> tuple[int, int]:
+    """The letterboxed canvas: ``size``, or with ``auto`` the next multiples of ``stride`` around the image."""
+    return (math.ceil(new_h / stride) * stride, math.ceil(new_w / stride) * stride) if auto else _hw(size)
+
+
+def _resize(image: Tensor, hw: tuple[int, int]) -> Tensor:
+    """Bilinear, no antialiasing (``F.interpolate``, as Darknet and the deploy runtime resize); uint8 stays
+    uint8, computed in float and rounded so that every device gives the same bytes."""
+    if tuple(image.shape[-2:]) == hw:
+        return image
+    batch = image if image.dim() == 4 else image[None]
+    out = F.interpolate(batch.float(), size=hw, mode="bilinear", align_corners=False)
+    if image.dtype == torch.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        out = out.to(image.dtype)
+    return out if image.dim() == 4 else out[0]
+
+
+def letterbox(image: Tensor, size: Size, *, fill: float = LETTERBOX_FILL, stride: int = 32,
+              auto: bool = False) -> tuple[Tensor, LetterboxGeometry]:
+    """The one letterbox of the package (training, evaluation, ``model(images)``): resize ``image``
+    ((3, H, W) or a batch (N, 3, H, W) of one size, uint8 or float) keeping its aspect ratio with
+    Darknet's geometry (:func:`letterbox_geometry`), bilinear without antialiasing, and pad it,
+    centred, with grey ``fill`` (a fraction of white). Returns the canvas and where the image went
+    (map boxes with :meth:`LetterboxGeometry.to_letterbox` / :meth:`~LetterboxGeometry.to_original`).
     """
     if image.dim() not in (3, 4) or image.shape[-3] != 3:
         raise ValueError(f"expected an image (3, H, W) or a batch (N, 3, H, W), found shape {tuple(image.shape)}")
-    th, tw = _hw(size)
-    h, w = image.shape[-2:]
-    scale = min(th / h, tw / w)
-    if not scaleup:
-        scale = min(scale, 1.0)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        image = TF.resize(image, [nh, nw], antialias=True)
-    if auto:
-        th, tw = math.ceil(nh / stride) * stride, math.ceil(nw / stride) * stride
-    pad_x, pad_y = (tw - nw) // 2, (th - nh) // 2
-    image = F.pad(image, (pad_x, tw - nw - pad_x, pad_y, th - nh - pad_y), value=_fill_value(image, fill))
-    return image, scale, (pad_x, pad_y)
+    box = letterbox_geometry(int(image.shape[-2]), int(image.shape[-1]), size, stride=stride, auto=auto)
+    th, tw = _canvas_hw(box.new_h, box.new_w, size, stride, auto)
+    canvas = image.new_full((*image.shape[:-2], th, tw), _fill_value(image, fill))
+    canvas[..., box.top:box.top + box.new_h, box.left:box.left + box.new_w] = _resize(image, (box.new_h, box.new_w))
+    return canvas, box
 
 
-def boxes_to_letterbox(boxes: Tensor, scale: float, pad: tuple[int, int]) -> Tensor:
-    """Map xyxy boxes of the original image into the letterboxed image."""
-    offset = boxes.new_tensor([pad[0], pad[1], pad[0], pad[1]])
-    return boxes * scale + offset
-
-
-def boxes_from_letterbox(boxes: Tensor, scale: float, pad: tuple[int, int],
-                         image_size: tuple[int, int] | None = None) -> Tensor:
-    """Map xyxy boxes of the letterboxed image back to the original image, clipped to its (height, width) if given."""
-    offset = boxes.new_tensor([pad[0], pad[1], pad[0], pad[1]])
-    out = (boxes - offset) / scale
-    return clip_boxes_to_image(out, image_size) if image_size is not None else out
+def letterbox_images(images: Sequence[Tensor], size: int,
+                     fill: float = LETTERBOX_FILL) -> tuple[Tensor, list[LetterboxGeometry]]:
+    """Letterbox each (3, H, W) image of any size (:func:`letterbox`) into one (N, 3, size, size) batch."""
+    pairs = [letterbox(image, size, fill=fill) for image in images]
+    return torch.stack([canvas for canvas, _ in pairs]), [box for _, box in pairs]
 
 
 class Letterbox:
     """``(image, target) -> (image, target)`` letterboxed to ``size`` (a dataset ``transform``); drops no box."""
 
-    def __init__(self, size: Size, fill: float = 0.5, auto: bool = False) -> None:
+    def __init__(self, size: Size, fill: float = LETTERBOX_FILL, auto: bool = False) -> None:
         self.size, self.fill, self.auto = size, fill, auto
 
     def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
-        out, scale, pad = letterbox(image, self.size, fill=self.fill, auto=self.auto)
-        return out, {**target, "boxes": boxes_to_letterbox(target["boxes"], scale, pad)}
+        out, box = letterbox(image, self.size, fill=self.fill, auto=self.auto)
+        return out, {**target, "boxes": box.to_letterbox(target["boxes"].float())}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ once with :class:`~.metrics.DetectionEvaluator`.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..train import dist
 from ..optimize import training_autocast
-from ..train.engine import NonFiniteLoss
+from ..train.engine import backward_and_step, check_finite
 from .augment import NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, multiscale_size
 from .metrics import DetectionEvaluator, DetectionMetrics
 
@@ -126,26 +125,8 @@ def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optim
     for step, (images, targets) in enumerate(batches):
         with training_autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
             losses = model(images, targets)
-        loss = losses["loss"]
-        value = float(loss.detach())
-        bad = dist.nonfinite_ranks(value)
-        if bad:
-            shown = "non-finite" if math.isfinite(value) else value
-            where = f" on rank {', '.join(map(str, bad))}" if dist.world_size() > 1 else ""
-            raise NonFiniteLoss(f"loss became {shown}{where} at epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        check_finite(float(losses["loss"].detach()), epoch, step)
+        backward_and_step(losses["loss"], model, optimizer, scaler, grad_clip)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)

@@ -42,8 +42,10 @@ def _metric(class_metrics: bool = True):
     # COCO's own recall points: torchmetrics' default builds them with float32 torch.linspace, where
     # 0.6 becomes 0.6000000238 and a recall of exactly 3/5 no longer reaches that point
     recall_points = np.linspace(0.0, 1.0, 101).tolist()  # pycocotools' Params.recThrs
+    # sync_on_compute=False: only rank 0 computes, over the predictions it gathered from every rank itself
+    # (engine.gather_to_main); torchmetrics' own all_gather in compute() would wait for the other ranks forever
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", rec_thresholds=recall_points,
-                                class_metrics=class_metrics, extended_summary=True)
+                                class_metrics=class_metrics, extended_summary=True, sync_on_compute=False)
 
 
 class DetectionEvaluator:

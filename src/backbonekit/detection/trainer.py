@@ -35,6 +35,7 @@ from .data import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from .loss import PARTS, YOLOv3Loss
 from .metrics import DetectionMetrics
+from .yolov3_weights import NORM_KEYS
 
 LOSS_FIELDS = ("train_loss",) + tuple(f"train_loss_{p}" for p in PARTS)
 MAP_FIELDS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
@@ -101,12 +102,19 @@ def _pretrained_source(cfg: DetectConfig):
 
 
 def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]], *,
-                   load_pretrained: bool = True, log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
-    """YOLOv3 on ``cfg.backbone`` with its loss attached, and the model arguments a checkpoint records."""
+                   load_pretrained: bool = True, resumed_kwargs: dict | None = None,
+                   log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """YOLOv3 on ``cfg.backbone`` with its loss attached, and the model arguments a checkpoint records.
+
+    The input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
+    classification run's mean/std, or a detector's own), or from ``resumed_kwargs`` (the run being
+    resumed records it); none for Darknet's raw [0, 1] input."""
     source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained else (None, {}))
+    norm = source.input_norm if source is not None else \
+        {k: v for k, v in (resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
     model_kwargs = {"backbone": cfg.backbone, "backbone_kwargs": dict(arch), "input_size": cfg.input_size,
                     "anchors": [list(map(float, a)) for a in anchors], "masks": [list(m) for m in YOLOV3_MASKS],
-                    "neck_channels": list(cfg.neck_channels)}
+                    "neck_channels": list(cfg.neck_channels), **norm}
     kwargs = copy.deepcopy(model_kwargs)
     kwargs["backbone_kwargs"]["frozen_stages"] = cfg.frozen_stages
     model = create_model(cfg.model, num_classes=num_classes, **kwargs)
@@ -247,8 +255,10 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     classes = list(train_set.classes)
     anchors = resumed["anchors"] if resumed else resolve_anchors(cfg.anchors, train_set, cfg.input_size)
     model, model_kwargs = build_detector(cfg, len(classes), anchors, load_pretrained=resumed is None,
+                                         resumed_kwargs=resumed["model_kwargs"] if resumed else None,
                                          log=log if dist.is_main() else (lambda _: None))
-    if dist.is_main():  # the file repeats the run: no --out (a rerun writes a new folder)
+    cfg = dataclasses.replace(cfg, nproc=dist.world_size())
+    if dist.is_main():  # the file repeats the run: no --out (a rerun writes a new folder), the real process count
         write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     model = model.to(device)
     if dist.is_distributed():

@@ -1,7 +1,8 @@
 """YOLOv3 (Redmon & Farhadi, "YOLOv3: An Incremental Improvement", arXiv 1804.02767).
 
 The detector is five parts called in order, as torchvision's detectors are: ``transform``
-(letterbox each image to the input size, :func:`letterbox`), ``backbone`` (Darknet-53's C3-C5, or
+(letterbox each image to the input size with :func:`.augment.letterbox`, the
+same function training and evaluation use), ``backbone`` (Darknet-53's C3-C5, or
 any registered backbone's three maps at strides 8, 16 and 32), ``neck`` (:mod:`.neck`), ``head``
 (:mod:`.head`) and ``postprocess`` (decode with :mod:`.coder`, score threshold, class-aware NMS,
 boxes back into each image's pixels).
@@ -20,53 +21,26 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.ops import batched_nms, box_convert
 
 from ..models import Backbone
 from ..models._registry import ModelInfo, register_model
+from .augment import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
 from .coder import decode_level
 from .head import YOLOv3Head
 from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
 
-LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.5)
 LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where an image of ``height`` x ``width`` pixels went in the letterboxed input: scaled to
-    ``new_w`` x ``new_h`` and placed at (``left``, ``top``)."""
-
-    height: int
-    width: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
-
-    def to_original(self, boxes: Tensor) -> Tensor:
-        """xyxy boxes in input pixels -> xyxy boxes in the original image's pixels, clipped to it."""
-        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
-        scale = boxes.new_tensor([self.width / self.new_w, self.height / self.new_h] * 2)
-        out = (boxes - offset) * scale
-        return torch.stack((out[:, 0].clamp(0, self.width), out[:, 1].clamp(0, self.height),
-                            out[:, 2].clamp(0, self.width), out[:, 3].clamp(0, self.height)), 1)
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
-    """Darknet's ``letterbox_image`` geometry: scale to fit ``size`` keeping the aspect ratio, centre."""
-    if width / size >= height / size:  # the wider side fills the input
-        new_w, new_h = size, max(1, (height * size) // width)
-    else:
-        new_w, new_h = max(1, (width * size) // height), size
-    return Letterbox(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+# ``from backbonekit.detection.yolov3 import letterbox``: a list of images of any sizes -> one batch and
+# where each image went; the same :func:`.augment.letterbox` per image that training uses.
+letterbox = letterbox_images
+__all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
+           "letterbox", "letterbox_geometry", "yolov3"]
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -90,18 +64,6 @@ def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
     return list(images)
 
 
-def letterbox(images: Sequence[Tensor], size: int) -> tuple[Tensor, list[Letterbox]]:
-    """Letterbox each (3, H, W) image into a (3, size, size) canvas (bilinear resize, grey border)."""
-    batch = images[0].new_full((len(images), 3, size, size), LETTERBOX_FILL)
-    boxes = []
-    for i, image in enumerate(images):
-        box = letterbox_geometry(int(image.shape[1]), int(image.shape[2]), size)
-        resized = F.interpolate(image[None], size=(box.new_h, box.new_w), mode="bilinear", align_corners=False)
-        batch[i, :, box.top:box.top + box.new_h, box.left:box.left + box.new_w] = resized[0]
-        boxes.append(box)
-    return batch, boxes
-
-
 class YOLOv3(nn.Module):
     """YOLOv3: backbone (C3-C5), :class:`YOLOv3Neck`, :class:`YOLOv3Head`, Darknet's decoding.
 
@@ -113,13 +75,17 @@ class YOLOv3(nn.Module):
         neck_channels: ``n`` of each detection block, deepest first (Darknet: 512, 256, 128).
         input_size: the letterboxed input size of ``model(images)`` (a multiple of 32).
         score_thresh, nms_thresh, detections_per_img: postprocessing defaults (arguments of :meth:`detect`).
+        input_mean, input_std: per-channel normalisation applied inside the network, ``(x - mean) / std``
+            on the [0, 1] input, for a backbone trained on normalised images (a ``backbonekit train`` run);
+            default None: Darknet's raw [0, 1] input.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int = 80,
                  anchors: Sequence[Sequence[float]] = COCO_ANCHORS,
                  masks: Sequence[Sequence[int]] = YOLOV3_MASKS,
                  neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS, input_size: int = 416,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100) -> None:
+                 score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100,
+                 input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None) -> None:
         super().__init__()
         strides = tuple(info.stride for info in getattr(backbone, "feature_info", []))
         if not getattr(backbone, "features_only", False) or strides != LEVEL_STRIDES:
@@ -139,6 +105,9 @@ class YOLOv3(nn.Module):
         self.in_chans = 3
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.register_buffer("anchors", table, persistent=False)  # (K, 2) px; recorded in model_kwargs, not weights
+        mean, std = input_normalisation(input_mean, input_std)  # recorded in model_kwargs, not weights
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
         self.backbone = backbone
         self.neck = YOLOv3Neck([info.channels for info in backbone.feature_info], neck_channels)
         self.head = YOLOv3Head(self.neck.out_channels, num_classes, [len(m) for m in masks])
@@ -155,7 +124,11 @@ class YOLOv3(nn.Module):
                              f"found {x.shape[2]}x{x.shape[3]}")
 
     def forward_levels(self, x: Tensor) -> list[Tensor]:
-        """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels."""
+        """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels.
+
+        ``x`` holds [0, 1] pixels; with ``input_mean``/``input_std`` the backbone sees them normalised."""
+        if self.input_mean is not None:
+            x = (x - self.input_mean) / self.input_std
         return self.head(self.neck(self.backbone.forward_levels(x, self.backbone.out_indices)))
 
     def level_anchors(self) -> list[Tensor]:
@@ -168,12 +141,14 @@ class YOLOv3(nn.Module):
                           in zip(levels, self.level_anchors(), self.strides)], 1)
 
     def forward_raw(self, x: Tensor) -> Tensor:
-        """Darknet's decoded predictions for a batch already at the input size, values in [0, 1]."""
+        """Darknet's decoded predictions for a batch already at the input size, values in [0, 1] (with the
+        default ``input_mean``/``input_std`` of None, exactly Darknet's contract; otherwise the network
+        normalises them first)."""
         self.check_input(x)
         return self.decode(self.forward_levels(x))
 
     # -- images in, detections out -------------------------------------------------------------
-    def postprocess(self, decoded: Tensor, boxes: Sequence[Letterbox], score_thresh: float, nms_thresh: float,
+    def postprocess(self, decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thresh: float, nms_thresh: float,
                     detections_per_img: int) -> list[dict[str, Tensor]]:
         """Per image: score = objectness x class probability (each class its own candidate, as Darknet),
         drop scores <= ``score_thresh``, class-aware NMS, keep the best ``detections_per_img``,
@@ -193,7 +168,7 @@ class YOLOv3(nn.Module):
                nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
         """Letterbox, run, decode, threshold, NMS: one ``{boxes, scores, labels}`` dict per image."""
         images = check_images(images)
-        batch, boxes = letterbox(images, self.input_size)
+        batch, boxes = letterbox_images(images, self.input_size)
         decoded = self.forward_raw(batch)
         return self.postprocess(decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
                                 self.nms_thresh if nms_thresh is None else nms_thresh,
@@ -210,6 +185,20 @@ class YOLOv3(nn.Module):
         if isinstance(images, Tensor) and images.dim() == 4:
             return self.forward_raw(images)
         return self.detect(images)
+
+
+def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Tensor | None, Tensor | None]:
+    """(1, 3, 1, 1) mean and std buffers, or (None, None) for Darknet's raw input; one ValueError line otherwise."""
+    if mean is None and std is None:
+        return None, None
+    values = [list(v) if isinstance(v, (list, tuple)) else v for v in (mean, std)]
+    if any(not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) for v in values):
+        raise ValueError(f"input_mean and input_std must both be 3 numbers (one per RGB channel), found "
+                         f"input_mean={mean!r}, input_std={std!r}")
+    if min(values[1]) <= 0:
+        raise ValueError(f"input_std must be positive, found {values[1]}")
+    with torch.device("cpu"):
+        return torch.tensor(values[0]).view(1, 3, 1, 1), torch.tensor(values[1]).view(1, 3, 1, 1)
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -257,7 +246,7 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     source = inspect_pretrained(pretrained, neck_channels=kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
         if pretrained is not None else None
     if source is not None:
-        recorded = dict(source.model_kwargs)
+        recorded = {**source.input_norm, **source.model_kwargs}  # a classification run's mean/std too
         backbone = backbone or recorded.pop("backbone", None)
         backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
         for key, value in recorded.items():

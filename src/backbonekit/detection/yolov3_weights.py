@@ -152,33 +152,53 @@ class PretrainedSource:
     description: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     header: DarknetHeader | None = None  # a Darknet file's header
+    # the input normalisation the weights were trained with: a detector's recorded input_mean/input_std,
+    # or a classification run's (backbonekit train's best.pt) mean/std; empty for Darknet's raw [0, 1]
+    input_norm: dict[str, list[float]] = field(default_factory=dict)
+
+
+NORM_KEYS = ("input_mean", "input_std")
+
+
+def _input_norm(obj: Any, model_kwargs: Mapping[str, Any]) -> dict[str, list[float]]:
+    """``input_mean``/``input_std`` recorded by a detector, or taken from a classification run's preprocessing."""
+    recorded = {k: list(model_kwargs[k]) for k in NORM_KEYS if model_kwargs.get(k) is not None}
+    prep = obj.get("preprocessing") if isinstance(obj, Mapping) else None
+    if recorded or not isinstance(prep, Mapping) or prep.get("mean") is None or prep.get("std") is None:
+        return recorded
+    return {"input_mean": [float(v) for v in prep["mean"]], "input_std": [float(v) for v in prep["std"]]}
 
 
 def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS
                        ) -> PretrainedSource:
     """Read a Darknet file or a backbonekit/torch checkpoint for a YOLOv3 model."""
-    from ..weights import detect_file_format, detect_layout, read_weights, to_backbonekit
+    from ..checkpoint import load_file
+    from ..weights import detect_file_format, detect_layout, read_weights, to_backbonekit, weights_from_checkpoint
 
     path = Path(path)
-    if detect_file_format(path) == "darknet":
+    kind = detect_file_format(path)
+    if kind == "darknet":
         state, info = read_yolov3_weights(path, neck_channels)
         kind = f"Darknet v{info.header.version}, {info.num_classes} classes" if info.num_classes else \
             "Darknet-53 backbone file"
         return PretrainedSource(path, state, info.num_classes, kind, header=info.header)
-    state, meta = read_weights(path)
+    obj = load_file(path) if kind == "torch" else None  # read once: the state and a training run's preprocessing
+    state, meta = weights_from_checkpoint(obj, path) if obj is not None else read_weights(path)
+    norm = _input_norm(obj, meta.get("model_kwargs") or {})
     if meta.get("model") not in (None, "yolov3") and detect_layout(state) == "unknown":
         raise CheckpointError(f"{path} holds weights for {meta['model']}, found yolov3")
     if "head.convs_pred.0.weight" in state:
         outputs = int(state["head.convs_pred.0.weight"].shape[0])
         kwargs = dict(meta.get("model_kwargs") or {})
         anchors_per_level = len(kwargs.get("masks", YOLOV3_MASKS)[0])
-        return PretrainedSource(path, state, outputs // anchors_per_level - 5, "detector checkpoint", kwargs)
+        return PretrainedSource(path, state, outputs // anchors_per_level - 5, "detector checkpoint", kwargs,
+                                input_norm=norm)
     layout = detect_layout(state)
     if layout == "unknown":
         raise CheckpointError(f"cannot use {path} for yolov3: expected a YOLOv3 checkpoint or a backbone's weights, "
                               f"found keys like {sorted(state)[:3]}")
     return PretrainedSource(path, {f"backbone.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0,
-                            f"{layout} backbone checkpoint")
+                            f"{layout} backbone checkpoint", input_norm=norm)
 
 
 def load_pretrained(model: torch.nn.Module, source: PretrainedSource) -> str:
@@ -212,6 +232,10 @@ def write_detector_state(state: Mapping[str, Tensor], path: str | os.PathLike, m
         if model_kwargs.get("backbone", "darknet53") != "darknet53":
             raise ValueError(f"the Darknet weights format holds YOLOv3 on darknet53 only, found backbone "
                              f"{model_kwargs['backbone']}; write .pt or .safetensors instead")
+        if model_kwargs.get("input_mean") is not None or model_kwargs.get("input_std") is not None:
+            raise ValueError(f"the Darknet weights format has no input normalisation, found input_mean="
+                             f"{model_kwargs.get('input_mean')} input_std={model_kwargs.get('input_std')} "
+                             f"(Darknet would feed raw [0, 1] pixels); write .pt or .safetensors instead")
         write_yolov3_weights(state, path, header=header,
                              neck_channels=model_kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS))
     elif kind == "safetensors":

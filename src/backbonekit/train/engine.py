@@ -108,6 +108,35 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, epoc
     raise ValueError(f"unknown schedule {name!r}: expected onecycle or cosine")
 
 
+def check_finite(loss_value: float, epoch: int, step: int) -> None:
+    """Raise :class:`NonFiniteLoss` when the loss is NaN/inf on any rank (every rank raises, naming the
+    bad ranks), so no rank steps with a broken loss or waits for one that stopped."""
+    bad_ranks = dist.nonfinite_ranks(loss_value)
+    if bad_ranks:
+        value = "non-finite" if math.isfinite(loss_value) else loss_value
+        where = f" on rank {', '.join(map(str, bad_ranks))}" if dist.world_size() > 1 else ""
+        raise NonFiniteLoss(f"loss became {value}{where} at epoch {epoch + 1}, step {step + 1}")
+
+
+def backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0) -> None:
+    """One optimizer step on ``loss``: zero the gradients, backward (scaled with ``scaler``), clip the
+    gradient norm to ``grad_clip`` (unscaled first; 0: no clipping), step (and update the scaler)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, *,
                     device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -126,24 +155,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
             logits = model(x)
             loss = loss_fn(logits, y)
         loss_value = loss.item()
-        bad_ranks = dist.nonfinite_ranks(loss_value)
-        if bad_ranks:
-            value = "non-finite" if math.isfinite(loss_value) else loss_value
-            where = f" on rank {', '.join(map(str, bad_ranks))}" if dist.world_size() > 1 else ""
-            raise NonFiniteLoss(f"loss became {value}{where} at epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        check_finite(loss_value, epoch, step)
+        backward_and_step(loss, model, optimizer, scaler, grad_clip)
         scheduler.step()
         total_loss += loss_value * len(y)
         correct += int((logits.argmax(1) == y).sum())
