@@ -214,9 +214,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         per_channel: one weight scale per output channel (``False``: per tensor).
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
-    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
-        raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
-                         f"found {calib_images!r}")
+    check_calib_images(calib_images)
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
@@ -247,6 +245,13 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
     if log:
         log(report.summary())
     return report
+
+
+def check_calib_images(calib_images: int) -> None:
+    """One line when the number of calibration images asked for is not an integer >= 8."""
+    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
+                         f"found {calib_images!r}")
 
 
 def _reader(proto, count: int, fetch: Callable[[np.ndarray], np.ndarray], source: str) -> CalibrationData:
