@@ -190,3 +190,29 @@ def test_detect_export_int8_bad_input_one_line(det, tmp_path, capsys):
         export_int8(det["fp32"], tmp_path / "q.onnx", calibrate=np.zeros((8, 1, 64, 64), np.float32))
     with pytest.raises(ValueError, match="are 32x32, the model takes 64x64"):
         export_int8(det["fp32"], tmp_path / "q.onnx", calibrate=np.zeros((8, 3, 32, 32), np.float32))
+
+
+def readme_deployment_example() -> tuple[list[str], str]:
+    """The README's deployment example: its shell command (as argv) and its Python lines."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("**Deployment**")
+    shell = text.index("```bash\n", start) + len("```bash\n")
+    command = text[shell:text.index("```", shell)].strip()
+    code = text.index("```python\n", shell) + len("```python\n")
+    return command.split(), text[code:text.index("```", code)]
+
+
+def test_readme_deployment_example_runs(det, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    argv, code = readme_deployment_example()
+    assert argv[:3] == ["backbonekit", "detect", "export"] and len(code.strip().splitlines()) == 4
+    pt = save_detector(det["model"], tmp_path / "tiny.pt")
+    swap = {"runs/yolov3": str(pt), "photodigits": f"yolo:{det['data']}"}
+    monkeypatch.chdir(tmp_path)  # the example's relative file names land here
+    assert main([swap.get(a, a) for a in argv[1:]] + ["--calib-images", "8"]) == 0, shlex.join(argv)
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save("street.jpg")
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.strip() and "quantization" in read_metadata(tmp_path / "yolov3-int8.onnx")
