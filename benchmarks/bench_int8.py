@@ -1,4 +1,4 @@
-"""int8 against fp32 on the CPU, side by side: Darknet-53 through ONNX Runtime int8, ONNX Runtime fp32 and timm eager.
+"""int8 against fp32 on the CPU, side by side, in one run: Darknet-53 and YOLOv3 through ONNX Runtime int8.
 
 One process, every candidate warmed up, then timed in interleaved rounds (A, B, C, ..., A, B, C, ...),
 with the machine's peaks measured in the same rounds: fp32 (numpy/torch sgemm and ONNX Runtime's
@@ -6,12 +6,28 @@ with the machine's peaks measured in the same rounds: fp32 (numpy/torch sgemm an
 quantized convolutions use) on n x n matrices. Each model's achieved GOP/s (2 x MACs x images/s, the same
 operation count in fp32 and int8) is shown against both peaks.
 
-The int8 model is :func:`backbonekit.quantize.export_int8` (QDQ, per-channel int8 weights, uint8
-activations) calibrated on random images: speed does not depend on the weights. ``--checkpoint best.pt``
-adds the accuracy of that trained model in fp32 and int8 (``evaluate_onnx`` on its test split) beside the speed.
+* Darknet-53 at 256x256, batch 8: ONNX Runtime int8 vs ONNX Runtime fp32 vs timm eager fp32 (issue 14's
+  targets: 2.5x timm, 1.8x ORT fp32).
+* YOLOv3 at 416x416, batch 1 (network + Darknet's decoding; NMS is outside all three): ONNX Runtime int8
+  (decoding kept fp32) vs the fused fp32 PyTorch path (``optimize_for_inference``: BatchNorm folded,
+  channels_last where faster) vs ONNX Runtime fp32 (target: 2x the fused path).
 
-    PYTHONPATH=src python benchmarks/bench_int8.py                      # writes the int8 part of RESULTS.md
-    PYTHONPATH=src python benchmarks/bench_int8.py --input-size 64 --batch-size 2 --repeats 1 --no-write  # smoke
+The int8 models are :func:`backbonekit.quantize.export_int8` (QDQ, per-channel int8 weights, uint8
+activations) calibrated on random images: speed does not depend on the weights. Accuracy columns come
+from trained runs: ``--classifier-run RUN`` (a ``backbonekit train`` folder or its best.pt; top-1 of its
+fp32 and int8 ONNX files on its test split) and ``--detector-run RUN`` (a ``backbonekit detect train``
+folder or its best.pt; mAP@0.5 of its fp32 and int8 ONNX files on its val split, calibrated on its train
+split), each delta beside the speed of the same kind of file. ``--write`` puts the section in RESULTS.md.
+
+PT2E: torch 2.14 no longer ships ``torch.ao.quantization.quantize_pt2e`` (moved to torchao, not a
+backbonekit dependency); ``--pt2e`` adds torchao's PT2E Darknet-53 (X86InductorQuantizer, Inductor-compiled)
+to the same rounds. torchao 0.18.0 from PyPI ran it with torch 2.14.1 (see docs/deploy.md).
+
+    PYTHONPATH=src python benchmarks/bench_int8.py --write          # the int8 section of RESULTS.md
+    PYTHONPATH=src python benchmarks/bench_int8.py --classifier-run runs/darknet53-digits \
+        --detector-run runs/yolov3-photodigits --write
+    PYTHONPATH=src python benchmarks/bench_int8.py --input-size 32 --batch-size 1 --yolo-size 64 \
+        --repeats 1 --warmup 1 --matmul-size 128                    # smoke test
 """
 
 from __future__ import annotations
@@ -144,39 +160,106 @@ def pt2e_candidate(model: torch.nn.Module, x: torch.Tensor, flops: float) -> Can
     return Candidate("darknet53 pt2e int8 compiled", step, len(x), flops)
 
 
-def accuracy_rows(checkpoint: Path, folder: Path, calib_images: int) -> dict[str, str]:
-    """fp32 and int8 top-1 of a trained checkpoint on its test split, as table cells."""
+YOLO_FUSED = "yolov3 pytorch fused fp32"
+YOLO_ORT32 = "yolov3 onnxruntime fp32"
+YOLO_INT8 = "yolov3 onnxruntime int8"
+
+
+def yolo_candidates(folder: Path, input_size: int, batch_size: int, threads: int
+                    ) -> tuple[list[Candidate], dict[str, str]]:
+    """YOLOv3 (Darknet-53, 80 classes, random weights) up to its decoded predictions, three ways."""
+    import copy
+
+    from backbonekit import create_model
+    from backbonekit.detection.export import DecodedYOLOv3, export_yolov3_onnx
+    from backbonekit.quantize import export_int8
+
+    torch.manual_seed(0)
+    model = create_model("yolov3", input_size=input_size).eval()
+    x = torch.rand(batch_size, 3, input_size, input_size)
+    flops = flop_per_image(DecodedYOLOv3(model), input_size)
+    fp32 = export_yolov3_onnx(copy.deepcopy(model), folder / "yolo-fp32.onnx", batch_size=batch_size)
+    calib = np.random.default_rng(0).random((8 * batch_size, 3, input_size, input_size), dtype=np.float32)
+    int8 = export_int8(fp32, folder / "yolo-int8.onnx", calibrate=calib, calib_images=8 * batch_size)
+    candidates = [infer_candidate(DecodedYOLOv3(model), YOLO_FUSED, "fused", x, flops),
+                  file_candidate(fp32, YOLO_ORT32, x.numpy(), flops, threads),
+                  file_candidate(int8.path, YOLO_INT8, x.numpy(), flops, threads)]
+    kept = ", ".join(sorted({n.op_type for n in int8.fp32}))
+    notes = {YOLO_FUSED: "YOLOv3.forward_levels + decode after backbonekit.optimize_for_inference (BatchNorm folded, "
+                         "channels_last where faster), fp32, eager",
+             YOLO_ORT32: "backbonekit.detection.export.export_yolov3_onnx (decoding in the graph), ONNX Runtime CPU",
+             YOLO_INT8: f"export_int8 of that file: {int8.int8_nodes} nodes int8, {len(int8.fp32)} fp32 (decoding "
+                        f"kept fp32 on purpose; {kept})"}
+    return candidates, notes
+
+
+def run_file(run: Path) -> Path:
+    """A run folder's best.pt, or the checkpoint itself."""
+    path = run / "best.pt" if run.is_dir() else run
+    if not path.is_file():
+        raise SystemExit(f"bench_int8: expected a run folder with best.pt or a checkpoint, found {run}")
+    return path
+
+
+def classifier_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, str]:
+    """fp32 and int8 top-1 of a trained classifier on its test split, as table cells."""
     from backbonekit.onnx_meta import export_onnx, read_metadata
     from backbonekit.quantize import export_int8
     from backbonekit.train.onnx_eval import evaluate_onnx
 
     quiet = dict(log=lambda _: None)
+    checkpoint = run_file(run)
     fp32_path = export_onnx(checkpoint, folder / "acc-fp32.onnx")
     meta = read_metadata(fp32_path)
     fp32 = evaluate_onnx(fp32_path, out=folder / "e32", **quiet)
     int8_path = export_int8(checkpoint, folder / "acc-int8.onnx", calibrate=meta["dataset"],
-                            calib_images=calib_images).path
+                            calib_images=calib_images, log=None).path
     int8 = evaluate_onnx(int8_path, out=folder / "e8", **quiet)
     delta = 100 * (int8.top1 - fp32.top1)
-    return {"fp32": f"{100 * fp32.top1:.2f}%", "int8": f"{100 * int8.top1:.2f}% ({delta:+.2f})",
-            "where": f"{checkpoint} ({meta['model']}) on {meta['dataset']} test ({fp32.count} images), int8 calibrated "
-                     f"on {calib_images} training images"}
+    return {"fp32": f"top-1 {100 * fp32.top1:.2f}%", "int8": f"top-1 {100 * int8.top1:.2f}% ({delta:+.2f})",
+            "where": f"top-1: {checkpoint} ({meta['model']}) on {meta['dataset']} test ({fp32.count} images), int8 "
+                     f"calibrated on {calib_images} training images"}
+
+
+def detector_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, str]:
+    """fp32 and int8 mAP@0.5 of a trained YOLOv3 on its val split (ONNX files, ``detect evaluate``'s path)."""
+    from backbonekit.detection.export import export_yolov3_onnx
+    from backbonekit.detection.onnx_eval import evaluate_onnx_detector
+    from backbonekit.detection.trainer import load_detector
+    from backbonekit.quantize import export_int8
+
+    checkpoint = run_file(run)
+    model, ckpt = load_detector(checkpoint)
+    config = ckpt.get("config") or {}
+    dataset, data_dir = config.get("dataset", "photodigits"), config.get("data_dir")
+    fp32_path = export_yolov3_onnx(model, folder / "det-fp32.onnx", dynamic_batch=True, classes=ckpt["classes"],
+                                   dataset=dataset)
+    int8_path = export_int8(fp32_path, folder / "det-int8.onnx", calibrate=dataset, calib_images=calib_images,
+                            data_dir=data_dir).path
+    maps = [evaluate_onnx_detector(p, data_dir=data_dir, out=folder / f"d{i}", log=lambda _: None).summary["map_50"]
+            for i, p in enumerate((fp32_path, int8_path))]
+    return {"fp32": f"mAP@.5 {100 * maps[0]:.1f}", "int8": f"mAP@.5 {100 * maps[1]:.1f} ({100 * (maps[1] - maps[0]):+.1f})",
+            "where": f"mAP@0.5: {checkpoint} on {dataset} val, int8 calibrated on {calib_images} training images "
+                     f"(letterboxed)"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--input-size", type=int, default=256, help="Darknet-53 input (default 256)")
+    parser.add_argument("--batch-size", type=int, default=8, help="Darknet-53 batch (default 8)")
+    parser.add_argument("--yolo-size", type=int, default=416, help="YOLOv3 input (default 416; 0: skip YOLOv3)")
+    parser.add_argument("--yolo-batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=8, help="timed batches per candidate")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches per candidate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 peak products")
     parser.add_argument("--pt2e", action="store_true", help="also time PyTorch's PT2E int8 path (needs torchao)")
-    parser.add_argument("--checkpoint", type=Path, help="a darknet53 best.pt: its fp32/int8 accuracy goes in the table")
-    parser.add_argument("--calib-images", type=int, default=256, help="with --checkpoint: calibration images")
+    parser.add_argument("--classifier-run", type=Path, help="a darknet53 classification run: top-1 fp32 vs int8")
+    parser.add_argument("--detector-run", type=Path, help="a YOLOv3 detection run: mAP@0.5 fp32 vs int8")
+    parser.add_argument("--calib-images", type=int, default=256, help="calibration images for the accuracy columns")
     parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (busy machines)")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--write", action="store_true", help="write the int8 section of --results (default: print)")
     args = parser.parse_args()
     if args.pt2e:
         import importlib.util
@@ -187,8 +270,15 @@ def main() -> None:
     env_before = environment(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         folder = Path(tmp)
-        accuracy = accuracy_rows(args.checkpoint, folder, args.calib_images) if args.checkpoint else None
+        accuracy = {}
+        if args.classifier_run:
+            accuracy["classifier"] = classifier_accuracy(args.classifier_run, folder, args.calib_images)
+        if args.detector_run:
+            accuracy["detector"] = detector_accuracy(args.detector_run, folder, args.calib_images)
         candidates, notes = model_candidates(folder, args.input_size, args.batch_size, args.threads, args.pt2e)
+        if args.yolo_size:
+            more, yolo_notes = yolo_candidates(folder, args.yolo_size, args.yolo_batch, args.threads)
+            candidates, notes = candidates + more, {**notes, **yolo_notes}
         candidates = peak_candidates(folder, args.matmul_size, args.threads) + candidates
         with CpuWatch() as watch:
             results = run_benchmark(candidates, args.batch_size, warmup=args.warmup, repeats=args.repeats)
@@ -198,22 +288,20 @@ def main() -> None:
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
     text = report(results, notes, env, args, accuracy)
     print(text)
-    if not args.no_write:
+    if args.write:
         write_section(args.results, "int8", text)
         print(f"wrote the int8 section of {args.results}")
 
 
-def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, accuracy: dict | None) -> str:
+def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, accuracy: dict) -> str:
     peaks = [r for r in results if "matmul" in r.label]
-    models = [r for r in results if "matmul" not in r.label]
+    by_label = {r.label: r for r in results if "matmul" not in r.label}
     fp32_peak = max((r for r in peaks if "fp32" in r.label), key=lambda r: r.gflops)
     int8_peak = next(r for r in peaks if "int8" in r.label)
-    by_label = {r.label: r for r in models}
-    ref = by_label[REFERENCE].images_per_s_median
-    ort32 = by_label["darknet53 onnxruntime fp32"].images_per_s_median
     n = args.matmul_size
     lines = [
-        f"## int8 inference: darknet53, {args.input_size}x{args.input_size}, batch {args.batch_size}, CPU",
+        f"## int8 inference: darknet53 {args.input_size}x{args.input_size} batch {args.batch_size}"
+        + (f", yolov3 {args.yolo_size}x{args.yolo_size} batch {args.yolo_batch}" if args.yolo_size else "") + ", CPU",
         "",
         f"`PYTHONPATH=src python benchmarks/bench_int8.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         "",
@@ -226,23 +314,32 @@ def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, 
           f"(MatMulInteger, uint8 x int8 -> int32).",
         load_note(env["others_cores"], env["cpu_count"], matmul=True),
         "",
-        "| candidate | images/s median (min-max) | vs timm eager | vs ORT fp32 | GOP/s | of fp32 peak | of int8 peak "
-        "| top-1 (delta) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| candidate | images/s median (min-max) | speed-up | GOP/s | of fp32 peak | of int8 peak | accuracy (delta) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in models:
-        acc = "-"
-        if accuracy and "onnxruntime" in r.label:
-            acc = accuracy["int8" if "int8" in r.label else "fp32"]
-        lines.append(
-            f"| {r.label} | {r.images_per_s_median:.1f} ({r.images_per_s_min:.1f}-{r.images_per_s_max:.1f}) | "
-            f"{r.images_per_s_median / ref:.2f}x | {r.images_per_s_median / ort32:.2f}x | {r.gflops:.0f} | "
-            f"{r.gflops / fp32_peak.gflops:.0%} | {r.gflops / int8_peak.gflops:.0%} | {acc} |")
+    groups = [(REFERENCE, "darknet53 onnxruntime fp32", accuracy.get("classifier"), "timm eager", "ORT fp32")]
+    if args.yolo_size:
+        groups.append((YOLO_FUSED, YOLO_ORT32, accuracy.get("detector"), "fused", "ORT fp32"))
+    for base, ort32, acc, base_name, ort_name in groups:
+        family = base.split()[0] if base != REFERENCE else "darknet53"
+        for label, r in by_label.items():
+            if not (label == base or label.startswith(family)):
+                continue
+            cell = "-"
+            if acc and "onnxruntime" in label:
+                cell = acc["int8" if "int8" in label else "fp32"]
+            speed = (f"{r.images_per_s_median / by_label[base].images_per_s_median:.2f}x {base_name}, "
+                     f"{r.images_per_s_median / by_label[ort32].images_per_s_median:.2f}x {ort_name}")
+            lines.append(
+                f"| {label} | {r.images_per_s_median:.1f} ({r.images_per_s_min:.1f}-{r.images_per_s_max:.1f}) | {speed} "
+                f"| {r.gflops:.0f} | {r.gflops / fp32_peak.gflops:.0%} | {r.gflops / int8_peak.gflops:.0%} | {cell} |")
     lines.append("")
     lines += [f"- `{label}`: {note}" for label, note in notes.items()]
     lines.append("- GOP/s: 2 x MACs per image (`torch.utils.flop_counter`) x images/s, the same count for fp32 and int8.")
-    if accuracy:
-        lines.append(f"- top-1: {accuracy['where']}, fp32 and int8 ONNX files of the same checkpoint.")
+    lines += [f"- {acc['where']}; fp32 and int8 ONNX files of the same checkpoint." for acc in accuracy.values()]
+    if not args.pt2e:
+        lines.append("- PT2E (PyTorch's own int8) not timed in this run: torch 2.14 ships no "
+                     "`torch.ao.quantization.quantize_pt2e`; `--pt2e` needs torchao (see docs/deploy.md).")
     return "\n".join(lines) + "\n"
 
 

@@ -157,8 +157,8 @@ def test_detector_decoding_stays_fp32(tmp_path):
 
     path = export_model(TinyDetector().eval(), tmp_path / "det.onnx", input_size=32, dynamic_batch=True)
     write_metadata(path, detector_metadata(classes=["a", "b"], input_size=32))
-    with pytest.raises(ValueError, match="calibrating a detector needs its letterboxed images"):
-        export_int8(path, tmp_path / "q.onnx", calibrate="fake")
+    with pytest.raises(ValueError, match="expected a dataset as one of .*found 'fake'"):
+        export_int8(path, tmp_path / "q.onnx", calibrate="fake")  # a detector calibrates on a detection dataset
     proto = onnx.load(str(path))
     tail = {n.op_type for n in proto.graph.node if n.name in tail_nodes(proto)}
     assert {"Sigmoid", "Exp", "Concat"} <= tail and "Conv" not in tail and "LeakyRelu" not in tail
@@ -172,3 +172,41 @@ def test_detector_decoding_stays_fp32(tmp_path):
     for node in quantized.graph.node:
         if node.op_type in ("Sigmoid", "Exp"):
             assert all(produced_by[i].op_type != "DequantizeLinear" for i in node.input if i in produced_by)
+
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+def test_export_cli_int8_from_a_run_folder(trained, capsys):
+    out = trained["ckpt"].parent.parent / "cli-int8.onnx"
+    assert main(["export", str(trained["ckpt"].parent), "--int8", "--calibrate", "digits", "--calib-images", "16",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on 16 images of digits (train split)" in printed
+    assert "fp32: 1 node(s) (ReduceMean): ONNX Runtime's quantizer has no int8 form of ReduceMean" in printed
+    meta = read_metadata(out)
+    assert meta["classes"] == read_metadata(trained["fp32"])["classes"] and meta["quantization"]["images"] == 16
+
+
+def test_export_cli_int8_from_a_model_name(tmp_path, capsys):
+    out = tmp_path / "r18.onnx"
+    assert main(["export", "resnet18", "--num-classes", "10", "--input-size", "32", "--int8", "--calibrate", "fake",
+                 "--calib-images", "8", "-o", str(out)]) == 0
+    assert "calibrated on 8 images of fake (train split)" in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta["image_size"] == 32 and len(meta["classes"]) == 10 and meta["quantization"]["images"] == 8
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--int8"], "--int8 needs calibration images: expected --calibrate DATASET"),
+    (["--calibrate", "fake"], "--calibrate fake is for int8 export: expected --int8 with it"),
+    (["--int8", "--calibrate", "fake", "--format", "torchscript"], "--int8 writes ONNX: expected --format onnx"),
+    (["--int8", "--calibrate", "fake", "--features-only"], "--int8 quantizes classifiers: expected no --features-only"),
+    (["--int8", "--calibrate", "fake", "--calib-images", "2"], "calibration set too small: expected --calib-images >= 8"),
+])
+def test_export_cli_int8_bad_input_one_line(tmp_path, capsys, flags, message):
+    out = tmp_path / "q.onnx"
+    assert main(["export", "resnet18", "--input-size", "32", "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

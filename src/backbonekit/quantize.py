@@ -15,6 +15,7 @@ such group around them, and why, from the quantized graph itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -134,6 +135,34 @@ def dataset_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, sp
     return count, fetch, f"{dataset} ({split} split)"
 
 
+def detection_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, split: str = "train",
+                          data_dir: str | os.PathLike | None = None
+                          ) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
+    """As :func:`dataset_calibration` for a detector: ``count`` images of a dataset ``detect train``
+    accepts, each letterboxed by :func:`backbonekit.detection.yolov3.letterbox` (the function
+    ``YOLOv3.detect`` and evaluation use) to the file's input size, values in [0, 1]."""
+    import torch
+
+    from .detection.data import load_detection_dataset
+    from .detection.yolov3 import letterbox
+
+    if split not in ("train", "val"):
+        raise ValueError(f"detector calibration split must be train or val, found {split!r}")
+    images = load_detection_dataset(dataset, data_dir, split)
+    available = len(images)
+    if available < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: {dataset} {split} split has {available} images, "
+                         f"expected at least {MIN_CALIB_IMAGES}")
+    count = min(count, available)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(CALIB_SEED))[:count]
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        batch = [images[int(order[int(i)])][0].float() / 255 for i in positions]
+        return letterbox(batch, int(meta["input_size"]))[0].numpy()
+
+    return count, fetch, f"{dataset} ({split} split, letterboxed)"
+
+
 def array_calibration(array: np.ndarray) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
     """Calibration from an already prepared float array (N, C, H, W)."""
     array = np.asarray(array)
@@ -163,7 +192,7 @@ def check_calibration(sample: np.ndarray, count: int, input_shape: Sequence[Any]
 # -- quantization ---------------------------------------------------------------------------------------
 def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: str | os.PathLike, *,
                 calibrate: str | np.ndarray, calib_images: int = 256, split: str = "train",
-                data_dir: str | os.PathLike = "data", download: bool = True,
+                data_dir: str | os.PathLike | None = None, download: bool = True,
                 preprocessing: Mapping[str, Any] | None = None, input_size: int | None = None,
                 nodes_to_exclude: Sequence[str] = (), per_channel: bool = True, reduce_range: bool = False,
                 log: Callable[[str], None] | None = None) -> Int8Report:
@@ -173,34 +202,34 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         model_or_checkpoint: a model, a best.pt/last.pt written by ``backbonekit train``, or an fp32
             ONNX file with backbonekit metadata (:func:`backbonekit.onnx_meta.export_onnx`).
         out_path: the int8 ONNX file to write (atomically; the preprocessing metadata travels with it).
-        calibrate: a dataset name ``train`` accepts (``digits``, ``cifar10``, ``imagefolder:PATH``, ...),
-            or a float (N, C, H, W) array already prepared like the model's input.
+        calibrate: a dataset name ``train`` accepts (``digits``, ``cifar10``, ``imagefolder:PATH``, ...;
+            for a detector file one ``detect train`` accepts: ``photodigits``, ``yolo:PATH``, ...), or a
+            float (N, C, H, W) array already prepared like the model's input.
         calib_images: how many images to calibrate on (fewer when the split has fewer; at least 8).
-        split: the dataset split the calibration images come from (``train``: keeps ``test`` unseen).
+        data_dir: where datasets are (default ``data`` for classification; a detection dataset's own rule).
+        split: the dataset split the calibration images come from (``train``: keeps ``test``/``val`` unseen).
         preprocessing: for a bare model, the checkpoint-style preprocessing (classes, image_size, mean,
             std); default: the calibration dataset's own, at ``input_size``.
         nodes_to_exclude: node names to keep in fp32.
         per_channel: one weight scale per output channel (``False``: per tensor).
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
-    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
-        raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
-                         f"found {calib_images!r}")
+    check_calib_images(calib_images)
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
     with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
         fp32 = _fp32_onnx(model_or_checkpoint, Path(tmp) / "fp32.onnx", calibrate, preprocessing, input_size,
-                          data_dir, download)
+                          data_dir or "data", download)
         meta, proto = read_metadata(fp32), load_proto(fp32, load_weights=False)
         if meta["task"] == "detection":
-            if isinstance(calibrate, str):
-                raise ValueError("calibrating a detector needs its letterboxed images: pass calibrate= a float "
-                                 "(N, 3, S, S) array in [0, 1]")
             nodes_to_exclude = list(nodes_to_exclude) + tail_nodes(proto)  # decode and NMS stay fp32
-        if isinstance(calibrate, str):
+        if isinstance(calibrate, str) and meta["task"] == "detection":
+            count, fetch, source = detection_calibration(calibrate, meta, calib_images, split=split,
+                                                         data_dir=data_dir)
+        elif isinstance(calibrate, str):
             count, fetch, source = dataset_calibration(calibrate, meta, calib_images, split=split,
-                                                       data_dir=data_dir, download=download)
+                                                       data_dir=data_dir or "data", download=download)
         else:
             count, fetch, source = array_calibration(calibrate)
         reader = _reader(proto, min(count, calib_images), fetch, source)
@@ -216,6 +245,13 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
     if log:
         log(report.summary())
     return report
+
+
+def check_calib_images(calib_images: int) -> None:
+    """One line when the number of calibration images asked for is not an integer >= 8."""
+    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: expected --calib-images >= {MIN_CALIB_IMAGES}, "
+                         f"found {calib_images!r}")
 
 
 def _reader(proto, count: int, fetch: Callable[[np.ndarray], np.ndarray], source: str) -> CalibrationData:
@@ -254,15 +290,33 @@ def _quantize(fp32: Path, folder: Path, reader: CalibrationData, nodes_to_exclud
 
 def _pre_process(src: Path, dst: Path) -> None:
     """ONNX Runtime's ``quant_pre_process``; where its symbolic shape inference cannot follow the graph
-    (data-dependent shapes such as NonMaxSuppression's), ONNX's own shape inference instead."""
+    (data-dependent shapes such as NonMaxSuppression's), ONNX's own shape inference instead.
+
+    Run from ``dst``'s folder: when symbolic shape inference gives up, ONNX Runtime saves its partial
+    graph as ``sym_shape_infer_temp.onnx`` plus a uuid-named copy of every weight (250 MB for YOLOv3)
+    into the *current directory*, where they would be left behind (and once got committed)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = src.resolve(), dst.resolve()
+    with working_directory(dst.parent):
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception as exc:  # onnxruntime raises a bare Exception("Incomplete symbolic shape inference")
+            if "symbolic shape" not in str(exc):
+                raise
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+@contextlib.contextmanager
+def working_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Make ``path`` the current directory for the ``with`` block; the previous one is restored after it,
+    even on error (``contextlib.chdir`` from Python 3.11, which backbonekit cannot require yet)."""
+    previous = os.getcwd()
+    os.chdir(path)
     try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as exc:  # onnxruntime raises a bare Exception("Incomplete symbolic shape inference")
-        if "symbolic shape" not in str(exc):
-            raise
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        yield Path(path)
+    finally:
+        os.chdir(previous)
 
 
 def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_size, data_dir, download) -> Path:
@@ -277,7 +331,12 @@ def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_
                              "mean, std)")
         from .train.data import load_dataset
 
-        preprocessing = load_dataset(calibrate, data_dir, input_size, 0, False, download).preprocessing()
+        from .weights import num_classes_in
+
+        preprocessing = dict(load_dataset(calibrate, data_dir, input_size, 0, False, download).preprocessing())
+        outputs = num_classes_in(source.state_dict())
+        if len(preprocessing["classes"]) != outputs:  # another head (ImageNet's 1000): outputs named by index
+            preprocessing["classes"] = [str(i) for i in range(outputs)]
     return export_onnx(source, path, preprocessing=preprocessing, dynamic_batch=True)
 
 

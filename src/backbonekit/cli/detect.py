@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from . import detect_train
+from .export import add_int8_arguments, check_int8_arguments, export_int8_file
 
 DEFAULT_DETECTOR = "yolov3"
 
@@ -19,6 +20,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="detect_command", metavar="COMMAND")
     parser.set_defaults(func=run, detect_parser=parser)
     detect_train.register(commands)  # train, evaluate, make-data
+    _accept_onnx_in_evaluate(commands.choices["evaluate"])
 
     p = commands.add_parser("predict", help="draw boxes on images and write COCO-format detections.json")
     p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, or detector name (with --weights)")
@@ -43,6 +45,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--score-thresh", type=float, default=0.25)
     e.add_argument("--nms-thresh", type=float, default=0.45)
     e.add_argument("--max-detections", type=int, default=100, help="per class and image (ONNX NMS)")
+    add_int8_arguments(e)
     e.set_defaults(func=run_export)
 
     c = commands.add_parser("convert", help="detector weights between .weights, .pt and .safetensors")
@@ -86,13 +89,61 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    import tempfile
+
     from ..detection.export import export_yolov3_onnx
 
+    int8 = check_int8_arguments(args)
     model = load_detector(args.model, args.weights, args.input_size)
-    path = export_yolov3_onnx(model, args.output, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
-                              nms=args.nms, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
-                              max_detections=args.max_detections)
+    classes, dataset = _trained_classes(args.model)
+    with tempfile.TemporaryDirectory(prefix="backbonekit-detect-export-") as tmp:
+        path = export_yolov3_onnx(model, Path(tmp) / "fp32.onnx" if int8 else args.output,
+                                  batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, nms=args.nms,
+                                  score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
+                                  max_detections=args.max_detections, classes=classes, dataset=dataset)
+        if int8:  # the decoding (and NMS) stay fp32; calibration images letterboxed as detect() does
+            return export_int8_file(path, args)
     print(f"wrote {path} (onnx, decoding{' + NMS' if args.nms else ''}, {path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _trained_classes(spec: str) -> tuple[list[str] | None, str | None]:
+    """Class names and dataset of a ``detect train`` run folder or checkpoint (None, None for others)."""
+    from ..checkpoint import load_file
+
+    path = Path(spec) / "best.pt" if Path(spec).is_dir() else Path(spec)
+    if path.suffix.lower() not in (".pt", ".pth") or not path.is_file():
+        return None, None
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("task") != "detection":
+        return None, None
+    return list(ckpt.get("classes") or []) or None, (ckpt.get("config") or {}).get("dataset")
+
+
+def _accept_onnx_in_evaluate(parser: argparse.ArgumentParser) -> None:
+    """``detect evaluate FILE.onnx``: an exported YOLOv3 (fp32 or int8) through ONNX Runtime."""
+    for action in parser._actions:
+        if action.dest == "checkpoint":
+            action.help = "best.pt/last.pt written by backbonekit detect train, or an exported .onnx (fp32 or int8)"
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    if not str(args.checkpoint).lower().endswith(".onnx"):
+        return detect_train.run_evaluate(args)
+    from ..detection.metrics import format_table
+    from ..detection.onnx_eval import evaluate_onnx_detector
+
+    quiet = args.format == "json"
+    metrics = evaluate_onnx_detector(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+                                     split=args.split, batch_size=args.batch_size,
+                                     score_thresh=0.01 if args.score_thresh is None else args.score_thresh,
+                                     nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
+                                     log=(lambda _: None) if quiet else print)
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "summary": metrics.summary,
+                      "per_class_ap": metrics.per_class_ap}, indent=2) if quiet else format_table(metrics))
     return 0
 
 

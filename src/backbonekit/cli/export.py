@@ -9,7 +9,8 @@ from ..export import DEFAULT_OPSET, FORMATS
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a model as ONNX or TorchScript (BatchNorm folded)")
-    p.add_argument("model", help="a registered model name (see `backbonekit models`)")
+    p.add_argument("model", metavar="MODEL|RUN", help="a registered model name (see `backbonekit models`), a "
+                   "classification run folder or its best.pt/last.pt")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--input-size", type=int, default=416, help="input height and width (default 416)")
     p.add_argument("--batch-size", type=int, default=1)
@@ -22,7 +23,41 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--nms", action="store_true",
                    help="detectors: append ONNX NonMaxSuppression after the decoding (class-aware)")
+    add_int8_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_int8_arguments(p: argparse.ArgumentParser) -> None:
+    """``--int8 --calibrate DATASET [--calib-images N]`` (``backbonekit export`` and ``detect export``)."""
+    p.add_argument("--int8", action="store_true", help="ONNX: post-training static int8 (ONNX Runtime, QDQ)")
+    p.add_argument("--calibrate", metavar="DATASET", help="with --int8: dataset whose train split calibrates "
+                   "(prepared as evaluation prepares it)")
+    p.add_argument("--calib-images", type=int, default=256, metavar="N", help="calibration images (default 256)")
+
+
+def check_int8_arguments(args: argparse.Namespace) -> bool:
+    """Whether an int8 export was asked for; one line for --int8 without what it needs, or the reverse."""
+    if not args.int8:
+        if args.calibrate:
+            raise ValueError(f"--calibrate {args.calibrate} is for int8 export: expected --int8 with it")
+        return False
+    if not args.calibrate:
+        raise ValueError("--int8 needs calibration images: expected --calibrate DATASET (e.g. digits, photodigits)")
+    if getattr(args, "format", "onnx") != "onnx":
+        raise ValueError(f"--int8 writes ONNX: expected --format onnx, found --format {args.format}")
+    from ..quantize import check_calib_images
+
+    check_calib_images(args.calib_images)  # before any model is built or exported
+    return True
+
+
+def export_int8_file(model, args: argparse.Namespace, **options) -> int:
+    """Quantize ``model`` (a module, a checkpoint or an fp32 ONNX file) to ``args.output``; print the report."""
+    from ..quantize import export_int8
+
+    report = export_int8(model, args.output, calibrate=args.calibrate, calib_images=args.calib_images, **options)
+    print(report.summary())
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model in _detectors():
         return _export_detector(args)
+    if check_int8_arguments(args):
+        return _export_int8(args)
 
     result = export(args.model, args.output, format=args.format, weights=args.weights, num_classes=args.num_classes,
                     features_only=args.features_only, input_size=args.input_size, batch_size=args.batch_size,
@@ -55,5 +92,27 @@ def _export_detector(args: argparse.Namespace) -> int:
     detect_args = argparse.Namespace(model=args.model, output=args.output, weights=args.weights,
                                      input_size=args.input_size, batch_size=args.batch_size,
                                      dynamic_batch=args.dynamic_batch, nms=args.nms, score_thresh=0.25,
-                                     nms_thresh=0.45, max_detections=100)
+                                     nms_thresh=0.45, max_detections=100, int8=args.int8, calibrate=args.calibrate,
+                                     calib_images=args.calib_images)
     return run_export(detect_args)
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """``--int8``: a run folder or checkpoint keeps its own preprocessing; a registered name (with
+    ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
+    from pathlib import Path
+
+    from ..export import build_for_export
+
+    if args.features_only:
+        raise ValueError("--int8 quantizes classifiers: expected no --features-only")
+    source = Path(args.model)
+    if source.is_dir():
+        source = source / "best.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"run folder {args.model} has no best.pt: expected a finished `backbonekit "
+                                    f"train` run")
+    if source.is_file():
+        return export_int8_file(source, args)
+    model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
+    return export_int8_file(model.eval(), args, input_size=args.input_size)

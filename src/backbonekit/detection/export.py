@@ -21,6 +21,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,16 +45,24 @@ class DecodedYOLOv3(nn.Module):
 def export_yolov3_onnx(model: YOLOv3, path: str | os.PathLike, *, input_size: int | None = None,
                        batch_size: int = 1, dynamic_batch: bool = False, nms: bool = False,
                        score_thresh: float | None = None, nms_thresh: float | None = None,
-                       max_detections: int | None = None, opset: int = DEFAULT_OPSET) -> Path:
+                       max_detections: int | None = None, opset: int = DEFAULT_OPSET,
+                       classes: Sequence[str] | None = None, dataset: str | None = None) -> Path:
     """Write ``model`` (BatchNorm folded in place, eval mode, CPU) as ONNX; return the path.
 
     Inputs: ``images`` (N, 3, S, S) letterboxed, values in [0, 1]. Outputs: ``predictions`` and, with
     ``nms``, ``selected``, ``boxes``, ``scores``, ``labels`` (see the module docstring). Thresholds
-    default to the model's (``score_thresh``, ``nms_thresh``, ``detections_per_img``).
+    default to the model's (``score_thresh``, ``nms_thresh``, ``detections_per_img``). The file's
+    metadata (:func:`backbonekit.deploy.metadata.detector_metadata`) holds the letterbox size and fill,
+    the thresholds and ``classes`` (default: COCO's names for 80 classes, else ``class 0``, ...), so
+    :mod:`backbonekit.deploy` and ``detect evaluate FILE.onnx`` prepare images as :meth:`YOLOv3.detect` does.
     """
     import onnx
 
+    from ..deploy.metadata import detector_metadata
+    from ..onnx_meta import set_metadata
     from ..optimize import fuse_batchnorm
+    from .predict import class_names
+    from .yolov3 import LETTERBOX_FILL
 
     size = input_size or model.input_size
     if size % 32 or size < 32 or batch_size < 1:
@@ -72,11 +81,14 @@ def export_yolov3_onnx(model: YOLOv3, path: str | os.PathLike, *, input_size: in
                                     output_names=["predictions"], opset_version=opset,
                                     dynamic_shapes=dynamic_shapes, verbose=False)
     proto = program.model_proto
+    score = model.score_thresh if score_thresh is None else score_thresh
+    iou = model.nms_thresh if nms_thresh is None else nms_thresh
+    cap = model.detections_per_img if max_detections is None else max_detections
     if nms:
-        append_nms(proto, model.num_classes,
-                   model.score_thresh if score_thresh is None else score_thresh,
-                   model.nms_thresh if nms_thresh is None else nms_thresh,
-                   model.detections_per_img if max_detections is None else max_detections)
+        append_nms(proto, model.num_classes, score, iou, cap)
+    meta = detector_metadata(classes=class_names(model.num_classes, classes), input_size=size,
+                             letterbox_fill=LETTERBOX_FILL, model="yolov3", dataset=dataset)
+    set_metadata(proto, {**meta, "score_thresh": float(score), "nms_thresh": float(iou), "detections_per_img": int(cap)})
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
