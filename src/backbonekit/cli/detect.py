@@ -1,13 +1,13 @@
 """``backbonekit detect predict | export | convert``: thin commands over :mod:`backbonekit.detection`.
 
 ``predict MODEL_OR_RUN IMAGE... --out DIR``: MODEL_OR_RUN is a weights file (``yolov3.weights``, a
-detector ``.pt``), a run folder (its ``best.pt``), or a registered detector name with ``--weights``.
+``detect train`` checkpoint of any detector, a torchvision Faster R-CNN / RetinaNet / FCOS state_dict), a run
+folder (its ``best.pt``), or a registered detector name with ``--weights``.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from . import detect_train
 
@@ -15,7 +15,7 @@ DEFAULT_DETECTOR = "yolov3"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("detect", help="object detectors (YOLOv3): train, evaluate, predict, export, convert, make-data")
+    parser = subparsers.add_parser("detect", help="object detectors (YOLOv3, Faster R-CNN, RetinaNet, FCOS): train, evaluate, predict, export, convert, make-data")
     commands = parser.add_subparsers(dest="detect_command", metavar="COMMAND")
     parser.set_defaults(func=run, detect_parser=parser)
     detect_train.register(commands)  # train, evaluate, make-data
@@ -26,7 +26,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the annotated images and detections.json")
     p.add_argument("--weights", help="weights file when MODEL_OR_RUN is a detector name")
     p.add_argument("--names", help="class names file, one per line (default: the checkpoint's; COCO's for 80)")
-    p.add_argument("--input-size", type=int, help="letterbox size, a multiple of 32 (default 416)")
+    p.add_argument("--input-size", type=int, help="YOLOv3's letterbox size (a multiple of 32) or the FPN "
+                                                  "detectors' min_size = max_size (default: the model's)")
     p.add_argument("--score-thresh", type=float, default=0.25)
     p.add_argument("--nms-thresh", type=float, default=0.45)
     p.add_argument("--max-detections", type=int, default=100)
@@ -58,21 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_detector(spec: str, weights: str | None = None, input_size: int | None = None):
-    """A detector from a weights file, a run folder (``best.pt``) or a registered name (+ ``weights``)."""
-    from .. import create_model, list_models
+    """The detector ``spec`` names (:func:`backbonekit.detection.loading.load_detector`), in eval mode."""
+    from ..detection.loading import load_detector as load
 
-    path = Path(spec)
-    options = {"input_size": input_size} if input_size else {}
-    if path.is_dir():
-        path = path / "best.pt"
-        if not path.is_file():
-            raise OSError(f"run folder {spec} has no best.pt: expected a finished `backbonekit detect train` run")
-    if path.is_file():
-        return create_model(DEFAULT_DETECTOR, pretrained=path, **options)
-    if spec not in list_models(task="detection"):
-        raise KeyError(f"expected a weights file, a run folder or a detector ({', '.join(list_models(task='detection'))}),"
-                       f" found {spec!r}")
-    return create_model(spec, pretrained=weights, **options)
+    return load(spec, weights=weights, input_size=input_size)[0]
 
 
 def run_predict(args: argparse.Namespace) -> int:
