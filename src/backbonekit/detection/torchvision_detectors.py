@@ -86,11 +86,38 @@ class _ZeroBasedLabels:
             return out
         return [{**d, "labels": d["labels"] - self.label_offset} for d in out]
 
+    def postprocess_owner(self) -> nn.Module:
+        """The module whose ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` apply (torchvision's)."""
+        return self
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
+               nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
+        """One ``{boxes, scores, labels}`` dict per image (eval mode), with YOLOv3's threshold arguments:
+        each given one replaces torchvision's setting for this call only."""
+        owner = self.postprocess_owner()
+        given = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": detections_per_img}
+        given = {k: v for k, v in given.items() if v is not None}
+        saved = {k: getattr(owner, k) for k in given}
+        was_training = self.training  # type: ignore[attr-defined]
+        try:
+            for key, value in given.items():
+                setattr(owner, key, value)
+            self.eval()  # type: ignore[attr-defined]
+            return self(images)  # type: ignore[operator]
+        finally:
+            for key, value in saved.items():
+                setattr(owner, key, value)
+            self.train(was_training)  # type: ignore[attr-defined]
+
 
 class FasterRCNN(_ZeroBasedLabels, tvd.FasterRCNN):
     """torchvision's ``FasterRCNN``, 0-based labels in and out (background is slot 0 inside)."""
 
     label_offset = 1
+
+    def postprocess_owner(self) -> nn.Module:
+        return self.roi_heads
 
 
 class RetinaNet(_ZeroBasedLabels, tvd.RetinaNet):
