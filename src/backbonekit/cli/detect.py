@@ -33,7 +33,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-detections", type=int, default=100)
     p.set_defaults(func=run_predict)
 
-    e = commands.add_parser("export", help="ONNX with decoding in the graph (and NMS with --nms)")
+    e = commands.add_parser("export", help="ONNX: YOLOv3 with decoding in the graph (and NMS with --nms); "
+                                           "Faster R-CNN / RetinaNet / FCOS whole, NMS included, batch 1")
     e.add_argument("model", metavar="MODEL_OR_RUN")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--weights")
@@ -77,8 +78,18 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..detection.export import export_yolov3_onnx
+    from ..detection.fpn_export import export_fpn_onnx, fpn_kind
 
     model = load_detector(args.model, args.weights, args.input_size)
+    if fpn_kind(model) is not None:
+        if args.dynamic_batch:
+            raise ValueError(f"{fpn_kind(model)} exports with batch size 1 only, found --dynamic-batch")
+        path = export_fpn_onnx(model, args.output, input_size=args.input_size, batch_size=args.batch_size,
+                               int8=getattr(args, "int8", False), score_thresh=args.score_thresh,
+                               nms_thresh=args.nms_thresh, max_detections=args.max_detections)
+        print(f"wrote {path} (onnx, {fpn_kind(model)} with resize, post-processing and NMS, batch 1, "
+              f"{path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
     path = export_yolov3_onnx(model, args.output, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                               nms=args.nms, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
                               max_detections=args.max_detections)
