@@ -9,12 +9,18 @@ in [0, 1], any H and W (the graph resizes to ``min_size``/``max_size`` as the mo
 are ``boxes`` (K, 4) xyxy in the input's pixels, ``scores`` (K) and ``labels`` (K), 0-based object
 classes as :meth:`detect` returns them. Thresholds are the model's (or the arguments') at export time.
 int8 is not offered for these detectors (refused in one line).
+
+Metadata (kind, classes, the transform's mean/std, min/max size) is stored as JSON under its own
+``metadata_props`` key, ``backbonekit.fpn`` (:func:`read_fpn_metadata`), not under the ``backbonekit`` key of
+:mod:`backbonekit.onnx_meta`: that schema describes a letterboxed, unnormalised input that a runtime prepares,
+while these graphs resize and normalise inside, so a deploy runtime must not prepare their input.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from pathlib import Path
@@ -27,6 +33,7 @@ from ..checkpoint import atomic_path
 from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
 
 FPN_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
+METADATA_KEY = "backbonekit.fpn"
 ONNX_OPSET = 17  # the TorchScript exporter's well-trodden range for torchvision's detection ops
 
 
@@ -68,7 +75,6 @@ def export_fpn_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: in
     """Write a Faster R-CNN / RetinaNet / FCOS of this package as ONNX with post-processing inside (see the
     module docstring); return the path. ``input_size``: the side of the example image traced (default the
     model's ``min_size``). Metadata (:func:`fpn_metadata`) is stored in the file."""
-    from ..onnx_meta import set_metadata
     import onnx
 
     kind = fpn_kind(model)
@@ -90,13 +96,24 @@ def export_fpn_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: in
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         buffer = io.BytesIO()
-        torch.onnx.export(_OneImage(model), (example,), buffer, dynamo=False, opset_version=opset,
+        torch.onnx.export(_OneImage(model).eval(), (example,), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["boxes", "scores", "labels"],
                           dynamic_axes={"images": {2: "height", 3: "width"}, "boxes": {0: "detections"},
                                         "scores": {0: "detections"}, "labels": {0: "detections"}})
     proto = onnx.load_from_string(buffer.getvalue())
-    set_metadata(proto, fpn_metadata(model))
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(fpn_metadata(model), sort_keys=True))
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return path
+
+
+def read_fpn_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The :func:`fpn_metadata` stored in an ONNX file by :func:`export_fpn_onnx` (one ValueError line if absent)."""
+    from ..onnx_meta import load_proto
+
+    props = {p.key: p.value for p in load_proto(path, load_weights=False).metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(f"{path}: expected an ONNX file written by backbonekit detect export for fasterrcnn, "
+                         f"retinanet or fcos (metadata key {METADATA_KEY!r}), found none")
+    return json.loads(props[METADATA_KEY])

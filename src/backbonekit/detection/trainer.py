@@ -136,9 +136,10 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
 def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float], list[float]]:
     """(mean, std) the backbone was trained with: a classification run's (its checkpoint's ``preprocessing``),
     else ImageNet's (torchvision's detectors' default)."""
+    from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
     from ..weights import detect_file_format
 
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     if path is None or detect_file_format(path) != "torch":
         return mean, std
     ckpt = load_file(path)
