@@ -202,3 +202,16 @@ def test_profile_leaves_the_anchor_cache_usable():
     with torch.no_grad():
         after = model(image)[0]
     torch.testing.assert_close(after["boxes"], before["boxes"])
+
+
+def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys):
+    path = tmp_path / "resnet18.pth"
+    torch.save(bk.create_model("resnet18", num_classes=4).state_dict(), path)  # a classifier, not a detector
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["detect", "predict", str(path), str(image), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot load a detector from" in err and "torchvision fasterrcnn/retinanet/fcos" in err
+    assert len(err.splitlines()) == 1
