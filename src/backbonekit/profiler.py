@@ -14,6 +14,7 @@ removed and every module's train/eval flag is restored, whatever happens during 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import io
@@ -21,7 +22,7 @@ import json
 import re
 import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -108,17 +109,20 @@ class ProfileResult:
 
 
 # -- model resolution ------------------------------------------------------------------------
-def resolve_model(spec: str, *, num_classes: int | None = None,
-                  features_only: bool = False) -> tuple[nn.Module, int | None]:
+def resolve_model(spec: str, *, num_classes: int | None = None, features_only: bool = False,
+                  backbone: str | None = None) -> tuple[nn.Module, int | None]:
     """Build the model a MODEL argument names; return it with its native input size (or None).
 
     ``spec`` is a registered name (``darknet53``), ``torchvision:NAME``, ``timm:NAME`` or
     ``module.path:callable`` (called without arguments; must return an ``nn.Module``).
+    ``backbone``: the backbone of a registered detector (``fasterrcnn`` on ``detnet59``, ...).
     Unknown names raise ``KeyError``, everything else that cannot be built ``ValueError``.
     """
     prefix, sep, rest = spec.partition(":")
     if not sep:
-        return _registered_model(spec, num_classes, features_only)
+        return _registered_model(spec, num_classes, features_only, backbone)
+    if backbone is not None:
+        raise ValueError(f"--backbone goes with a registered detector (yolov3, fasterrcnn, retinanet, fcos), found {spec!r}")
     if not prefix or not rest:
         raise ValueError(f"expected MODEL as NAME, torchvision:NAME, timm:NAME or module.path:callable, found {spec!r}")
     if prefix == "torchvision":
@@ -128,12 +132,18 @@ def resolve_model(spec: str, *, num_classes: int | None = None,
     return _callable_model(prefix, rest, num_classes, features_only)
 
 
-def _registered_model(name: str, num_classes: int | None, features_only: bool) -> tuple[nn.Module, int]:
+def _registered_model(name: str, num_classes: int | None, features_only: bool,
+                      backbone: str | None = None) -> tuple[nn.Module, int]:
     from . import create_model
     from .models import model_info
 
     info = model_info(name)  # KeyError with close matches for unknown names
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if backbone is not None:
+        if info.task != "detection":
+            raise ValueError(f"--backbone goes with a detector (yolov3, fasterrcnn, retinanet, fcos), found the "
+                             f"{info.task} model {name!r}")
+        kwargs["backbone"] = backbone
     return create_model(name, features_only=features_only, **kwargs), info.input_size
 
 
@@ -339,11 +349,32 @@ def estimate_forward_bytes(model: nn.Module, shape: tuple[int, int, int, int], d
     meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
     memory = _LiveTensorBytes(exclude=[x, *meta.values()])
     try:
-        with torch.no_grad(), memory:
+        with torch.no_grad(), memory, _kept_tensor_attributes(model):
             functional_call(model, meta, (x,))
     except Exception:  # anything the meta device cannot run: the real forward reports its own errors
         return None
     return x.nbytes + memory.peak
+
+
+def _is_tensors(value: Any) -> bool:
+    return isinstance(value, Tensor) or (isinstance(value, (list, tuple)) and len(value) > 0
+                                         and all(isinstance(v, Tensor) for v in value))
+
+
+@contextlib.contextmanager
+def _kept_tensor_attributes(model: nn.Module) -> Iterator[None]:
+    """Put back every module's plain tensor attributes (not parameters or buffers) after the block.
+
+    A forward on the meta device may move caches held outside the state: torchvision's ``AnchorGenerator``
+    moves its ``cell_anchors`` list to the input's device, and left on ``meta`` it breaks every later
+    real forward ("Cannot copy out of meta tensor")."""
+    saved = [(module, name, value) for module in model.modules()
+             for name, value in vars(module).items() if not name.startswith("_") and _is_tensors(value)]
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def _check_fits_in_memory(model: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype,
@@ -447,11 +478,11 @@ def profile_model(model: nn.Module, input_size: int | tuple[int, int] = DEFAULT_
 
 
 def profile(spec: str, input_size: int | tuple[int, int] | Sequence[str] | str | None = None, *, batch_size: int = 1,
-            features_only: bool = False, num_classes: int | None = None) -> ProfileResult:
+            features_only: bool = False, num_classes: int | None = None, backbone: str | None = None) -> ProfileResult:
     """Resolve a MODEL string (see :func:`resolve_model`) and profile it at its native size by default."""
     if input_size is not None:
         parse_input_size(input_size, None)  # refuse a bad size before building the model
-    model, native_size = resolve_model(spec, num_classes=num_classes, features_only=features_only)
+    model, native_size = resolve_model(spec, num_classes=num_classes, features_only=features_only, backbone=backbone)
     size = parse_input_size(input_size, native_size)
     return profile_model(model, size, batch_size=batch_size, name=spec)
 

@@ -15,8 +15,8 @@ from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS
 from ._config import add_config_flags, resolve_from_flags
 
 FLAG_HELP = {
-    "model": "the detector (yolov3)",
-    "backbone": "a registered backbone for YOLOv3 (backbonekit models), e.g. resnet18, darknet53",
+    "model": "the detector: yolov3, fasterrcnn, retinanet or fcos (torchvision's, through an FPN)",
+    "backbone": "a registered backbone (backbonekit models), e.g. resnet18, darknet53, detnet59",
     "dataset": "photodigits (built in), yolo:PATH, coco:ANNOTATIONS.json[,VAL.json] or voc:PATH",
     "data_dir": "images folder for coco:",
     "epochs": "number of epochs",
@@ -28,23 +28,23 @@ FLAG_HELP = {
     "warmup": "epochs of linear learning-rate warm-up",
     "grad_clip": "clip the gradient norm to this value (0: off)",
     "input_size": "training and evaluation input size (a multiple of 32)",
-    "neck_width": "YOLOv3 neck widths (512, 256, 128) times this",
-    "multiscale": "multi-scale training (Darknet's random=1: a new size every 10 steps)",
+    "neck_width": "YOLOv3 neck widths (512, 256, 128) times this (YOLOv3 only)",
+    "multiscale": "multi-scale training (Darknet's random=1: a new size every 10 steps; YOLOv3 only)",
     "mosaic": "probability of a Mosaic sample (four images in one)",
     "hflip": "random horizontal flips (off by default: digits are not mirror-symmetric)",
     "hsv": "HSV colour jitter (Darknet's hue/saturation/exposure)",
     "scale_jitter": "random scale in [1 - s, 1 + s] of the letterbox fit",
     "translate": "random translation, a fraction of the input side",
-    "freeze": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1)",
+    "freeze": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1; YOLOv3 only)",
     "ema": "evaluate and save an exponential moving average of the weights",
-    "anchors": "coco, auto (k-means on the training boxes) or nine 'w,h' pairs",
+    "anchors": "coco, auto (k-means on the training boxes) or nine 'w,h' pairs (YOLOv3 only)",
     "score_thresh": "score threshold of evaluation detections",
     "nms_thresh": "IoU threshold of class-aware NMS",
     "device": "/".join(DEVICES),
     "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only",
     "seed": "random seed (weights, order, augmentation)",
     "workers": "DataLoader workers",
-    "out": "run folder (default runs/yolov3-DATASET[-N])",
+    "out": "run folder (default runs/MODEL-DATASET[-N])",
     "resume": "continue the run in this folder (or from this last.pt) with its saved config",
     "pretrained": "darknet53.conv.74, a classification run's best.pt, or a detector file",
     "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a detector; writes a run folder with checkpoints, metrics and "
                                             "a report", argument_default=argparse.SUPPRESS,
-                              description="Train YOLOv3. With no arguments: ResNet-18 YOLOv3 on the built-in "
+                              description="Train YOLOv3, Faster R-CNN, RetinaNet or FCOS (--model). With no arguments: ResNet-18 YOLOv3 on the built-in "
                                           "photodigits set, offline. Every option can be set in a YAML/JSON "
                                           "file given with --config; flags win.")
     add_config_flags(p, DetectConfig, FLAG_HELP, {"optimizer": OPTIMIZERS, "device": DEVICES, "amp": AMP_MODES})
@@ -91,7 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="COCO mAP of a saved detector (prints the COCO table)")
-    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit detect train")
+    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit detect train, or an exported "
+                                      ".onnx YOLOv3 (fp32 or int8)")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=("val", "train"), default="val")
@@ -110,10 +111,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..detection.trainer import evaluate_checkpoint
 
     quiet = args.format == "json"
-    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                                  device=args.device, batch_size=args.batch_size, score_thresh=args.score_thresh,
-                                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
-                                  log=(lambda _: None) if quiet else print)
+    common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
+                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
+                  log=(lambda _: None) if quiet else print)
+    if str(args.checkpoint).lower().endswith(".onnx"):  # an exported YOLOv3 through ONNX Runtime
+        from ..detection.onnx_eval import evaluate_onnx_detector
+
+        metrics = evaluate_onnx_detector(args.checkpoint, score_thresh=0.01 if args.score_thresh is None
+                                         else args.score_thresh, **common)
+    else:
+        metrics = evaluate_checkpoint(args.checkpoint, device=args.device, score_thresh=args.score_thresh, **common)
     if quiet:
         print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "summary": metrics.summary,
                           "per_class_ap": metrics.per_class_ap}, indent=2))

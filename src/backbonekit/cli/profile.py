@@ -23,6 +23,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features-only", action="store_true", help="profile the multi-scale feature extractor")
     p.add_argument("--num-classes", default=None, metavar="N",
                    help="classifier outputs (0: no classifier; default: the model's own default)")
+    p.add_argument("--backbone", help="a detector's backbone (profile fasterrcnn --backbone detnet59)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     depth = _int_option(args.depth, "--depth", 0)
     result = profile(args.model, args.input_size, batch_size=_int_option(args.batch_size, "--batch-size", 1),
                      features_only=args.features_only,
-                     num_classes=_int_option(args.num_classes, "--num-classes", 0))
+                     num_classes=_int_option(args.num_classes, "--num-classes", 0), backbone=args.backbone)
     print(FORMATTERS[args.format](result, depth))
     return 0

@@ -17,6 +17,7 @@ from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, r
 from ..train.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
+DETECTORS = ("yolov3", "fasterrcnn", "retinanet", "fcos")  # what ``detect train --model`` trains
 
 __all__ = ["DetectConfig", "resolve_detect_config", "write_config", "parse_anchors", "detect_config_keys"]
 
@@ -29,7 +30,8 @@ class DetectConfig:
     k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without.
     ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
     ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
-    ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
+    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale`` and ``freeze`` are
+    YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
     cosine decay. ``neck_width``: the YOLOv3 neck's widths (512, 256, 128) times this.
     """
 
@@ -73,8 +75,8 @@ class DetectConfig:
 
     def validate(self) -> None:
         """Raise one-line ValueErrors for values no run can use."""
-        if self.model != "yolov3":
-            raise ValueError(f"model must be yolov3 (the detector this package trains), found {self.model!r}")
+        _choice("model", self.model, DETECTORS)
+        self._check_yolo_only()
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_MODES)
@@ -97,6 +99,20 @@ class DetectConfig:
         if self.freeze is not None and self.freeze < -1:
             raise ValueError(f"freeze must be >= -1 (-1: nothing frozen, 0: the stem), found {self.freeze}")
         parse_anchors(self.anchors)
+
+    def _check_yolo_only(self) -> None:
+        """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
+        if self.model == "yolov3":
+            return
+        defaults = {"neck_width": 0.5, "multiscale": False, "freeze": None}
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} is a YOLOv3 option: expected it unset for {self.model}, found "
+                                 f"{getattr(self, name)!r} (the FPN detectors freeze as torchvision does: "
+                                 f"stem and first stage with --pretrained)")
+        if self.anchors != "auto":
+            raise ValueError(f"anchors is a YOLOv3 option: expected it unset for {self.model} (its anchors are "
+                             f"torchvision's, 32-512 px), found {self.anchors!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -111,6 +111,11 @@ def _to_device(target: dict, device: torch.device) -> dict:
     return {"boxes": target["boxes"].float().to(device), "labels": target["labels"].long().to(device)}
 
 
+def with_total(losses: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The loss dict with ``"loss"``, the sum of its parts, when the detector does not give it (torchvision's)."""
+    return losses if "loss" in losses else {"loss": sum(losses.values()), **losses}
+
+
 def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
@@ -124,7 +129,7 @@ def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optim
     seen = 0
     for step, (images, targets) in enumerate(batches):
         with training_autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
-            losses = model(images, targets)
+            losses = with_total(model(images, targets))
         check_finite(float(losses["loss"].detach()), epoch, step)
         backward_and_step(losses["loss"], model, optimizer, scaler, grad_clip)
         scheduler.step()

@@ -18,7 +18,6 @@ from typing import Sequence
 from torch import Tensor
 
 from ..train.report import _pyplot, _table, read_metrics, save_epoch_figure
-from .loss import PARTS
 from .metrics import DetectionMetrics, format_table
 
 PRED_STYLE = {"edgecolor": "#e8112d", "linestyle": "-", "linewidth": 1.6}  # predictions: solid red
@@ -126,8 +125,9 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(12, 4.2))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", color="black", label="total")
-    for part in PARTS:
-        ax_loss.plot(epochs, [r[f"train_loss_{part}"] for r in rows], ".-", label=part)
+    parts = [k for k in rows[0] if k.startswith("train_") and k != "train_loss"] if rows else []
+    for key in parts:  # each detector's own loss parts (YOLOv3's, or torchvision's names)
+        ax_loss.plot(epochs, [r[key] for r in rows], ".-", label=key.removeprefix("train_").removeprefix("loss_"))
     ax_loss.set(title="Training loss per image", xlabel="epoch", ylabel="loss", yscale="log")
     for key, label in MAP_CURVES:
         ax_map.plot(epochs, [100 * r[key] for r in rows], "o-", label=label)

@@ -18,9 +18,10 @@ Lin et al. arXiv 1708.02002, Tian et al. arXiv 1904.01355); this module only cho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,11 +87,48 @@ class _ZeroBasedLabels:
             return out
         return [{**d, "labels": d["labels"] - self.label_offset} for d in out]
 
+    def postprocess_owner(self) -> nn.Module:
+        """The module whose ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` apply (torchvision's)."""
+        return self
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
+               nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
+        """One ``{boxes, scores, labels}`` dict per image (eval mode), with YOLOv3's threshold arguments:
+        each given one replaces torchvision's setting for this call only."""
+        was_training = self.training  # type: ignore[attr-defined]
+        try:
+            with postprocess_settings(self, score_thresh, nms_thresh, detections_per_img):  # type: ignore[arg-type]
+                self.eval()  # type: ignore[attr-defined]
+                return self(images)  # type: ignore[operator]
+        finally:
+            self.train(was_training)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def postprocess_settings(model: nn.Module, score_thresh: float | None = None, nms_thresh: float | None = None,
+                         detections_per_img: int | None = None) -> Iterator[None]:
+    """Within the block, torchvision's post-processing settings of ``model`` are the given ones (None: kept)."""
+    owner = model.postprocess_owner()
+    given = {k: v for k, v in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh),
+                               ("detections_per_img", detections_per_img)) if v is not None}
+    saved = {k: getattr(owner, k) for k in given}
+    try:
+        for key, value in given.items():
+            setattr(owner, key, value)
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(owner, key, value)
+
 
 class FasterRCNN(_ZeroBasedLabels, tvd.FasterRCNN):
     """torchvision's ``FasterRCNN``, 0-based labels in and out (background is slot 0 inside)."""
 
     label_offset = 1
+
+    def postprocess_owner(self) -> nn.Module:
+        return self.roi_heads
 
 
 class RetinaNet(_ZeroBasedLabels, tvd.RetinaNet):

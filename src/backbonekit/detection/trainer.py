@@ -33,13 +33,26 @@ from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_bo
 from .config import DETECT_RESUME_RULES, DetectConfig, parse_anchors, write_config
 from .data import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
+from .loading import load_run_checkpoint
 from .loss import PARTS, YOLOv3Loss
 from .metrics import DetectionMetrics
 from .yolov3_weights import NORM_KEYS
 
-LOSS_FIELDS = ("train_loss",) + tuple(f"train_loss_{p}" for p in PARTS)
+# each detector's loss parts, under their own names (torchvision's for its detectors); "loss" is their sum
+LOSS_PARTS = {"yolov3": tuple(f"loss_{p}" for p in PARTS),
+              "fasterrcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+              "retinanet": ("classification", "bbox_regression"),
+              "fcos": ("classification", "bbox_regression", "bbox_ctrness")}
 MAP_FIELDS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
-METRIC_FIELDS = ("epoch",) + LOSS_FIELDS + MAP_FIELDS + ("lr", "time_s")
+
+
+def metric_fields(model: str = "yolov3") -> tuple[str, ...]:
+    """The columns of ``metrics.csv`` for detector ``model``: each loss part as ``train_<part>``."""
+    return ("epoch", "train_loss") + tuple(f"train_{p}" for p in LOSS_PARTS[model]) + MAP_FIELDS + ("lr", "time_s")
+
+
+LOSS_FIELDS = ("train_loss",) + tuple(f"train_{p}" for p in LOSS_PARTS["yolov3"])
+METRIC_FIELDS = metric_fields("yolov3")
 EMA_DECAY, EMA_RAMP_STEPS = 0.999, 100
 PREDICTION_SAMPLES = 12  # validation images drawn in predictions.png
 
@@ -78,7 +91,7 @@ def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[f
     if spec == "auto":
         shapes = dataset_box_shapes(train_set, input_size)
         if len(torch.unique(shapes[(shapes > 0).all(1)], dim=0)) < 9:
-            warnings.warn(f"--anchors auto: the training set has fewer than 9 distinct box shapes for k-means; "
+            warnings.warn("--anchors auto: the training set has fewer than 9 distinct box shapes for k-means; "
                           f"using Darknet's COCO anchors", stacklevel=2)
             return resolve_anchors("coco", train_set, input_size)
         fit = anchors_for_dataset(train_set, 9, input_size)
@@ -101,14 +114,17 @@ def _pretrained_source(cfg: DetectConfig):
     return source, architecture_kwargs(state, meta)
 
 
-def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]], *,
+def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]] | None, *,
                    load_pretrained: bool = True, resumed_kwargs: dict | None = None,
                    log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
-    """YOLOv3 on ``cfg.backbone`` with its loss attached, and the model arguments a checkpoint records.
+    """``cfg.model`` on ``cfg.backbone`` ready to train (YOLOv3 with its loss attached), and the model
+    arguments a checkpoint records.
 
-    The input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
+    YOLOv3's input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
     classification run's mean/std, or a detector's own), or from ``resumed_kwargs`` (the run being
     resumed records it); none for Darknet's raw [0, 1] input."""
+    if cfg.model != "yolov3":
+        return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
     source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained else (None, {}))
     norm = source.input_norm if source is not None else \
         {k: v for k, v in (resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
@@ -122,6 +138,42 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
     if source is not None:
         log(_load_source(model, source))
     attach_loss(model)
+    return model, model_kwargs
+
+
+def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float], list[float]]:
+    """(mean, std) the backbone was trained with: a classification run's (its checkpoint's ``preprocessing``),
+    else ImageNet's (torchvision's detectors' default)."""
+    from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
+    from ..weights import detect_file_format
+
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    if path is None or detect_file_format(path) != "torch":
+        return mean, std
+    ckpt = load_file(path)
+    prep = ckpt.get("preprocessing") if isinstance(ckpt, dict) else None
+    if isinstance(prep, dict) and "mean" in prep and "std" in prep:
+        return [float(v) for v in prep["mean"]], [float(v) for v in prep["std"]]
+    return mean, std
+
+
+def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,
+                       resumed_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
+    """torchvision's ``cfg.model`` (fasterrcnn, retinanet, fcos) on ``cfg.backbone`` through an FPN, taking
+    ``cfg.input_size`` images as they come (``min_size = max_size = input_size``), normalised as the
+    pretrained backbone was (:func:`pretrained_normalisation`). With ``cfg.pretrained`` the backbone gets
+    torchvision's frozen BatchNorm and trainable layers; the checkpoint records that (``frozen_bn``). A
+    resumed run takes the normalisation its checkpoint recorded (the pretrained file need not exist any more)."""
+    if resumed_kwargs and "image_mean" in resumed_kwargs:
+        mean, std = resumed_kwargs["image_mean"], resumed_kwargs["image_std"]
+    else:
+        mean, std = pretrained_normalisation(cfg.pretrained)
+    model_kwargs = {"backbone": cfg.backbone, "min_size": cfg.input_size, "max_size": cfg.input_size,
+                    "image_mean": mean, "image_std": std, "frozen_bn": bool(cfg.pretrained)}
+    if cfg.model == "retinanet":
+        model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
+    pretrained = cfg.pretrained if load_pretrained else None
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
     return model, model_kwargs
 
 
@@ -179,7 +231,7 @@ def checkpoint_dict(model: nn.Module, cfg: DetectConfig, classes: Sequence[str],
     """A detector checkpoint: tensors and plain values only (``weights_only=True`` loads it)."""
     ckpt = {"format": "backbonekit", "task": "detection", "model": cfg.model, "model_kwargs": copy.deepcopy(model_kwargs),
             "num_classes": len(classes), "classes": list(classes), "input_size": cfg.input_size,
-            "anchors": copy.deepcopy(model_kwargs["anchors"]), "state_dict": unwrap(model).state_dict(),
+            "anchors": copy.deepcopy(model_kwargs.get("anchors")), "state_dict": unwrap(model).state_dict(),
             "config": cfg.to_dict(), "epoch": epoch, "history": [dict(r) for r in history], "best_map": best_map,
             "world_size": dist.world_size()}
     ckpt.update(training_state or {})
@@ -187,18 +239,9 @@ def checkpoint_dict(model: nn.Module, cfg: DetectConfig, classes: Sequence[str],
 
 
 def load_detector(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The detector in a best.pt/last.pt written by :func:`train` (eval mode), and the checkpoint dict."""
-    ckpt = load_file(checkpoint)
-    if not isinstance(ckpt, dict) or ckpt.get("task") != "detection" or "model_kwargs" not in ckpt:
-        raise CheckpointError(f"{checkpoint}: expected a best.pt/last.pt written by backbonekit detect train, "
-                              f"found another kind of file")
-    model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]), **copy.deepcopy(ckpt["model_kwargs"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: its weights do not fit its recorded model "
-                              f"({first_line(exc, 160, lines=None)})") from None
-    return model.to(device).eval(), ckpt
+    """The detector in a best.pt/last.pt written by :func:`train` (eval mode), and the checkpoint dict
+    (:func:`~.loading.load_run_checkpoint`)."""
+    return load_run_checkpoint(checkpoint, device)
 
 
 class EmaRamp:
@@ -253,7 +296,9 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     set_determinism(cfg.seed, False, device)
     train_set, val_set = load_splits(cfg)  # every label is checked before anything is written
     classes = list(train_set.classes)
-    anchors = resumed["anchors"] if resumed else resolve_anchors(cfg.anchors, train_set, cfg.input_size)
+    anchors = None
+    if cfg.model == "yolov3":
+        anchors = resumed["anchors"] if resumed else resolve_anchors(cfg.anchors, train_set, cfg.input_size)
     model, model_kwargs = build_detector(cfg, len(classes), anchors, load_pretrained=resumed is None,
                                          resumed_kwargs=resumed["model_kwargs"] if resumed else None,
                                          log=log if dist.is_main() else (lambda _: None))
@@ -297,7 +342,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
                  "ema": ema.state_dict() if ema is not None else None}
         atomic_save(checkpoint_dict(evaluated(), cfg, classes, model_kwargs, **common, training_state=state),
                     out / "last.pt")
-        write_metrics(out / "metrics.csv", history, METRIC_FIELDS)
+        write_metrics(out / "metrics.csv", history, metric_fields(cfg.model))
 
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
@@ -309,7 +354,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
                               amp_dtype=amp_dtype)
         improved = False
         if dist.is_main():
-            row = _row(epoch + 1, losses, metrics, lr)
+            row = _row(epoch + 1, losses, metrics, lr, LOSS_PARTS[cfg.model])
             history.append(row)
             improved = row["map"] > best_map
             best_map = max(best_map, row["map"])
@@ -320,16 +365,18 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     return DetectResult(out, history, best_map, final, unwrap(model))
 
 
-def _row(epoch: int, losses: EpochLosses, metrics: DetectionMetrics, lr: float) -> dict[str, float]:
+def _row(epoch: int, losses: EpochLosses, metrics: DetectionMetrics, lr: float,
+         parts: Sequence[str] = LOSS_PARTS["yolov3"]) -> dict[str, float]:
     row: dict[str, float] = {"epoch": epoch, "train_loss": losses.parts["loss"]}
-    row.update({f"train_loss_{p}": losses.parts[f"loss_{p}"] for p in PARTS})
+    row.update({f"train_{p}": losses.parts[p] for p in parts})
     row.update({k: metrics.summary[k] for k in MAP_FIELDS})
     row.update({"lr": lr, "time_s": round(losses.seconds, 3)})
     return row
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
-    parts = " ".join(f"{p} {row[f'train_loss_{p}']:.3f}" for p in PARTS)
+    parts = " ".join(f"{k.removeprefix('train_').removeprefix('loss_')} {v:.3f}" for k, v in row.items()
+                     if k.startswith("train_") and k != "train_loss")
     return (f"epoch {int(row['epoch'])}/{epochs}  loss {row['train_loss']:.3f} ({parts})  "
             f"mAP {100 * row['map']:.1f}  mAP@.5 {100 * row['map_50']:.1f}  lr {row['lr']:.3g}  {row['time_s']:.1f}s")
 

@@ -1,0 +1,118 @@
+"""One way to get a detector from what a user names: a run folder, a file, or a registered name.
+
+:func:`load_detector` takes
+
+* a run folder of ``backbonekit detect train`` (its ``best.pt``);
+* a ``best.pt``/``last.pt`` written by ``detect train`` (any detector: the file records the model, its
+  arguments and the class names);
+* a Darknet ``yolov3.weights`` file (or any YOLOv3 checkpoint ``create_model("yolov3", pretrained=)`` reads);
+* a torchvision ``fasterrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn`` / ``fcos_resnet50_fpn`` state_dict
+  (the kind is told by its keys);
+* a registered detector name, with ``weights`` (or none: random weights).
+
+Anything else is refused with one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._text import few, first_line
+from ..checkpoint import CheckpointError, load_file
+
+WHAT = ("a weights file, a run folder or a detector (a best.pt/last.pt of backbonekit detect train, yolov3.weights, "
+        "a torchvision fasterrcnn/retinanet/fcos state_dict, or a name with --weights)")
+
+
+def is_run_checkpoint(ckpt: Any) -> bool:
+    """Whether ``ckpt`` (a loaded file) is a best.pt/last.pt written by ``backbonekit detect train``."""
+    return isinstance(ckpt, dict) and ckpt.get("task") == "detection" and "model_kwargs" in ckpt and "model" in ckpt
+
+
+def size_options(model_name: str, input_size: int | None) -> dict[str, Any]:
+    """``input_size`` as the detector takes it: YOLOv3's letterbox side, the others' ``min_size``/``max_size``."""
+    if not input_size:
+        return {}
+    if model_name == "yolov3":
+        return {"input_size": input_size}
+    return {"min_size": input_size, "max_size": input_size}
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input_size: int | None = None) -> nn.Module:
+    """The detector a ``detect train`` checkpoint records, with its weights and class names."""
+    from .. import create_model
+
+    kwargs = {**copy.deepcopy(ckpt["model_kwargs"]), **size_options(ckpt["model"], input_size)}
+    model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]), **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: its weights do not fit its recorded model "
+                              f"({first_line(exc, 160, lines=None)})") from None
+    model.class_names = list(ckpt["classes"]) if ckpt.get("classes") else None
+    return model
+
+
+def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
+    from .. import create_model
+    from ..weights import detect_file_format, read_weights
+    from .torchvision_detectors import detector_kind
+
+    fmt = detect_file_format(path)
+    if fmt == "darknet":
+        return create_model("yolov3", pretrained=path, **size_options("yolov3", input_size)), {}
+    if fmt == "torch":
+        ckpt = load_file(path)
+        if is_run_checkpoint(ckpt):
+            return model_from_checkpoint(ckpt, path, input_size), ckpt
+    state, meta = read_weights(path)
+    kind = detector_kind(state) or ("yolov3" if "head.convs_pred.0.weight" in state else None)
+    if kind is None:
+        raise CheckpointError(f"cannot load a detector from {path}: expected {WHAT}; found keys like "
+                              f"{few(sorted(state))}")
+    return create_model(kind, pretrained=path, **size_options(kind, input_size)), {}
+
+
+def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                  input_size: int | None = None, device: torch.device | str = "cpu"
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """``(detector in eval mode on device, checkpoint dict)`` from ``spec`` (see the module docstring).
+
+    The checkpoint dict is the ``detect train`` file's (config, classes, history) or ``{}`` for other
+    sources. ``input_size`` overrides the detector's input size (YOLOv3's letterbox side, the FPN
+    detectors' ``min_size`` and ``max_size``).
+    """
+    from .. import create_model, list_models
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "best.pt"
+        if not path.is_file():
+            raise CheckpointError(f"run folder {spec} has no best.pt: expected a finished `backbonekit detect train` run")
+    if path.is_file():
+        if weights is not None:
+            raise ValueError(f"--weights goes with a detector name, found a file or run folder too ({spec})")
+        model, ckpt = _from_file(path, input_size)
+    elif str(spec) in list_models(task="detection"):
+        model, ckpt = create_model(str(spec), pretrained=weights, **size_options(str(spec), input_size)), {}
+    else:
+        names = ", ".join(list_models(task="detection"))
+        raise CheckpointError(f"expected {WHAT}; detectors: {names}; found {str(spec)!r}")
+    return model.to(device).eval(), ckpt
+
+
+def load_run_checkpoint(checkpoint: str | os.PathLike, device: torch.device | str = "cpu"
+                        ) -> tuple[nn.Module, dict[str, Any]]:
+    """The detector of a ``detect train`` best.pt/last.pt (or run folder), and its checkpoint dict;
+    one CheckpointError line for any other source (evaluation needs the recorded classes and data)."""
+    model, ckpt = load_detector(checkpoint, device=device)
+    if not ckpt:
+        raise CheckpointError(f"{checkpoint}: expected a best.pt/last.pt written by backbonekit detect train "
+                              f"(or its run folder), found another kind of file")
+    return model, ckpt

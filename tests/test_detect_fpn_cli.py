@@ -1,0 +1,217 @@
+"""Faster R-CNN, RetinaNet and FCOS through the CLI: detect train | evaluate | predict | export, the one
+detector loader, the pretrained run's normalisation, the profiler's meta-device anchors, bad input.
+
+References are independent of the code under test: torchvision's loss names and its own detectors'
+outputs (thresholds set on torchvision's attributes directly), ONNX Runtime against PyTorch, and
+hand-written expectations. Tiny everything: ResNet-18, 64-128 px, 4 images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import detection as tvd
+
+import backbonekit as bk
+from backbonekit.cli import main
+from backbonekit.detection.config import DetectConfig
+from backbonekit.detection.fpn_export import export_fpn_onnx, read_fpn_metadata
+from backbonekit.detection.loading import load_detector
+from backbonekit.detection.synthetic import write_yolo_dataset
+from helpers import randomized, with_random_bn_statistics
+from test_detection_train import _fit, tiny_set
+
+KINDS = ("fasterrcnn", "retinanet", "fcos")
+TORCHVISION_PARTS = {  # the keys of torchvision's loss dicts, written out by hand
+    "fasterrcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+    "retinanet": ("classification", "bbox_regression"),
+    "fcos": ("classification", "bbox_regression", "bbox_ctrness"),
+}
+TRAIN = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--input-size", "64", "--device", "cpu",
+         "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def yolo_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_yolo_dataset({"train": tiny_set("train", 4), "val": tiny_set("val", 4)}, root)
+    return root
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def run(request, yolo_dir, tmp_path_factory):
+    kind = request.param
+    out = tmp_path_factory.mktemp(kind) / "run"
+    assert main(["detect", "train", "--model", kind, "--dataset", f"yolo:{yolo_dir}", "--out", str(out), *TRAIN]) == 0
+    return kind, out
+
+
+def _metrics(out) -> list[dict[str, str]]:
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_logs_torchvision_loss_parts_and_writes_the_run_folder(run):
+    kind, out = run
+    (row,) = _metrics(out)
+    parts = [float(row[f"train_{p}"]) for p in TORCHVISION_PARTS[kind]]
+    assert float(row["train_loss"]) == pytest.approx(sum(parts), rel=1e-5) and all(p > 0 for p in parts)
+    for name in ("config.yaml", "best.pt", "last.pt", "curves.png", "per_class_ap.json", "report.html"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["model"] == kind and ckpt["model_kwargs"]["backbone"] == "resnet18"
+    assert ckpt["model_kwargs"]["image_mean"] == pytest.approx([0.485, 0.456, 0.406])  # no pretrained run: ImageNet
+
+
+def test_evaluate_and_predict_the_run(run, yolo_dir, tmp_path, capsys):
+    kind, out = run
+    capsys.readouterr()
+    assert main(["detect", "evaluate", str(out / "best.pt"), "--device", "cpu", "--format", "json",
+                 "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["map"] == pytest.approx(float(_metrics(out)[0]["map"]), abs=1e-6)  # best.pt is epoch 1's model
+    image = sorted((yolo_dir / "images" / "val").iterdir())[0]
+    assert main(["detect", "predict", str(out), str(image), "--out", str(tmp_path / "pred"),
+                 "--score-thresh", "0.001"]) == 0
+    rows = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    model, ckpt = load_detector(out)
+    owner = model.roi_heads if kind == "fasterrcnn" else model
+    owner.score_thresh, owner.nms_thresh = 0.001, 0.45  # torchvision's own attributes, not detect()'s arguments
+    from backbonekit.detection.predict import read_image
+
+    with torch.no_grad():
+        expected = model([read_image(image)])[0]
+    assert len(rows) == len(expected["scores"])
+    assert sorted(r["score"] for r in rows) == pytest.approx(sorted(expected["scores"].tolist()), abs=1e-4)
+    assert ckpt["classes"] == [str(c) for c in ckpt["classes"]] and model.class_names == ckpt["classes"]
+
+
+def _sorted_rows(boxes, scores, labels) -> np.ndarray:
+    """Detections as rows (label, score, box) in a fixed order: ties in score do not decide the order."""
+    rows = np.concatenate([np.asarray(labels, np.float64)[:, None], np.asarray(scores, np.float64)[:, None],
+                           np.asarray(boxes, np.float64)], 1)
+    return rows[np.lexsort(np.round(rows, 3).T[::-1])]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_runtime_gives_the_detections_of_pytorch(kind, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    threshold = dict(box_score_thresh=0.0) if kind == "fasterrcnn" else dict(score_thresh=0.0)
+    model = randomized(bk.create_model(kind, backbone="resnet18", num_classes=3, min_size=128, max_size=128,
+                                       **threshold), seed=1)
+    path = export_fpn_onnx(model, tmp_path / f"{kind}.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((128, 128), (96, 128)):
+        image = torch.rand(3, *shape)
+        with torch.no_grad():
+            expected = model([image])[0]
+        boxes, scores, labels = session.run(None, {"images": image[None].numpy()})
+        assert len(scores) == len(expected["scores"]) > 0
+        np.testing.assert_allclose(_sorted_rows(boxes, scores, labels),
+                                   _sorted_rows(expected["boxes"], expected["scores"], expected["labels"]),
+                                   atol=2e-3, rtol=1e-4)
+    meta = read_fpn_metadata(path)
+    assert meta["kind"] == kind and meta["min_size"] == 128 and len(meta["classes"]) == 3
+
+
+def test_export_refuses_batches_and_int8_in_one_line(tmp_path, capsys):
+    model = bk.create_model("fcos", backbone="resnet18", num_classes=2, min_size=64, max_size=64)
+    with pytest.raises(ValueError, match="--int8 is not available for fcos") as e:
+        export_fpn_onnx(model, tmp_path / "a.onnx", int8=True)
+    assert "\n" not in str(e.value)
+    assert main(["detect", "export", "retinanet", "-o", str(tmp_path / "b.onnx"), "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "batch size 1 only" in err and len(err.splitlines()) == 1
+
+
+def test_retinanet_loss_falls_on_four_images():
+    torch.manual_seed(0)
+    data = tiny_set("train", 4)
+    images = torch.stack([data[i][0] for i in range(4)]).float() / 255
+    targets = [{"boxes": data[i][1]["boxes"].float(), "labels": data[i][1]["labels"].long()} for i in range(4)]
+    model = bk.create_model("retinanet", backbone="resnet18", num_classes=10, min_size=64, max_size=64)
+    losses = _fit(model, images, targets, steps=20, lr=1e-3)
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
+
+
+def test_torchvision_fcos_file_through_the_loader_gives_torchvision_detections(tmp_path):
+    torch.manual_seed(0)
+    reference = with_random_bn_statistics(tvd.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5,
+                                                                min_size=128, max_size=128, score_thresh=0.0)).eval()
+    path = tmp_path / "fcos_resnet50_fpn.pth"
+    torch.save(reference.state_dict(), path)
+    model, ckpt = load_detector(path, input_size=128)
+    assert ckpt == {} and model.num_classes == 5
+    images = [torch.rand(3, 128, 112), torch.rand(3, 96, 128)]
+    with torch.no_grad():
+        found, expected = model.detect(images, score_thresh=0.0), reference(images)
+    for f, e in zip(found, expected):
+        assert e["boxes"].shape[0] > 0 and f["boxes"].shape == e["boxes"].shape
+        torch.testing.assert_close(f["boxes"], e["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(f["scores"], e["scores"], atol=1e-5, rtol=1e-4)
+        assert torch.equal(f["labels"], e["labels"])
+
+
+def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
+    from backbonekit.detection.trainer import build_fpn_detector
+
+    body = bk.create_model("resnet18", num_classes=4)
+    path = tmp_path / "best.pt"
+    mean, std = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
+    torch.save({"format": "backbonekit", "model": "resnet18", "model_kwargs": {}, "num_classes": 4,
+                "state_dict": body.state_dict(), "preprocessing": {"mean": mean, "std": std, "image_size": 64,
+                                                                   "classes": list("abcd"), "dataset": "x"}}, path)
+    cfg = DetectConfig(model="fasterrcnn", backbone="resnet18", pretrained=str(path), input_size=64, device="cpu")
+    with pytest.warns(UserWarning, match="backbone only"):
+        model, kwargs = build_fpn_detector(cfg, 3)
+    assert model.transform.image_mean == pytest.approx(mean) and model.transform.image_std == pytest.approx(std)
+    assert kwargs["frozen_bn"] is True
+    torch.testing.assert_close(model.backbone.body.state_dict()["layer1.0.conv1.weight"],
+                               body.state_dict()["layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "fasterrcnn", "--anchors", "coco"], "anchors is a YOLOv3 option"),
+    (["--model", "fcos", "--neck-width", "0.25"], "neck_width is a YOLOv3 option"),
+    (["--model", "ssd"], "model"),
+])
+def test_yolo_only_options_and_unknown_models_are_one_line(argv, message, capsys):
+    assert main(["detect", "train", *argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_profile_leaves_the_anchor_cache_usable():
+    from backbonekit.profiler import profile_model
+
+    torch.manual_seed(0)
+    model = bk.create_model("retinanet", backbone="resnet18", num_classes=3, min_size=64, max_size=64,
+                            score_thresh=0.0).eval()
+    image = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        before = model(image)[0]
+    result = profile_model(model, 64)
+    assert result.macs > 0
+    cached = model.anchor_generator.cell_anchors
+    assert all(a.device.type == "cpu" for a in cached)  # the meta-device estimate left them as they were
+    with torch.no_grad():
+        after = model(image)[0]
+    torch.testing.assert_close(after["boxes"], before["boxes"])
+
+
+def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys):
+    path = tmp_path / "resnet18.pth"
+    torch.save(bk.create_model("resnet18", num_classes=4).state_dict(), path)  # a classifier, not a detector
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["detect", "predict", str(path), str(image), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot load a detector from" in err and "torchvision fasterrcnn/retinanet/fcos" in err
+    assert len(err.splitlines()) == 1
