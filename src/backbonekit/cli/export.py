@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         return _export_detector(args)
     if check_int8_arguments(args):
         return _export_int8(args)
+    run_file = _run_checkpoint(args.model)
+    if run_file is not None:
+        return _export_run(run_file, args)
 
     result = export(args.model, args.output, format=args.format, weights=args.weights, num_classes=args.num_classes,
                     features_only=args.features_only, input_size=args.input_size, batch_size=args.batch_size,
@@ -97,22 +100,41 @@ def _export_detector(args: argparse.Namespace) -> int:
     return run_export(detect_args)
 
 
+def _run_checkpoint(spec: str):
+    """The best.pt of a run folder, or the checkpoint file ``spec`` names; None for a registered model name."""
+    from pathlib import Path
+
+    source = Path(spec)
+    if source.is_dir():
+        source = source / "best.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"run folder {spec} has no best.pt: expected a finished `backbonekit train` run")
+    return source if source.is_file() else None
+
+
+def _export_run(checkpoint, args: argparse.Namespace) -> int:
+    """A classification run's checkpoint as fp32 ONNX with its own preprocessing in the file's metadata."""
+    from ..onnx_meta import export_onnx
+
+    if args.format != "onnx" or args.features_only or args.weights:
+        raise ValueError(f"a run folder or checkpoint exports as an ONNX classifier with its own weights: expected "
+                         f"--format onnx without --features-only or --weights, found {args.model} with those")
+    path = export_onnx(checkpoint, args.output, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+                       opset=args.opset)
+    print(f"wrote {path} (onnx, fp32, {args.model}, preprocessing in its metadata, "
+          f"{path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _export_int8(args: argparse.Namespace) -> int:
     """``--int8``: a run folder or checkpoint keeps its own preprocessing; a registered name (with
     ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
-    from pathlib import Path
-
     from ..export import build_for_export
 
     if args.features_only:
         raise ValueError("--int8 quantizes classifiers: expected no --features-only")
-    source = Path(args.model)
-    if source.is_dir():
-        source = source / "best.pt"
-        if not source.is_file():
-            raise FileNotFoundError(f"run folder {args.model} has no best.pt: expected a finished `backbonekit "
-                                    f"train` run")
-    if source.is_file():
+    source = _run_checkpoint(args.model)
+    if source is not None:
         return export_int8_file(source, args)
     model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
     return export_int8_file(model.eval(), args, input_size=args.input_size)
