@@ -87,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    with tempfile.TemporaryDirectory(prefix="bench_detectors_") as folder:  # five runs' checkpoints: removed
+        return _run(args, Path(folder))
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> int:
     from backbonekit.detection.data import load_detection_dataset
     from backbonekit.detection.loading import load_detector
     from backbonekit.detection.trainer import make_data
     from backbonekit.profiler import profile_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_detectors_"))
     data = make_data(tmp / "data", num_train=args.train_images, num_val=args.val_images, seed=args.seed)
     val = load_detection_dataset(f"yolo:{data}", None, "val")
     images = [val[i][0].float() / 255 for i in range(min(args.speed_images, len(val)))]

@@ -215,3 +215,45 @@ def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert "cannot load a detector from" in err and "torchvision fasterrcnn/retinanet/fcos" in err
     assert len(err.splitlines()) == 1
+
+
+def test_fine_tuning_from_a_detect_train_checkpoint_keeps_its_weights_and_normalisation(run):
+    """A detect-train file records the builder's arguments (backbone, frozen_bn, image_mean...): starting a
+    new detector from it must not pass them twice, and must keep the run's mean/std, not ImageNet's."""
+    from backbonekit.detection.trainer import pretrained_normalisation
+
+    kind, out = run
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    ckpt["model_kwargs"]["image_mean"], ckpt["model_kwargs"]["image_std"] = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+    path = out.parent / "recorded-norm.pt"
+    torch.save(ckpt, path)
+    assert pretrained_normalisation(path) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    model = bk.create_model(kind, backbone="resnet18", pretrained=str(path))
+    assert model.transform.image_mean == pytest.approx([0.1, 0.2, 0.3])
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in ckpt["state_dict"].items() if k in own)
+
+
+def test_pretrained_normalisation_follows_what_the_weights_were_trained_on(tmp_path):
+    from backbonekit.detection.trainer import pretrained_normalisation
+    from backbonekit.onnx_meta import IMAGENET_MEAN
+
+    torchvision_file = tmp_path / "resnet18.pth"
+    torch.save(bk.create_model("resnet18").state_dict(), torchvision_file)
+    assert pretrained_normalisation(torchvision_file)[0] == pytest.approx(list(IMAGENET_MEAN))
+    darknet_file = tmp_path / "yolov3.weights"
+    from backbonekit.detection.yolov3_weights import write_yolov3_weights
+
+    tiny = bk.create_model("yolov3", num_classes=2, neck_channels=(64, 32, 16))
+    write_yolov3_weights(tiny.state_dict(), darknet_file, neck_channels=(64, 32, 16))
+    assert pretrained_normalisation(darknet_file) == ([0.0] * 3, [1.0] * 3)  # Darknet feeds raw [0, 1]
+
+
+def test_an_fpn_onnx_file_is_refused_by_the_yolo_and_classifier_readers_in_one_line(tmp_path):
+    from backbonekit.onnx_meta import read_metadata
+
+    model = bk.create_model("fcos", backbone="resnet18", num_classes=2, min_size=64, max_size=64)
+    path = export_fpn_onnx(model, tmp_path / "fcos.onnx")
+    with pytest.raises(ValueError, match="Faster R-CNN / RetinaNet / FCOS export") as info:
+        read_metadata(path)
+    assert "\n" not in str(info.value)

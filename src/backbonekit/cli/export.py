@@ -6,13 +6,15 @@ import argparse
 
 from ..export import DEFAULT_OPSET, FORMATS
 
+DEFAULT_INPUT_SIZE = 416
+
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a model as ONNX or TorchScript (BatchNorm folded)")
     p.add_argument("model", metavar="MODEL|RUN", help="a registered model name (see `backbonekit models`), a "
                    "classification run folder or its best.pt/last.pt")
     p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--input-size", type=int, default=416, help="input height and width (default 416)")
+    p.add_argument("--input-size", type=int, help="input height and width (default 416; detectors: their own)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: let the batch dimension vary")
     p.add_argument("--weights", help="weights file to load (backbonekit checkpoint, timm or torchvision)")
@@ -72,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return _export_run(run_file, args)
 
     result = export(args.model, args.output, format=args.format, weights=args.weights, num_classes=args.num_classes,
-                    features_only=args.features_only, input_size=args.input_size, batch_size=args.batch_size,
-                    dynamic_batch=args.dynamic_batch, opset=args.opset)
+                    features_only=args.features_only, input_size=args.input_size or DEFAULT_INPUT_SIZE,
+                    batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, opset=args.opset)
     shape = "x".join(map(str, result.input_shape))
     print(f"wrote {result.path} ({result.format}, {result.model}, input {shape}, {result.nbytes / 2**20:.1f} MiB)")
     return 0
@@ -137,4 +139,4 @@ def _export_int8(args: argparse.Namespace) -> int:
     if source is not None:
         return export_int8_file(source, args)
     model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
-    return export_int8_file(model.eval(), args, input_size=args.input_size)
+    return export_int8_file(model.eval(), args, input_size=args.input_size or DEFAULT_INPUT_SIZE)

@@ -21,6 +21,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 KEY = "backbonekit"
+FPN_KEY = "backbonekit.fpn"  # detection/fpn_export.py: those files carry their own, smaller record
 VERSION = 1
 TASKS = ("classification", "detection")
 DETECTION_OUTPUTS = ("selected", "boxes", "scores", "labels")  # the NonMaxSuppression outputs of a detector file
@@ -51,6 +52,10 @@ def to_props(meta: Mapping[str, Any]) -> dict[str, str]:
 
 def from_props(props: Mapping[str, str], source: str) -> dict[str, Any]:
     """The metadata stored in an ONNX file's ``metadata_props`` (``source`` names the file in errors)."""
+    if KEY not in props and FPN_KEY in props:
+        raise ValueError(f"{source} is a Faster R-CNN / RetinaNet / FCOS export (resize, normalisation and NMS in "
+                         f"the graph): expected a classifier or YOLOv3 file here; run it with onnxruntime directly "
+                         f"(input: one (3, H, W) float image in [0, 1])")
     if KEY not in props:
         raise ValueError(f"{source} has no backbonekit preprocessing metadata (metadata_props key {KEY!r}): "
                          f"export it with backbonekit.onnx_meta.export_onnx or backbonekit.quantize.export_int8")

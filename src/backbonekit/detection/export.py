@@ -58,6 +58,10 @@ def export_yolov3_onnx(model: YOLOv3, path: str | os.PathLike, *, input_size: in
     """
     import onnx
 
+    if not isinstance(model, YOLOv3):
+        raise ValueError(f"expected a YOLOv3 here (decoding in the graph), found {type(model).__name__}: the FPN "
+                         f"detectors export through detection.fpn_export.export_fpn_onnx")
+
     from ..deploy.metadata import detector_metadata
     from ..onnx_meta import set_metadata
     from ..optimize import fuse_batchnorm

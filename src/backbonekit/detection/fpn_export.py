@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..deploy.metadata import FPN_KEY
 from ..checkpoint import atomic_path
 from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
 
 FPN_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
-METADATA_KEY = "backbonekit.fpn"
+METADATA_KEY = FPN_KEY
 ONNX_OPSET = 17  # the TorchScript exporter's well-trodden range for torchvision's detection ops
 
 

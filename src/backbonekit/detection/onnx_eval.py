@@ -9,7 +9,7 @@ what its PyTorch model scores, and the int8 file's delta is the quantization's a
 from __future__ import annotations
 
 import os
-import re
+
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,8 +18,9 @@ from torch import Tensor
 
 from ..deploy.runtime import open_session
 from ..train.onnx_eval import OnnxModule
+from ..train.runs import evaluation_folder
 from .metrics import DetectionMetrics
-from .yolov3 import YOLOv3, check_images, letterbox
+from .yolov3 import check_images, letterbox, postprocess
 
 
 class OnnxDetector(OnnxModule):
@@ -42,9 +43,9 @@ class OnnxDetector(OnnxModule):
         """:meth:`YOLOv3.detect` with the network run by ONNX Runtime."""
         batch, boxes = letterbox(check_images(images), self.input_size)
         decoded = self(batch)
-        return YOLOv3.postprocess(self, decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
-                                  self.nms_thresh if nms_thresh is None else nms_thresh,
-                                  self.detections_per_img if detections_per_img is None else detections_per_img)
+        return postprocess(decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
+                           self.nms_thresh if nms_thresh is None else nms_thresh,
+                           self.detections_per_img if detections_per_img is None else detections_per_img)
 
 
 def load_onnx_detector(path: str | os.PathLike, threads: int | None = None) -> OnnxDetector:
@@ -83,8 +84,7 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
         metrics, _ = evaluate(model, data, classes, device=torch.device("cpu"), batch_size=batch_size,
                               score_thresh=score_thresh, nms_thresh=nms, distributed=False)
     kind = "int8" if "quantization" in model.meta else "fp32"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(path).stem}-{name}")
-    out = Path(out) if out else Path(path).parent / f"eval-{stem}-{split}"
+    out = Path(out) if out else evaluation_folder(path, f"{Path(path).stem}-{name}", split)
     report.write_evaluation(out, metrics, [], classes, title=f"{path} ({kind} ONNX) on {name} {split} split "
                                                                f"({len(data)} images)")
     log(f"{path} ({kind} ONNX) on {name} {split}: mAP {100 * metrics.summary['map']:.1f} "

@@ -292,7 +292,7 @@ def load_detector_state(model: nn.Module, state: Mapping[str, Tensor], source: s
 def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int = 3,
                     pretrained: str | os.PathLike | None = None, backbone: str | None = None,
                     backbone_kwargs: Mapping[str, Any] | None = None, trainable_layers: int | None = None,
-                    frozen_bn: bool | None = None, bn_eps: float | None = None, out_channels: int = 256,
+                    frozen_bn: bool | None = None, bn_eps: float | None = None, out_channels: int | None = None,
                     **kwargs: Any) -> nn.Module:
     """torchvision's ``kind`` detector on ``backbone`` (default: the file's, else resnet50) through an FPN.
 
@@ -315,8 +315,12 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     if in_chans != 3:
         raise ValueError(f"{kind} takes RGB images: expected in_chans=3, found {in_chans}")
     state, file_classes, recorded = (read_pretrained(kind, pretrained) if pretrained is not None else ({}, 0, {}))
+    # a detect-train file records the builder's own arguments beside torchvision's: the caller's win
     backbone = backbone or recorded.pop("backbone", None) or DEFAULT_BACKBONE
     backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
+    out_channels = out_channels or recorded.pop("out_channels", None) or 256
+    for own in ("backbone", "backbone_kwargs", "out_channels", "frozen_bn", "bn_eps", "trainable_layers"):
+        recorded.pop(own, None)
     for key, value in recorded.items():
         kwargs.setdefault(key, value)
     if num_classes is None:

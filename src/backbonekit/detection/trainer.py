@@ -1,4 +1,4 @@
-"""``train`` a detector into a run folder; ``evaluate_checkpoint`` and ``predict_checkpoint`` for saved ones.
+"""``train`` a detector into a run folder; ``evaluate_checkpoint`` for saved ones.
 
 The run folder follows ``backbonekit train``'s conventions (``docs/detection-training.md``):
 ``config.yaml``, ``metrics.csv`` (every loss part and the COCO mAPs per epoch), ``last.pt`` and
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +22,10 @@ from torch import nn
 
 from .. import create_model
 from .._text import few, first_line
-from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
+from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..train import dist
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ..train.runs import check_resumed_world, resume_checkpoint, resumed_config, run_in_folder
+from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
 from .config import DETECT_RESUME_RULES, DetectConfig, parse_anchors, write_config
@@ -92,7 +90,7 @@ def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[f
         shapes = dataset_box_shapes(train_set, input_size)
         if len(torch.unique(shapes[(shapes > 0).all(1)], dim=0)) < 9:
             warnings.warn("--anchors auto: the training set has fewer than 9 distinct box shapes for k-means; "
-                          f"using Darknet's COCO anchors", stacklevel=2)
+                          "using Darknet's COCO anchors", stacklevel=2)
             return resolve_anchors("coco", train_set, input_size)
         fit = anchors_for_dataset(train_set, 9, input_size)
         return [[round(float(w), 2), round(float(h), 2)] for w, h in fit.anchors.tolist()]
@@ -125,7 +123,9 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
     resumed records it); none for Darknet's raw [0, 1] input."""
     if cfg.model != "yolov3":
         return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
-    source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained else (None, {}))
+    # a resumed run keeps the backbone options it recorded (act_slope of a timm file, ...)
+    source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained
+                    else (None, dict((resumed_kwargs or {}).get("backbone_kwargs") or {})))
     norm = source.input_norm if source is not None else \
         {k: v for k, v in (resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
     model_kwargs = {"backbone": cfg.backbone, "backbone_kwargs": dict(arch), "input_size": cfg.input_size,
@@ -142,19 +142,29 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
 
 
 def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float], list[float]]:
-    """(mean, std) the backbone was trained with: a classification run's (its checkpoint's ``preprocessing``),
-    else ImageNet's (torchvision's detectors' default)."""
+    """(mean, std) the weights in ``path`` were trained with: a classification run's (its checkpoint's
+    ``preprocessing``), a detector run's (its recorded ``image_mean``/``image_std`` or YOLOv3's
+    ``input_mean``/``input_std``), none for Darknet's files and YOLOv3 checkpoints without one (Darknet
+    feeds raw [0, 1] pixels), else ImageNet's (torchvision's and timm's weights; torchvision's default)."""
     from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
     from ..weights import detect_file_format
 
-    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    if path is None or detect_file_format(path) != "torch":
-        return mean, std
+    imagenet, raw = (list(IMAGENET_MEAN), list(IMAGENET_STD)), ([0.0] * 3, [1.0] * 3)
+    kind = None if path is None else detect_file_format(path)
+    if kind == "darknet":
+        return raw
+    if kind != "torch":
+        return imagenet
     ckpt = load_file(path)
-    prep = ckpt.get("preprocessing") if isinstance(ckpt, dict) else None
-    if isinstance(prep, dict) and "mean" in prep and "std" in prep:
-        return [float(v) for v in prep["mean"]], [float(v) for v in prep["std"]]
-    return mean, std
+    if not isinstance(ckpt, dict):
+        return imagenet
+    prep, recorded = ckpt.get("preprocessing"), ckpt.get("model_kwargs") or {}
+    for mean, std in ((prep or {}).get("mean"), (prep or {}).get("std")), \
+            (recorded.get("image_mean"), recorded.get("image_std")), \
+            (recorded.get("input_mean"), recorded.get("input_std")):
+        if mean is not None and std is not None:
+            return [float(v) for v in mean], [float(v) for v in std]
+    return raw if ckpt.get("model") == "yolov3" else imagenet
 
 
 def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,
@@ -460,46 +470,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     nms = saved.get("nms_thresh", 0.45) if nms_thresh is None else nms_thresh
     metrics, items = evaluate(model, data, ckpt["classes"], device=dev, batch_size=batch_size, score_thresh=score,
                               nms_thresh=nms, distributed=False)
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{split}"
+    out = Path(out) if out else evaluation_folder(checkpoint, name, split)
     report.write_evaluation(out, metrics, _samples(data, items), ckpt["classes"],
                             title=f"{checkpoint} on {name} {split} split ({len(data)} images)")
     log(f"{checkpoint} on {name} {split}: mAP {100 * metrics.summary['map']:.1f} "
         f"mAP@.5 {100 * metrics.summary['map_50']:.1f} ({len(data)} images); report in {out}")
     return metrics
-
-
-def predict_checkpoint(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                       score_thresh: float = 0.25, nms_thresh: float | None = None, device: str = "auto"
-                       ) -> list[dict]:
-    """Detect objects in image files: ``out/NAME.png`` with boxes and class names drawn, and one
-    ``out/detections.json`` in COCO's results format (``image_id`` is the image's position in ``images``,
-    ``category_id`` the 0-based class, ``bbox`` x, y, w, h). Returns the COCO entries."""
-    from . import report
-    from .data import read_image
-
-    if not images:
-        raise ValueError("expected at least one image file, found none")
-    dev = resolve_device(device)
-    model, ckpt = load_detector(checkpoint, dev)
-    nms = (ckpt.get("config") or {}).get("nms_thresh", 0.45) if nms_thresh is None else nms_thresh
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for image_id, path in enumerate(images):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        image = read_image(path)
-        with torch.no_grad():
-            pred = model.detect([image.to(dev).float() / 255], score_thresh=score_thresh, nms_thresh=nms)[0]
-        pred = {k: v.cpu() for k, v in pred.items()}
-        report.draw_detections(image, pred, None, ckpt["classes"], out / f"{path.stem}.png")
-        for box, score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
-            entries.append({"image_id": image_id, "file_name": path.name, "category_id": int(label),
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
-    with atomic_open(out / "detections.json") as f:
-        f.write(json.dumps(entries, indent=1).encode("utf-8"))
-    return entries
 
 
 def make_data(out: str | os.PathLike, *, image_size: int | None = None, num_train: int | None = None,

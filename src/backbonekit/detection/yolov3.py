@@ -40,7 +40,7 @@ LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
 # where each image went; the same :func:`.augment.letterbox` per image that training uses.
 letterbox = letterbox_images
 __all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
-           "letterbox", "letterbox_geometry", "yolov3"]
+           "letterbox", "letterbox_geometry", "postprocess", "yolov3"]
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -150,18 +150,8 @@ class YOLOv3(nn.Module):
     # -- images in, detections out -------------------------------------------------------------
     def postprocess(self, decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thresh: float, nms_thresh: float,
                     detections_per_img: int) -> list[dict[str, Tensor]]:
-        """Per image: score = objectness x class probability (each class its own candidate, as Darknet),
-        drop scores <= ``score_thresh``, class-aware NMS, keep the best ``detections_per_img``,
-        map boxes back into the original image."""
-        results = []
-        for pred, box in zip(decoded, boxes):
-            scores = pred[:, 4:5] * pred[:, 5:]
-            index, labels = (scores > score_thresh).nonzero(as_tuple=True)
-            xyxy = box_convert(pred[index, :4], "cxcywh", "xyxy")
-            scores = scores[index, labels]
-            keep = batched_nms(xyxy, scores, labels, nms_thresh)[:detections_per_img]
-            results.append({"boxes": box.to_original(xyxy[keep]), "scores": scores[keep], "labels": labels[keep]})
-        return results
+        """:func:`postprocess` (the model's own thresholds are :meth:`detect`'s defaults, not used here)."""
+        return postprocess(decoded, boxes, score_thresh, nms_thresh, detections_per_img)
 
     @torch.no_grad()
     def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
@@ -185,6 +175,22 @@ class YOLOv3(nn.Module):
         if isinstance(images, Tensor) and images.dim() == 4:
             return self.forward_raw(images)
         return self.detect(images)
+
+
+def postprocess(decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thresh: float, nms_thresh: float,
+                detections_per_img: int) -> list[dict[str, Tensor]]:
+    """Darknet's decoded predictions (N, K, 5 + C) -> one ``{boxes, scores, labels}`` dict per image: score =
+    objectness x class probability (each class its own candidate, as Darknet), drop scores <= ``score_thresh``,
+    class-aware NMS, keep the best ``detections_per_img``, map boxes back into the original image."""
+    results = []
+    for pred, box in zip(decoded, boxes):
+        scores = pred[:, 4:5] * pred[:, 5:]
+        index, labels = (scores > score_thresh).nonzero(as_tuple=True)
+        xyxy = box_convert(pred[index, :4], "cxcywh", "xyxy")
+        scores = scores[index, labels]
+        keep = batched_nms(xyxy, scores, labels, nms_thresh)[:detections_per_img]
+        results.append({"boxes": box.to_original(xyxy[keep]), "scores": scores[keep], "labels": labels[keep]})
+    return results
 
 
 def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Tensor | None, Tensor | None]:

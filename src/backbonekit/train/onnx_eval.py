@@ -7,7 +7,7 @@ The preprocessing (image size, mean/std, class names) comes from the file's meta
 from __future__ import annotations
 
 import os
-import re
+
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deploy.runtime import open_session
+from .runs import evaluation_folder
 from .engine import EvalResult, evaluate
 from .trainer import EVAL_BATCH_SIZE, evaluation_batches
 
@@ -67,8 +68,7 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split:
     dev = torch.device("cpu")
     data, batches = evaluation_batches(prep, name, split, data_dir, download, dev, batch_size)
     ev = evaluate(OnnxModule(session), batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(path).stem}-{name}")
-    out = Path(out) if out else Path(path).parent / f"eval-{stem}-{split}"
+    out = Path(out) if out else evaluation_folder(path, f"{Path(path).stem}-{name}", split)
     kind = "int8" if "quantization" in meta else "fp32"
     report.write_evaluation(out, ev, data, title=f"{path} ({kind} ONNX) on {name} {split} split")
     log(f"{path} ({kind} ONNX) on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); "

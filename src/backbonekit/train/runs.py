@@ -198,3 +198,11 @@ def run_in_folder(cfg: Any, resumed: Mapping[str, Any] | None,
         return train_fn(cfg, out)
     with claim_run_folder(out, new=resumed is None):
         return train_fn(cfg, out)
+
+
+def evaluation_folder(source: str | os.PathLike, label: str, split: str) -> Path:
+    """Where ``evaluate`` writes its report by default: ``eval-LABEL-SPLIT`` inside a run folder given as
+    such, else beside the checkpoint or ONNX file (``LABEL`` with characters unsafe in a name replaced)."""
+    source = Path(source)
+    base = source if source.is_dir() else source.parent
+    return base / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}-{split}"

@@ -7,7 +7,6 @@ import csv
 import io
 import dataclasses
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
-from .runs import RESUME_RULES, check_resumed_world, default_out, resume_checkpoint, resumed_config, run_in_folder
+from .runs import RESUME_RULES, check_resumed_world, default_out, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
@@ -376,7 +375,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     name = dataset or ckpt["preprocessing"]["dataset"]
     data, batches = evaluation_batches(ckpt["preprocessing"], name, split, data_dir, download, dev, batch_size)
     ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{split}"
+    out = Path(out) if out else evaluation_folder(checkpoint, name, split)
     report.write_evaluation(out, ev, data, title=f"{checkpoint} on {name} {split} split")
     log(f"{checkpoint} on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); report in {out}")
     return ev
