@@ -116,12 +116,8 @@ def dataset_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, sp
         raise ValueError(f"calibration split must be train or test, found {split!r}")
     data = load_dataset(dataset, data_dir, meta["image_size"], 0, False, download)
     images = data.train if split == "train" else data.val
-    available = len(images)
-    if available < MIN_CALIB_IMAGES:
-        raise ValueError(f"calibration set too small: {dataset} {split} split has {available} images, "
-                         f"expected at least {MIN_CALIB_IMAGES}")
-    count = min(count, available)
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(CALIB_SEED))[:count]
+    order = _calibration_order(len(images), count, f"{dataset} {split} split")
+    count = len(order)
     normalize = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
 
     def fetch(positions: np.ndarray) -> np.ndarray:
@@ -135,26 +131,31 @@ def dataset_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, sp
     return count, fetch, f"{dataset} ({split} split)"
 
 
+def _calibration_order(available: int, count: int, source: str):
+    """The seeded draw of ``count`` calibration images out of ``available`` (all of them if fewer); one
+    line when there are too few to calibrate on."""
+    import torch
+
+    if available < MIN_CALIB_IMAGES:
+        raise ValueError(f"calibration set too small: {source} has {available} images, "
+                         f"expected at least {MIN_CALIB_IMAGES}")
+    return torch.randperm(available, generator=torch.Generator().manual_seed(CALIB_SEED))[:min(count, available)]
+
+
 def detection_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, split: str = "train",
                           data_dir: str | os.PathLike | None = None
                           ) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
     """As :func:`dataset_calibration` for a detector: ``count`` images of a dataset ``detect train``
     accepts, each letterboxed by :func:`backbonekit.detection.yolov3.letterbox` (the function
     ``YOLOv3.detect`` and evaluation use) to the file's input size, values in [0, 1]."""
-    import torch
-
     from .detection.data import load_detection_dataset
     from .detection.yolov3 import letterbox
 
     if split not in ("train", "val"):
         raise ValueError(f"detector calibration split must be train or val, found {split!r}")
     images = load_detection_dataset(dataset, data_dir, split)
-    available = len(images)
-    if available < MIN_CALIB_IMAGES:
-        raise ValueError(f"calibration set too small: {dataset} {split} split has {available} images, "
-                         f"expected at least {MIN_CALIB_IMAGES}")
-    count = min(count, available)
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(CALIB_SEED))[:count]
+    order = _calibration_order(len(images), count, f"{dataset} {split} split")
+    count = len(order)
 
     def fetch(positions: np.ndarray) -> np.ndarray:
         batch = [images[int(order[int(i)])][0].float() / 255 for i in positions]
