@@ -208,7 +208,7 @@ def test_readme_deployment_example_runs(det, tmp_path, capsys, monkeypatch):
     argv, code = readme_deployment_example()
     assert argv[:3] == ["backbonekit", "detect", "export"] and len(code.strip().splitlines()) == 4
     pt = save_detector(det["model"], tmp_path / "tiny.pt")
-    swap = {"runs/yolov3": str(pt), "photodigits": f"yolo:{det['data']}"}
+    swap = {"runs/yolov3-photodigits": str(pt), "photodigits": f"yolo:{det['data']}"}
     monkeypatch.chdir(tmp_path)  # the example's relative file names land here
     assert main([swap.get(a, a) for a in argv[1:]] + ["--calib-images", "8"]) == 0, shlex.join(argv)
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save("street.jpg")
