@@ -351,3 +351,13 @@ def test_training_speed_ups_give_plain_pytorchs_steps(name, lr):
                 for k, value in plain_opt.state[b].items():
                     fast_opt.state[a][k].copy_(value)
     assert shapes[0] == (1, 1)  # the 3x3 conv ran on a 1x1 map: only its centre tap was used
+
+
+def test_evaluation_folder_is_inside_a_run_folder_and_beside_a_file(tmp_path):
+    from backbonekit.train.runs import evaluation_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    assert evaluation_folder(run, "digits", "test") == run / "eval-digits-test"
+    assert evaluation_folder(run / "best.pt", "imagefolder:/data/x y", "val") == run / "eval-imagefolder_data_x_y-val"
