@@ -70,6 +70,15 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path once its folder is known to exist (one FileNotFoundError line otherwise): for
+    writers that work a while (export, quantization) before :func:`atomic_path` writes the file."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; fsynced and renamed over ``path`` only when the

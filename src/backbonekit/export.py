@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, output_file
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18
@@ -67,9 +67,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "on
         raise ValueError(f"input size and batch size must be positive, found {input_size} and {batch_size}")
     if format == "onnx":
         check_opset(opset)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    path = output_file(path)
     model = model.cpu().float().eval()
     if dynamic_batch:
         batch_size = max(batch_size, 2)  # torch.export specialises a dimension traced at size 1

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, output_file
 from .deploy.metadata import KEY, classifier_metadata, from_props, to_props
 from .export import DEFAULT_OPSET, export_model
 
@@ -104,9 +104,7 @@ def export_onnx(model_or_checkpoint: nn.Module | str | os.PathLike, path: str | 
 
     model, ckpt_prep, name = load_classifier(model_or_checkpoint)
     meta = preprocessing_metadata(model, preprocessing or ckpt_prep, name=name, input_size=input_size)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    path = output_file(path)
     with atomic_path(path) as tmp:  # the file appears complete, metadata included, or not at all
         export_model(model, tmp, format="onnx", input_size=meta["image_size"], batch_size=batch_size,
                      dynamic_batch=dynamic_batch, opset=opset)

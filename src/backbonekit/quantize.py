@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from ._text import first_line
-from .checkpoint import atomic_path
+from .checkpoint import atomic_path, output_file
 from .onnx_meta import export_onnx, load_proto, read_metadata, set_metadata
 
 MIN_CALIB_IMAGES = 8  # fewer images give activation ranges that depend on which images were drawn
@@ -216,9 +216,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
     check_calib_images(calib_images)
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
+    out_path = output_file(out_path)
     with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
         fp32 = _fp32_onnx(model_or_checkpoint, Path(tmp) / "fp32.onnx", calibrate, preprocessing, input_size,
                           data_dir or "data", download)
@@ -331,7 +329,6 @@ def _fp32_onnx(model_or_checkpoint, path: Path, calibrate, preprocessing, input_
             raise ValueError("a bare model calibrated on an array needs preprocessing= (classes, image_size, "
                              "mean, std)")
         from .train.data import load_dataset
-
         from .weights import num_classes_in
 
         preprocessing = dict(load_dataset(calibrate, data_dir, input_size, 0, False, download).preprocessing())

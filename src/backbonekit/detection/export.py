@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_path
+from ..checkpoint import atomic_path, output_file
 from ..export import DEFAULT_OPSET
 from .yolov3 import YOLOv3
 
@@ -72,9 +72,7 @@ def export_yolov3_onnx(model: YOLOv3, path: str | os.PathLike, *, input_size: in
     if size % 32 or size < 32 or batch_size < 1:
         raise ValueError(f"expected an input size that is a positive multiple of 32 and a batch size >= 1, "
                          f"found {size} and {batch_size}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    path = output_file(path)
     model = model.cpu().float().eval()
     example = torch.rand(max(batch_size, 2) if dynamic_batch else batch_size, 3, size, size)
     fuse_batchnorm(model, example[:1])

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import atomic_path, output_file
 from ..deploy.metadata import FPN_KEY
-from ..checkpoint import atomic_path
 from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
 
 FPN_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
@@ -87,9 +87,7 @@ def export_fpn_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: in
     if batch_size != 1:
         raise ValueError(f"{kind} exports with batch size 1 only (torchvision's post-processing is traced per "
                          f"image), found --batch-size {batch_size}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    path = output_file(path)
     model = model.cpu().float().eval()
     size = input_size or int(model.transform.min_size[0])
     example = torch.rand(1, 3, size, size)

@@ -61,17 +61,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input
 
 def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     from .. import create_model
-    from ..weights import detect_file_format, read_weights
+    from ..weights import detect_file_format, read_weights, weights_from_checkpoint
     from .torchvision_detectors import detector_kind
 
     fmt = detect_file_format(path)
     if fmt == "darknet":
         return create_model("yolov3", pretrained=path, **size_options("yolov3", input_size)), {}
-    if fmt == "torch":
-        ckpt = load_file(path)
-        if is_run_checkpoint(ckpt):
-            return model_from_checkpoint(ckpt, path, input_size), ckpt
-    state, meta = read_weights(path)
+    ckpt = load_file(path) if fmt == "torch" else None
+    if is_run_checkpoint(ckpt):
+        return model_from_checkpoint(ckpt, path, input_size), ckpt
+    state, _ = weights_from_checkpoint(ckpt, path) if ckpt is not None else read_weights(path)
     kind = detector_kind(state) or ("yolov3" if "head.convs_pred.0.weight" in state else None)
     if kind is None:
         raise CheckpointError(f"cannot load a detector from {path}: expected {WHAT}; found keys like "

@@ -9,7 +9,6 @@ what its PyTorch model scores, and the int8 file's delta is the quantization's a
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -34,7 +34,7 @@ from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_o
 from .loading import load_run_checkpoint
 from .loss import PARTS, YOLOv3Loss
 from .metrics import DetectionMetrics
-from .yolov3_weights import NORM_KEYS
+from .yolov3_weights import NORM_KEYS, recorded_normalisation
 
 # each detector's loss parts, under their own names (torchvision's for its detectors); "loss" is their sum
 LOSS_PARTS = {"yolov3": tuple(f"loss_{p}" for p in PARTS),
@@ -158,13 +158,8 @@ def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float
     ckpt = load_file(path)
     if not isinstance(ckpt, dict):
         return imagenet
-    prep, recorded = ckpt.get("preprocessing"), ckpt.get("model_kwargs") or {}
-    for mean, std in ((prep or {}).get("mean"), (prep or {}).get("std")), \
-            (recorded.get("image_mean"), recorded.get("image_std")), \
-            (recorded.get("input_mean"), recorded.get("input_std")):
-        if mean is not None and std is not None:
-            return [float(v) for v in mean], [float(v) for v in std]
-    return raw if ckpt.get("model") == "yolov3" else imagenet
+    found = recorded_normalisation(ckpt.get("model_kwargs") or {}, ckpt.get("preprocessing"))
+    return found or (raw if ckpt.get("model") == "yolov3" else imagenet)
 
 
 def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,

@@ -160,13 +160,24 @@ class PretrainedSource:
 NORM_KEYS = ("input_mean", "input_std")
 
 
+def recorded_normalisation(model_kwargs: Mapping[str, Any], preprocessing: Any = None
+                           ) -> tuple[list[float], list[float]] | None:
+    """(mean, std) a checkpoint records for its input: a detector's ``input_mean``/``input_std`` (YOLOv3)
+    or ``image_mean``/``image_std`` (torchvision's detectors) in its model arguments, else a classification
+    run's ``preprocessing``; None when it records none."""
+    prep = preprocessing if isinstance(preprocessing, Mapping) else {}
+    for mean, std in ((model_kwargs.get("input_mean"), model_kwargs.get("input_std")),
+                      (model_kwargs.get("image_mean"), model_kwargs.get("image_std")),
+                      (prep.get("mean"), prep.get("std"))):
+        if mean is not None and std is not None:
+            return [float(v) for v in mean], [float(v) for v in std]
+    return None
+
+
 def _input_norm(obj: Any, model_kwargs: Mapping[str, Any]) -> dict[str, list[float]]:
-    """``input_mean``/``input_std`` recorded by a detector, or taken from a classification run's preprocessing."""
-    recorded = {k: list(model_kwargs[k]) for k in NORM_KEYS if model_kwargs.get(k) is not None}
-    prep = obj.get("preprocessing") if isinstance(obj, Mapping) else None
-    if recorded or not isinstance(prep, Mapping) or prep.get("mean") is None or prep.get("std") is None:
-        return recorded
-    return {"input_mean": [float(v) for v in prep["mean"]], "input_std": [float(v) for v in prep["std"]]}
+    """YOLOv3's ``input_mean``/``input_std`` from what a file records (:func:`recorded_normalisation`)."""
+    found = recorded_normalisation(model_kwargs, obj.get("preprocessing") if isinstance(obj, Mapping) else None)
+    return dict(zip(NORM_KEYS, found)) if found else {}
 
 
 def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS
