@@ -235,7 +235,24 @@ def test_photodigits_default_sizes():
     assert heights.min() >= 16 and heights.max() <= 48
     assert boxes.min() >= 0 and boxes.max() <= 128
     assert set(torch.cat([t["labels"] for t in train.targets]).tolist()) == set(range(10))
-    assert not set(_digit_pool("train", 0)) & set(_digit_pool("val", 0))  # val handwriting is unseen
+    assert not set(_digit_pool("train")) & set(_digit_pool("val"))  # val handwriting is unseen
+
+
+def test_photodigits_val_handwriting_is_the_digits_test_split():
+    # a backbone trained with `backbonekit train --dataset digits` must never have seen val scans
+    from sklearn.datasets import load_digits
+
+    from backbonekit.train.data import load_dataset
+
+    def keys(images):
+        return {bytes(a) for a in images.reshape(len(images), -1)}
+
+    scans = (torch.from_numpy(load_digits().images) * (255 / 16)).round().to(torch.uint8).numpy()
+    data = load_dataset("digits", image_size=8)
+    classification_train, classification_test = keys(data.train.images[:, 0].numpy()), keys(data.val.images[:, 0].numpy())
+    val_scans, train_scans = keys(scans[_digit_pool("val")]), keys(scans[_digit_pool("train")])
+    assert val_scans == classification_test and train_scans == classification_train
+    assert not val_scans & classification_train
 
 
 def test_photodigits_boxes_are_tight_and_digits_visible():

@@ -6,8 +6,9 @@ random sizes and positions onto random crops of scikit-learn's two bundled photo
 its strokes, upscaled with nearest-neighbour interpolation (crisp strokes, and every border
 row/column of the upscaled patch still holds a stroke pixel, so the box is exactly the patch) and
 blended with its intensity as alpha, dark on a light background and light on a dark one, so it is
-visible. Digits never overlap. The digits scans are split once (fixed seed): val images use
-handwriting that train images never show. See ``docs/detection-data.md`` for the sizes and why.
+visible. Digits never overlap. Val images use only the scans of the classification ``digits`` set's
+test split, train images only its train split: val handwriting is unseen by the detector and by a
+backbone pretrained with ``backbonekit train --dataset digits``. See ``docs/detection-data.md`` for the sizes and why.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from torch.utils.data import Dataset
 from .data import InMemoryDetection, make_target
 
 CLASSES = tuple(str(d) for d in range(10))
-DIGIT_VAL_FRACTION = 0.2
 FAINT = 3  # digit pixels below this (of 16) are scanner noise: zeroed before the tight box is cut
 FULL_ALPHA = 8  # intensity (of 16) at which a stroke is fully opaque
 PLACEMENT_TRIES = 30
@@ -77,12 +77,13 @@ def _sources() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return digits.images.astype(np.float32), digits.target.astype(np.int64), photos
 
 
-def _digit_pool(split: str, seed: int) -> np.ndarray:
-    """Indices of the digit scans a split may use (a fixed 80/20 split of the 1,797 scans)."""
-    n = len(_sources()[0])
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = round(n * DIGIT_VAL_FRACTION)
-    return np.sort(order[:n_val] if split == "val" else order[n_val:])
+def _digit_pool(split: str) -> np.ndarray:
+    """Indices of the digit scans a split may use: the classification ``digits`` set's train or test
+    split (80/20, stratified, fixed), so a backbone trained on ``digits`` never saw val handwriting."""
+    from ..train.data import digits_split
+
+    train, test = digits_split(_sources()[1])
+    return np.sort(np.asarray(test if split == "val" else train))
 
 
 def _tight(digit: np.ndarray) -> np.ndarray:
@@ -167,7 +168,7 @@ def _generate(spec: PhotoDigitsSpec, split: str,
                          f"found {spec.image_size}")
     count = spec.num_train if split == "train" else spec.num_val
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
-    pool = _digit_pool(split, spec.seed)
+    pool = _digit_pool(split)
     images = np.empty((count, spec.image_size, spec.image_size, 3), np.uint8)
     targets, masks, backgrounds = [], [], []
     for i in range(count):

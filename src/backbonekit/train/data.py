@@ -159,17 +159,24 @@ def _resize(split: Split, size: int) -> Split:
 def _digits() -> tuple[Split, Split, list[str]]:
     """scikit-learn's 1,797 8x8 digits (values 0..16) as uint8 RGB, split 80/20, stratified, fixed seed."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().mul(255 / 16).round().to(torch.uint8)
     images = images[:, None].expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).long()
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=DIGITS_TEST_FRACTION,
-                                           stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
-    train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
+    train_idx, test_idx = (torch.tensor(i) for i in digits_split(digits.target))
     return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]),
             [str(c) for c in digits.target_names])
+
+
+def digits_split(targets) -> tuple[list[int], list[int]]:
+    """Indices of the digits scans in the train and test splits (80/20, stratified, fixed seed); the
+    detection set ``photodigits`` draws its train and val digits from the same two splits."""
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(range(len(targets)), test_size=DIGITS_TEST_FRACTION,
+                                           stratify=targets, random_state=DIGITS_SPLIT_SEED)
+    return list(train_idx), list(test_idx)
 
 
 def _fake(name: str) -> tuple[Split, Split, list[str]]:
