@@ -75,7 +75,7 @@ def _bce(x: float, t: float) -> float:
 
 
 def darknet_reference(levels, targets, c, ignore_thresh, anchors=COCO_ANCHORS, masks=YOLOV3_MASKS,
-                      strides=YOLOV3_STRIDES):
+                      strides=YOLOV3_STRIDES, iou_thresh=1.0):
     """Darknet's deltas (minus the gradient of the summed loss) per level, and the summed loss parts."""
     parts = dict.fromkeys(("xy", "wh", "obj", "noobj", "cls"), 0.0)
     deltas = [torch.zeros_like(r) for r in levels]
@@ -99,15 +99,17 @@ def darknet_reference(levels, targets, c, ignore_thresh, anchors=COCO_ANCHORS, m
             for cx, cy, w, h, lab in truths:
                 shape_ious = [_iou_cxcywh((0, 0, w, h), (0, 0, aw, ah)) for aw, ah in anchors]
                 best_n = max(range(len(anchors)), key=lambda q: (shape_ious[q], -q))
-                if best_n not in mask:
-                    continue
-                n = mask.index(best_n)
-                i, j = int(cx / stride), int(cy / stride)
-                scale = 2 - (w / net_w) * (h / net_h)
-                box_t[(n, j, i)] = (cx / stride - i, cy / stride - j,
-                                    math.log(w / anchors[best_n][0]), math.log(h / anchors[best_n][1]), scale)
-                obj_t[(n, j, i)] = 1.0
-                cls_t.setdefault((n, j, i), set()).add(lab)  # delta_yolo_class: a set slot keeps its classes
+                # AlexeyAB's iou_thresh: every other anchor shaped like the box too, in the same cell
+                for k in [best_n] + [q for q in range(len(anchors)) if q != best_n and shape_ious[q] > iou_thresh]:
+                    if k not in mask:
+                        continue
+                    n = mask.index(k)
+                    i, j = int(cx / stride), int(cy / stride)
+                    scale = 2 - (w / net_w) * (h / net_h)
+                    box_t[(n, j, i)] = (cx / stride - i, cy / stride - j,
+                                        math.log(w / anchors[k][0]), math.log(h / anchors[k][1]), scale)
+                    obj_t[(n, j, i)] = 1.0
+                    cls_t.setdefault((n, j, i), set()).add(lab)  # delta_yolo_class: a set slot keeps its classes
             ignored += sum(v is None for v in obj_t.values())
             for (n, j, i), t in obj_t.items():
                 if t is None:
@@ -131,8 +133,8 @@ def darknet_reference(levels, targets, c, ignore_thresh, anchors=COCO_ANCHORS, m
     return deltas, parts, ignored
 
 
-@pytest.mark.parametrize("ignore_thresh", [0.7, 0.25])
-def test_matches_darknet_loops(ignore_thresh: float) -> None:
+@pytest.mark.parametrize("ignore_thresh, iou_thresh", [(0.7, 1.0), (0.25, 1.0), (0.7, 0.213)])
+def test_matches_darknet_loops(ignore_thresh: float, iou_thresh: float) -> None:
     c, size = 3, 128
     levels = randn_levels(3, size, c)
     targets = [
@@ -142,8 +144,11 @@ def test_matches_darknet_loops(ignore_thresh: float) -> None:
         # two boxes with the same best anchor in one cell, different classes: a collision
         target([box_cxcywh(50, 50, 30, 60), box_cxcywh(52, 60, 28, 64)], [2, 0]),
     ]
-    out, grads = loss_and_grads(YOLOv3Loss(num_classes=c, ignore_thresh=ignore_thresh), levels, targets)
-    deltas, parts, ignored = darknet_reference(levels, targets, c, ignore_thresh)
+    loss_fn = YOLOv3Loss(num_classes=c, ignore_thresh=ignore_thresh, iou_thresh=iou_thresh)
+    out, grads = loss_and_grads(loss_fn, levels, targets)
+    deltas, parts, ignored = darknet_reference(levels, targets, c, ignore_thresh, iou_thresh=iou_thresh)
+    positives = sum(int((d[:, 4::c + 5] > 0).sum()) for d in deltas)
+    assert positives > 6 if iou_thresh < 1 else positives <= 6  # 6 boxes, a collision: extra anchors exercised
     if ignore_thresh < 0.5:
         assert ignored > 0  # the ignore region is exercised, not just empty
     for g, d in zip(grads, deltas):
@@ -180,6 +185,30 @@ def test_one_box_by_hand() -> None:
     assert out["loss_obj"].item() == pytest.approx(LOG2)
     assert out["loss_noobj"].item() == pytest.approx((3 * (4 + 16 + 64) - 1) * LOG2)
     assert out["loss_cls"].item() == pytest.approx(2 * LOG2)
+
+
+@pytest.mark.parametrize("iou_thresh, expected", [
+    (1.0, {(1, 0)}),  # yolov3.cfg: the best anchor only (anchor 3, 30x61: mask 3,4,5 on stride 16)
+    # shape IoUs of a 32x56 box with the COCO anchors 0-5 (masks 0,1,2 on stride 8; 3,4,5 on 16):
+    # 0.073, 0.268, 0.406, 0.865, 0.458, 0.255; anchors 6-8 (stride 32) 0.172, 0.058, 0.015
+    (0.3, {(1, 0), (1, 1), (2, 2)}),
+    (0.25, {(1, 0), (1, 1), (1, 2), (2, 1), (2, 2)}),
+])
+def test_iou_thresh_adds_every_anchor_shaped_like_the_box(iou_thresh: float, expected: set) -> None:
+    c, size = 2, 64
+    targets = [target([box_cxcywh(20, 44, 32, 56)], [1])]
+    flat = flatten_targets(targets, c, torch.device("cpu"), torch.float64)
+    assigned = assign_targets(flat, anchor_tensor(COCO_ANCHORS), YOLOV3_MASKS, YOLOV3_STRIDES,
+                              [(2, 2), (4, 4), (8, 8)], (size, size), c, iou_thresh=iou_thresh)
+    found = {(level, a) for level, t in enumerate(assigned) for a in t.anchor.tolist()}
+    assert found == expected
+    for level, t in enumerate(assigned):  # each in the cell of its level that holds the centre (20, 44)
+        stride = YOLOV3_STRIDES[level]
+        assert t.col.tolist() == [20 // stride] * len(t.col) and t.row.tolist() == [44 // stride] * len(t.row)
+        anchors = torch.tensor([COCO_ANCHORS[YOLOV3_MASKS[level][a]] for a in t.anchor.tolist()],
+                               dtype=torch.float64).reshape(-1, 2)
+        torch.testing.assert_close(t.twh, torch.log(torch.tensor([32.0, 56.0], dtype=torch.float64) / anchors))
+        assert t.classes.tolist() == [[0.0, 1.0]] * len(t.col)
 
 
 def test_no_box_is_only_objectness_negatives() -> None:

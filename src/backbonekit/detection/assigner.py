@@ -90,44 +90,47 @@ def shape_iou(wh: Tensor, anchors: Tensor) -> Tensor:
 
 def assign_targets(flat: FlatTargets, anchors: Tensor, masks: Sequence[Sequence[int]],
                    strides: Sequence[int], grid_sizes: Sequence[tuple[int, int]],
-                   input_size: tuple[int, int], num_classes: int) -> list[LevelTargets]:
+                   input_size: tuple[int, int], num_classes: int, iou_thresh: float = 1.0) -> list[LevelTargets]:
     """Assign every box to its best anchor's slot; one :class:`LevelTargets` per output level.
 
     ``anchors`` is the full (K, 2) table in input pixels; ``masks[l]`` lists level ``l``'s anchors;
     ``grid_sizes[l]`` is its (H, W); ``input_size`` is (height, width) in pixels. Ties between
     anchors go to the first (Darknet's strict ``iou > best_iou``); a box whose best anchor is in
-    no mask is not assigned (as in Darknet).
+    no mask is not assigned (as in Darknet). ``iou_thresh`` < 1 (AlexeyAB's Darknet ``[yolo]
+    iou_thresh``, 0.213 in ``yolov4.cfg``) also assigns the box to every other anchor whose shape IoU
+    with it is above the threshold, in the same cell of that anchor's level.
     """
     anchors = anchors.to(flat.boxes.device, flat.boxes.dtype)
     xy = (flat.boxes[:, :2] + flat.boxes[:, 2:]) / 2
     wh = flat.boxes[:, 2:] - flat.boxes[:, :2]
-    best = shape_iou(wh, anchors).argmax(1) if len(wh) else torch.zeros(0, dtype=torch.int64, device=wh.device)
+    ious = shape_iou(wh, anchors) if len(wh) else wh.new_zeros(0, len(anchors))
+    best = ious.argmax(1) if len(wh) else torch.zeros(0, dtype=torch.int64, device=wh.device)
+    chosen = (ious > iou_thresh)
+    chosen[torch.arange(len(best), device=best.device), best] = True
     scale = 2 - wh[:, 0] * wh[:, 1] / (input_size[0] * input_size[1])
-    return [_level_targets(flat, xy, wh, best, scale, anchors, mask, stride, hw, num_classes)
+    return [_level_targets(flat, xy, wh, chosen, scale, anchors, mask, stride, hw, num_classes)
             for mask, stride, hw in zip(masks, strides, grid_sizes)]
 
 
-def _level_targets(flat: FlatTargets, xy: Tensor, wh: Tensor, best: Tensor, scale: Tensor,
+def _level_targets(flat: FlatTargets, xy: Tensor, wh: Tensor, chosen: Tensor, scale: Tensor,
                    anchors: Tensor, mask: Sequence[int], stride: int, hw: tuple[int, int],
                    num_classes: int) -> LevelTargets:
     h, w = hw
-    mask_t = torch.as_tensor(list(mask), device=best.device, dtype=torch.int64)
-    hit = best[:, None] == mask_t[None]  # (G, A)
-    gt = hit.any(1).nonzero().squeeze(1)
-    anchor = hit[gt].int().argmax(1)
+    mask_t = torch.as_tensor(list(mask), device=chosen.device, dtype=torch.int64)
+    gt, anchor = chosen[:, mask_t].nonzero().unbind(1)  # one row per (box, anchor of this level) chosen
     grid = xy[gt] / stride
     col = grid[:, 0].floor().long().clamp_(0, w - 1)
     row = grid[:, 1].floor().long().clamp_(0, h - 1)
     batch = flat.batch[gt]
     slot = ((batch * len(mask) + anchor) * h + row) * w + col
     # the later box wins a shared slot: keep, per slot, the box with the largest index
-    winner = torch.full((flat.num_images * len(mask) * h * w,), -1, dtype=torch.int64, device=best.device)
+    winner = torch.full((flat.num_images * len(mask) * h * w,), -1, dtype=torch.int64, device=chosen.device)
     winner.scatter_reduce_(0, slot, gt, reduce="amax")
     keep = winner[slot] == gt
     # class targets: every box in a slot adds its class to the winner's row
     kept = int(keep.sum())
     row_of_slot = torch.full_like(winner, -1)
-    row_of_slot[slot[keep]] = torch.arange(kept, device=best.device)
+    row_of_slot[slot[keep]] = torch.arange(kept, device=chosen.device)
     classes = torch.zeros(kept, num_classes, device=xy.device, dtype=xy.dtype)
     classes[row_of_slot[slot], flat.labels[gt]] = 1
     g = gt[keep]

@@ -65,6 +65,8 @@ class YOLOv3Loss(nn.Module):
         strides: each level's stride, in output order.
         num_classes: number of classes C.
         ignore_thresh: IoU above which an unassigned prediction gets no objectness loss.
+        iou_thresh: shape IoU above which a box is also assigned to anchors other than its best one
+            (AlexeyAB's Darknet ``iou_thresh``, 0.213 in ``yolov4.cfg``); 1 (``yolov3.cfg``) turns it off.
         weights: a multiplier per part (``xy``, ``wh``, ``obj``, ``noobj``, ``cls``), 1 by default;
             Darknet's ``iou_normalizer`` and ``cls_normalizer`` (the objectness multiplier) map to
             ``xy``/``wh`` and ``obj``/``noobj``.
@@ -77,7 +79,7 @@ class YOLOv3Loss(nn.Module):
     def __init__(self, anchors: Sequence[Sequence[float]] = COCO_ANCHORS,
                  masks: Sequence[Sequence[int]] = YOLOV3_MASKS, strides: Sequence[int] = YOLOV3_STRIDES,
                  num_classes: int = 80, ignore_thresh: float = 0.7,
-                 weights: Mapping[str, float] | None = None) -> None:
+                 iou_thresh: float = 1.0, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         table = anchor_tensor(anchors)
         if len(masks) != len(strides):
@@ -95,6 +97,7 @@ class YOLOv3Loss(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.num_classes = num_classes
         self.ignore_thresh = float(ignore_thresh)
+        self.iou_thresh = float(iou_thresh)
         self.weights = {p: float((weights or {}).get(p, 1.0)) for p in PARTS}
 
     def forward(self, levels: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -107,7 +110,7 @@ class YOLOv3Loss(nn.Module):
         flat = flatten_targets(targets, self.num_classes, ref.device, ref.dtype)
         grids = [(int(r.shape[2]), int(r.shape[3])) for r in levels]
         assigned = assign_targets(flat, self.anchors, self.masks, self.strides, grids, input_size,
-                                  self.num_classes)
+                                  self.num_classes, self.iou_thresh)
         gt_boxes, gt_valid = padded_boxes(flat)
         sums = {p: ref.new_zeros(()) for p in PARTS}
         for raw, mask, stride, tgt in zip(levels, self.masks, self.strides, assigned):
