@@ -38,6 +38,9 @@ FLAG_HELP = {
     "freeze": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1; YOLOv3 only)",
     "ema": "evaluate and save an exponential moving average of the weights",
     "anchors": "coco, auto (k-means on the training boxes) or nine 'w,h' pairs (YOLOv3 only)",
+    "ignore_thresh": "IoU above which an unassigned prediction gets no objectness loss (Darknet's; YOLOv3 only)",
+    "iou_thresh": "also assign a box to every anchor whose shape IoU with it is above this (AlexeyAB's Darknet; "
+                  "1: the best anchor only, as yolov3.cfg; YOLOv3 only)",
     "score_thresh": "score threshold of evaluation detections",
     "nms_thresh": "IoU threshold of class-aware NMS",
     "device": "/".join(DEVICES),

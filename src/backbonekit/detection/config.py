@@ -30,8 +30,11 @@ class DetectConfig:
     k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without.
     ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
     ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
-    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale`` and ``freeze`` are
-    YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
+    ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~.loss.YOLOv3Loss`): the ignore region's IoU,
+    and the shape IoU above which a box is assigned to more anchors than its best one (AlexeyAB's Darknet;
+    1 turns that off, as ``yolov3.cfg``).
+    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``freeze`` and the two
+    thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
     cosine decay. ``neck_width``: the YOLOv3 neck's widths (512, 256, 128) times this.
     """
 
@@ -58,6 +61,8 @@ class DetectConfig:
     freeze: int | None = None
     ema: bool = False
     anchors: str | list = "auto"
+    ignore_thresh: float = 0.7
+    iou_thresh: float = 0.213
     score_thresh: float = 0.01
     nms_thresh: float = 0.45
     device: str = "auto"
@@ -91,7 +96,7 @@ class DetectConfig:
             raise ValueError(f"input_size must be a positive multiple of 32 (YOLOv3's stride), found {self.input_size}")
         if not 0 < self.neck_width <= 4:
             raise ValueError(f"neck_width must be in (0, 4], found {self.neck_width}")
-        for name in ("mosaic", "score_thresh", "nms_thresh"):
+        for name in ("mosaic", "ignore_thresh", "iou_thresh", "score_thresh", "nms_thresh"):
             if not 0 <= getattr(self, name) <= 1:  # NaN fails too
                 raise ValueError(f"{name} must be in [0, 1], found {getattr(self, name)}")
         if self.scale_jitter >= 1:
@@ -104,7 +109,8 @@ class DetectConfig:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
         if self.model == "yolov3":
             return
-        defaults = {"neck_width": 0.5, "multiscale": False, "freeze": None}
+        defaults = {"neck_width": 0.5, "multiscale": False, "freeze": None, "ignore_thresh": 0.7,
+                    "iou_thresh": 0.213}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 raise ValueError(f"{name} is a YOLOv3 option: expected it unset for {self.model}, found "

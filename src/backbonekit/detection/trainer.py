@@ -137,7 +137,7 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
     init_prior_bias(model)
     if source is not None:
         log(_load_source(model, source))
-    attach_loss(model)
+    attach_loss(model, ignore_thresh=cfg.ignore_thresh, iou_thresh=cfg.iou_thresh)
     return model, model_kwargs
 
 
@@ -222,9 +222,10 @@ def _load_source(model: nn.Module, source) -> str:
     return f"loaded the detector in {source.path}{note}"
 
 
-def attach_loss(model: nn.Module) -> nn.Module:
+def attach_loss(model: nn.Module, ignore_thresh: float = 0.7, iou_thresh: float = 1.0) -> nn.Module:
     """Give a YOLOv3 its training loss (``model(images, targets)`` in train mode then returns the loss dict)."""
-    model.loss_fn = YOLOv3Loss(model.anchors.tolist(), model.masks, model.strides, model.num_classes)
+    model.loss_fn = YOLOv3Loss(model.anchors.tolist(), model.masks, model.strides, model.num_classes,
+                               ignore_thresh=ignore_thresh, iou_thresh=iou_thresh)
     return model
 
 
