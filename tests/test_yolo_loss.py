@@ -1,5 +1,6 @@
 """YOLOv3's target assignment and loss, on hand-built cases and against a loop-by-loop transcription
-of Darknet's ``forward_yolo_layer`` (pjreddie/darknet ``src/yolo_layer.c``, ``iou_loss=mse``).
+of Darknet's ``forward_yolo_layer`` (pjreddie/darknet ``src/yolo_layer.c``, ``iou_loss=mse``; with
+``iou_thresh``, the extra-anchor loop of AlexeyAB/darknet's version of that function).
 
 Raw outputs follow the head's contract: one (N, A*(5+C), H, W) tensor per level, strides 32, 16, 8,
 channel ``a * (5 + C) + k`` = item ``k`` (tx, ty, tw, th, to, classes) of anchor ``a``.

@@ -5,7 +5,9 @@ Paper (Redmon & Farhadi, arXiv 1804.02767, section 2.1) and Darknet's ``yolo_lay
 overlaps it best (IoU of the two boxes placed on a common corner, positions ignored), on the level
 that anchor's mask puts it on, in the cell of that level holding the box centre. That prediction
 regresses ``tx, ty`` (the centre's offset inside the cell, in [0, 1)), ``tw, th``
-(``log(w / anchor_w)``, ``log(h / anchor_h)``) and learns objectness 1 and the box's class.
+(``log(w / anchor_w)``, ``log(h / anchor_h)``) and learns objectness 1 and the box's class. With
+``iou_thresh`` < 1 (AlexeyAB's Darknet) every other anchor whose shape IoU with the box is above it
+gets the box too, in the same way.
 
 Two boxes claiming the same slot (image, level, anchor, cell): as in Darknet, whose truth loop
 writes the slot's deltas box after box, the later box (in the order of the image's target list)

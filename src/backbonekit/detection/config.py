@@ -30,12 +30,13 @@ class DetectConfig:
     k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without.
     ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
     ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
-    ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~.loss.YOLOv3Loss`): the ignore region's IoU,
-    and the shape IoU above which a box is assigned to more anchors than its best one (AlexeyAB's Darknet;
-    1 turns that off, as ``yolov3.cfg``).
-    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``freeze`` and the two
-    thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample. ``warmup``: epochs of linear warm-up before the
-    cosine decay. ``neck_width``: the YOLOv3 neck's widths (512, 256, 128) times this.
+    ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~.loss.YOLOv3Loss`): the ignore region's
+    IoU, and the shape IoU above which a box is assigned to more anchors than its best one (AlexeyAB's
+    Darknet; 1 turns that off, as ``yolov3.cfg``).
+    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``freeze`` and the
+    two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
+    ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
+    widths (512, 256, 128) times this.
     """
 
     model: str = "yolov3"
@@ -109,13 +110,13 @@ class DetectConfig:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
         if self.model == "yolov3":
             return
-        defaults = {"neck_width": 0.5, "multiscale": False, "freeze": None, "ignore_thresh": 0.7,
-                    "iou_thresh": 0.213}
-        for name, default in defaults.items():
-            if getattr(self, name) != default:
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("neck_width", "multiscale", "freeze", "ignore_thresh", "iou_thresh"):
+            if getattr(self, name) != defaults[name]:
+                note = (" (the FPN detectors freeze as torchvision does: stem and first stage with --pretrained)"
+                        if name == "freeze" else "")
                 raise ValueError(f"{name} is a YOLOv3 option: expected it unset for {self.model}, found "
-                                 f"{getattr(self, name)!r} (the FPN detectors freeze as torchvision does: "
-                                 f"stem and first stage with --pretrained)")
+                                 f"{getattr(self, name)!r}{note}")
         if self.anchors != "auto":
             raise ValueError(f"anchors is a YOLOv3 option: expected it unset for {self.model} (its anchors are "
                              f"torchvision's, 32-512 px), found {self.anchors!r}")
@@ -138,6 +139,10 @@ class DetectConfig:
 
 # What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
 # the run's content is fixed, where it runs is local, epochs may be extended.
+# what a YOLOv3 run saved before these fields existed trained with (a resume keeps it, whatever today's
+# default; the FPN detectors take today's defaults, which they must leave unset)
+DETECT_LEGACY_VALUES: dict[str, Any] = {"ignore_thresh": 0.7, "iou_thresh": 1.0}
+
 DETECT_RESUME_RULES: dict[str, str] = {
     **{f.name: FIXED for f in fields(DetectConfig)},
     "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,

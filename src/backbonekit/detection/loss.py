@@ -78,7 +78,7 @@ class YOLOv3Loss(nn.Module):
 
     def __init__(self, anchors: Sequence[Sequence[float]] = COCO_ANCHORS,
                  masks: Sequence[Sequence[int]] = YOLOV3_MASKS, strides: Sequence[int] = YOLOV3_STRIDES,
-                 num_classes: int = 80, ignore_thresh: float = 0.7,
+                 num_classes: int = 80, *, ignore_thresh: float = 0.7,
                  iou_thresh: float = 1.0, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         table = anchor_tensor(anchors)

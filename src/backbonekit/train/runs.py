@@ -65,18 +65,20 @@ def given_fields(cfg: Any, given: Collection[str] | None) -> set[str]:
 
 
 def resumed_config(saved: Mapping[str, Any], cfg: Any, given: Collection[str] | None, run: Path,
-                   checkpoint: Path, epochs_done: int, rules: Mapping[str, str] = RESUME_RULES) -> Any:
+                   checkpoint: Path, epochs_done: int, rules: Mapping[str, str] = RESUME_RULES,
+                   legacy: Mapping[str, Any] | None = None) -> Any:
     """The saved config with the changes ``rules`` allow (:data:`RESUME_RULES` for classification);
-    one line listing those it refuses. ``cfg`` is a config dataclass (TrainConfig, DetectConfig)."""
+    one line listing those it refuses. ``cfg`` is a config dataclass (TrainConfig, DetectConfig).
+    ``legacy``: the value a field had before it existed, for runs saved without it (not today's default)."""
     config_class = type(cfg)
     foreign = sorted(set(saved) - {f.name for f in fields(config_class)})
     if foreign:
         raise ValueError(f"cannot resume from {checkpoint}: it was written by another trainer (its config has "
                          f"{', '.join(foreign[:3])}, unknown to {config_class.__name__})")
-    values = dict(saved)
+    values = {**(legacy or {}), **saved}
     refused = []
     for name in sorted(given_fields(cfg, given) - {"resume"}):
-        new, old = getattr(cfg, name), saved.get(name)
+        new, old = getattr(cfg, name), values.get(name)
         rule = rules.get(name, FIXED)
         if name == "out":
             if new is not None and Path(new).resolve() != run.resolve():
