@@ -249,7 +249,8 @@ def test_photodigits_val_handwriting_is_the_digits_test_split():
 
     scans = (torch.from_numpy(load_digits().images) * (255 / 16)).round().to(torch.uint8).numpy()
     data = load_dataset("digits", image_size=8)
-    classification_train, classification_test = keys(data.train.images[:, 0].numpy()), keys(data.val.images[:, 0].numpy())
+    classification_train = keys(data.train.images[:, 0].numpy())
+    classification_test = keys(data.val.images[:, 0].numpy())
     val_scans, train_scans = keys(scans[_digit_pool("val")]), keys(scans[_digit_pool("train")])
     assert val_scans == classification_test and train_scans == classification_train
     assert not val_scans & classification_train
