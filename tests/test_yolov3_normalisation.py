@@ -101,3 +101,23 @@ def test_writing_a_normalised_detector_to_darknet_weights_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Darknet weights format has no input normalisation") as err:
         save_detector(model, tmp_path / "yolov3.weights")
     assert "\n" not in str(err.value) and not (tmp_path / "yolov3.weights").exists()
+
+
+def test_torchvision_imagenet_weights_get_imagenet_normalisation(tmp_path):
+    # a bare torchvision state_dict records no normalisation: it was trained on ImageNet-normalised input,
+    # so the detector's backbone must see what torchvision's own model sees after its Normalize transform
+    from torchvision.models import resnet18
+    from torchvision.transforms import Normalize
+
+    reference = randomized(resnet18(), seed=3).eval()
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(reference.state_dict(), path)
+    detector, model_kwargs = build_detector(DetectConfig(**TINY, pretrained=str(path)), 10, [[10, 13]] * 9,
+                                            log=lambda _: None)
+    detector.eval()
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert (model_kwargs["input_mean"], model_kwargs["input_std"]) == pytest.approx(imagenet)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = _c5(reference.layer4, reference, Normalize(*imagenet)(pixels))
+    seen = _c5(detector.backbone.layer4, detector.forward_raw, pixels)
+    assert torch.allclose(seen, expected, atol=1e-4), (seen - expected).abs().max()

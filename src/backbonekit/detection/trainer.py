@@ -119,8 +119,8 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
     arguments a checkpoint records.
 
     YOLOv3's input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
-    classification run's mean/std, or a detector's own), or from ``resumed_kwargs`` (the run being
-    resumed records it); none for Darknet's raw [0, 1] input."""
+    classification run's mean/std, a detector's own, ImageNet's for torchvision/timm weights), or from
+    ``resumed_kwargs`` (the run being resumed records it); none for Darknet's raw [0, 1] input."""
     if cfg.model != "yolov3":
         return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
     # a resumed run keeps the backbone options it recorded (act_slope of a timm file, ...)

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..checkpoint import CheckpointError, atomic_open
 from ..darknet_weights import (FLOAT, ConvLayer, DarknetHeader, _array_for, _read_arrays, _read_header,
                                _tensor_slots, _where_reading_stops, darknet_layers, inspect_darknet_file)
+from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import YOLOV3_MASKS
 from .neck import YOLOV3_NECK_CHANNELS
 
@@ -158,6 +159,9 @@ class PretrainedSource:
 
 
 NORM_KEYS = ("input_mean", "input_std")
+# weights files in these layouts that record no normalisation are torchvision's or timm's ImageNet weights,
+# trained on ImageNet-normalised input; this package's own Darknet-53 layout keeps Darknet's raw [0, 1]
+IMAGENET_LAYOUTS = ("resnet", "timm-darknet")
 
 
 def recorded_normalisation(model_kwargs: Mapping[str, Any], preprocessing: Any = None
@@ -208,6 +212,8 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
     if layout == "unknown":
         raise CheckpointError(f"cannot use {path} for yolov3: expected a YOLOv3 checkpoint or a backbone's weights, "
                               f"found keys like {sorted(state)[:3]}")
+    if not norm and layout in IMAGENET_LAYOUTS:
+        norm = dict(zip(NORM_KEYS, (list(IMAGENET_MEAN), list(IMAGENET_STD))))
     return PretrainedSource(path, {f"backbone.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0,
                             f"{layout} backbone checkpoint", input_norm=norm)
 
