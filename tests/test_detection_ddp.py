@@ -1,7 +1,10 @@
 """``detect train --nproc 2``: two CPU processes with gloo, launched through torchrun's API.
 
 Rank 0 gathers every rank's predictions and computes COCO mAP once; that mAP must equal one process
-evaluating the saved best.pt on the same validation images (an independent, single-process run).
+evaluating the saved best.pt on the same validation images (an independent, single-process run). A
+barely trained model's mAP is near 0 and could not show predictions paired with the wrong image, so a
+second test evaluates an oracle that answers each image with its own ground truth: every image must
+come back exactly once, in order, and score mAP 1.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from backbonekit.detection.config import DetectConfig
 from backbonekit.detection.data import load_detection_dataset
 from backbonekit.detection.engine import evaluate
+from backbonekit.detection.metrics import DetectionEvaluator
 from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.trainer import load_detector
 from backbonekit.train.launch import launch
@@ -54,3 +59,50 @@ def test_two_gloo_ranks_compute_the_map_of_best_pt_once(tmp_path):
     assert len(items) == 5
     assert row["map"] == pytest.approx(metrics.summary["map"], abs=1e-6)
     assert row["map_50"] == pytest.approx(metrics.summary["map_50"], abs=1e-6)
+
+
+ORACLE_SPEC = PhotoDigitsSpec(image_size=64, num_train=2, num_val=7, digits_per_image=(1, 2), digit_height=(20, 32),
+                              seed=4)
+
+
+class GroundTruthOracle(nn.Module):
+    """Answers each image of ``dataset`` with its own boxes and labels (score 1): perfect detections."""
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        self.answers = {bytes(image.numpy()): target for image, target in (dataset[i] for i in range(len(dataset)))}
+
+    def detect(self, images, **_) -> list[dict]:
+        out = []
+        for image in images:
+            target = self.answers[bytes((image * 255).round().to(torch.uint8).numpy())]
+            out.append({"boxes": target["boxes"].float(), "labels": target["labels"],
+                        "scores": torch.ones(len(target["labels"]))})
+        return out
+
+
+def oracle_worker() -> dict:
+    from backbonekit.train import dist
+
+    dist.setup("cpu")
+    try:
+        val = photodigits("val", ORACLE_SPEC)
+        metrics, items = evaluate(GroundTruthOracle(val), val, val.classes, device=torch.device("cpu"), batch_size=2)
+        return {"map_50": metrics.summary["map_50"] if metrics else None, "indices": [i for i, _, _ in items]}
+    finally:
+        dist.cleanup()
+
+
+def test_ranks_evaluate_every_image_once_and_rank_0_sees_them_all():
+    val = photodigits("val", ORACLE_SPEC)
+    single, _ = evaluate(GroundTruthOracle(val), val, val.classes, device=torch.device("cpu"), distributed=False)
+    assert single.summary["map_50"] == pytest.approx(1.0)
+    # predictions paired with another image's targets score far lower: the mAP shows a mixed-up gather
+    evaluator = DetectionEvaluator(val.classes)
+    answers = [GroundTruthOracle(val).detect([val[i][0].float() / 255])[0] for i in range(len(val))]
+    evaluator.update(answers[1:] + answers[:1], [val[i][1] for i in range(len(val))])
+    assert evaluator.compute().summary["map_50"] < 0.5
+    results = launch(oracle_worker, (), nproc=2, threads_per_process=1)
+    # every image evaluated once (rank 0: 0, 2, 4, 6; rank 1: 1, 3, 5), all gathered on rank 0 in order
+    assert results[0]["indices"] == list(range(7)) and results[1] == {"map_50": None, "indices": []}
+    assert results[0]["map_50"] == pytest.approx(1.0)
