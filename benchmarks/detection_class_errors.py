@@ -23,6 +23,8 @@ from backbonekit.detection.synthetic import photodigits
 
 def class_errors(run: str, split: str = "val", batch: int = 50) -> dict[str, float]:
     model, _ = load_detector(run)
+    if not hasattr(model, "forward_levels"):
+        raise SystemExit(f"expected a YOLOv3 run (its anchors and head outputs are read), found {type(model).__name__}")
     data = photodigits(split)
     if model.input_size != data.images.shape[-1]:
         raise SystemExit(f"expected a detector with input size {data.images.shape[-1]} (photodigits' images are "

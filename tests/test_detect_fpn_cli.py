@@ -135,7 +135,7 @@ def test_retinanet_loss_falls_on_four_images():
     images = torch.stack([data[i][0] for i in range(4)]).float() / 255
     targets = [{"boxes": data[i][1]["boxes"].float(), "labels": data[i][1]["labels"].long()} for i in range(4)]
     model = bk.create_model("retinanet", backbone="resnet18", num_classes=10, min_size=64, max_size=64)
-    losses = _fit(model, images, targets, steps=40, lr=1e-3)  # from scratch: an early box-loss spike passes by 30
+    losses = _fit(model, images, targets, steps=40, lr=1e-3)  # an early box-loss spike delays the fall on 4 images
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
 
 

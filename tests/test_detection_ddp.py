@@ -88,7 +88,9 @@ def oracle_worker() -> dict:
     try:
         val = photodigits("val", ORACLE_SPEC)
         metrics, items = evaluate(GroundTruthOracle(val), val, val.classes, device=torch.device("cpu"), batch_size=2)
-        return {"map_50": metrics.summary["map_50"] if metrics else None, "indices": [i for i, _, _ in items]}
+        paired = all(torch.equal(target["boxes"], val[i][1]["boxes"].float()) for i, _, target in items)
+        return {"map_50": metrics.summary["map_50"] if metrics else None, "indices": [i for i, _, _ in items],
+                "paired": paired}
     finally:
         dist.cleanup()
 
@@ -104,5 +106,5 @@ def test_ranks_evaluate_every_image_once_and_rank_0_sees_them_all():
     assert evaluator.compute().summary["map_50"] < 0.5
     results = launch(oracle_worker, (), nproc=2, threads_per_process=1)
     # every image evaluated once (rank 0: 0, 2, 4, 6; rank 1: 1, 3, 5), all gathered on rank 0 in order
-    assert results[0]["indices"] == list(range(7)) and results[1] == {"map_50": None, "indices": []}
-    assert results[0]["map_50"] == pytest.approx(1.0)
+    assert results[0]["indices"] == list(range(7)) and results[1] == {"map_50": None, "indices": [], "paired": True}
+    assert results[0]["paired"] and results[0]["map_50"] == pytest.approx(1.0)  # each target is its index's

@@ -121,3 +121,8 @@ def test_torchvision_imagenet_weights_get_imagenet_normalisation(tmp_path):
     expected = _c5(reference.layer4, reference, Normalize(*imagenet)(pixels))
     seen = _c5(detector.backbone.layer4, detector.forward_raw, pixels)
     assert torch.allclose(seen, expected, atol=1e-4), (seen - expected).abs().max()
+    # this package's own weights file that records no normalisation says nothing about ImageNet: raw input
+    own = tmp_path / "own.pt"
+    atomic_save({"format": "backbonekit", "model": "resnet18", "state_dict": reference.state_dict()}, own)
+    _, own_kwargs = build_detector(DetectConfig(**TINY, pretrained=str(own)), 10, [[10, 13]] * 9, log=lambda _: None)
+    assert "input_mean" not in own_kwargs

@@ -137,12 +137,12 @@ class DetectConfig:
         return tuple(max(8, int(round(n * self.neck_width / 8)) * 8) for n in (512, 256, 128))
 
 
-# What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
-# the run's content is fixed, where it runs is local, epochs may be extended.
-# what a YOLOv3 run saved before these fields existed trained with (a resume keeps it, whatever today's
-# default; the FPN detectors take today's defaults, which they must leave unset)
+# What a YOLOv3 run saved before these fields existed trained with (a resume keeps it, whatever today's
+# default; the FPN detectors take today's defaults, which they must leave unset).
 DETECT_LEGACY_VALUES: dict[str, Any] = {"ignore_thresh": 0.7, "iou_thresh": 1.0}
 
+# What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
+# the run's content is fixed, where it runs is local, epochs may be extended.
 DETECT_RESUME_RULES: dict[str, str] = {
     **{f.name: FIXED for f in fields(DetectConfig)},
     "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,

@@ -159,9 +159,15 @@ class PretrainedSource:
 
 
 NORM_KEYS = ("input_mean", "input_std")
-# weights files in these layouts that record no normalisation are torchvision's or timm's ImageNet weights,
-# trained on ImageNet-normalised input; this package's own Darknet-53 layout keeps Darknet's raw [0, 1]
+# plain state_dicts (not written by this package) in these layouts are taken as torchvision's or timm's
+# ImageNet weights, trained on ImageNet-normalised input; this package's Darknet-53 layout keeps Darknet's
+# raw [0, 1], and so do this package's own files that record no normalisation
 IMAGENET_LAYOUTS = ("resnet", "timm-darknet")
+
+
+def _from_elsewhere(meta: Mapping[str, Any]) -> bool:
+    """A plain torch or safetensors state_dict, not a backbonekit checkpoint or a safetensors file it wrote."""
+    return meta.get("format") == "torch" or (meta.get("format") == "safetensors" and not meta.get("model"))
 
 
 def recorded_normalisation(model_kwargs: Mapping[str, Any], preprocessing: Any = None
@@ -212,7 +218,7 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
     if layout == "unknown":
         raise CheckpointError(f"cannot use {path} for yolov3: expected a YOLOv3 checkpoint or a backbone's weights, "
                               f"found keys like {sorted(state)[:3]}")
-    if not norm and layout in IMAGENET_LAYOUTS:
+    if not norm and layout in IMAGENET_LAYOUTS and _from_elsewhere(meta):
         norm = dict(zip(NORM_KEYS, (list(IMAGENET_MEAN), list(IMAGENET_STD))))
     return PretrainedSource(path, {f"backbone.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0,
                             f"{layout} backbone checkpoint", input_norm=norm)
