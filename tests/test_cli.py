@@ -207,3 +207,13 @@ def test_convert_keeps_a_richer_destination_unless_forced(tmp_path, capsys):
 
     assert cli.main(["convert", str(bare), str(best), "--force"]) == 0
     assert "config" not in torch.load(best, weights_only=True)
+
+
+@pytest.mark.parametrize("argv, trainer", [
+    (["export", "{run}", "-o", "{run}/x.onnx"], "backbonekit train"),
+    (["detect", "evaluate", "{run}"], "backbonekit detect train"),
+])
+def test_a_run_folder_without_best_pt_is_one_line(tmp_path, capsys, argv, trainer) -> None:
+    assert cli.main([a.format(run=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"run folder {tmp_path} has no best.pt" in err and f"`{trainer}`" in err

@@ -104,13 +104,9 @@ def _export_detector(args: argparse.Namespace) -> int:
 
 def _run_checkpoint(spec: str):
     """The best.pt of a run folder, or the checkpoint file ``spec`` names; None for a registered model name."""
-    from pathlib import Path
+    from ..train.runs import best_checkpoint
 
-    source = Path(spec)
-    if source.is_dir():
-        source = source / "best.pt"
-        if not source.is_file():
-            raise FileNotFoundError(f"run folder {spec} has no best.pt: expected a finished `backbonekit train` run")
+    source = best_checkpoint(spec)
     return source if source.is_file() else None
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, load_file
+from ..train.runs import best_checkpoint
 
 WHAT = ("a weights file, a run folder or a detector (a best.pt/last.pt of backbonekit detect train, yolov3.weights, "
         "a torchvision fasterrcnn/retinanet/fcos state_dict, or a name with --weights)")
@@ -89,11 +90,7 @@ def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None 
     """
     from .. import create_model, list_models
 
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "best.pt"
-        if not path.is_file():
-            raise CheckpointError(f"run folder {spec} has no best.pt: expected a finished `backbonekit detect train` run")
+    path = best_checkpoint(spec, "backbonekit detect train")
     if path.is_file():
         if weights is not None:
             raise ValueError(f"--weights goes with a detector name, found a file or run folder too ({spec})")

@@ -57,6 +57,19 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
     return path / "last.pt" if path.is_dir() else path
 
 
+def best_checkpoint(spec: str | os.PathLike, command: str = "backbonekit train") -> Path:
+    """A run folder's best.pt, or ``spec`` itself when it is not a folder (one CheckpointError line for
+    a folder without best.pt; ``command`` names what writes such folders)."""
+    from ..checkpoint import CheckpointError
+
+    path = Path(spec)
+    if not path.is_dir():
+        return path
+    if not (path / "best.pt").is_file():
+        raise CheckpointError(f"run folder {spec} has no best.pt: expected a finished `{command}` run")
+    return path / "best.pt"
+
+
 def given_fields(cfg: Any, given: Collection[str] | None) -> set[str]:
     """The fields the caller set; without ``given`` (a plain config), those that differ from the defaults."""
     if given is not None:
