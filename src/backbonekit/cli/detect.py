@@ -62,21 +62,11 @@ def run(args: argparse.Namespace) -> int:
     return 2
 
 
-def load_detector(spec: str, weights: str | None = None, input_size: int | None = None):
-    """The detector ``spec`` names (:func:`backbonekit.detection.loading.load_detector`), in eval mode."""
-    return _load_with_checkpoint(spec, weights, input_size)[0]
-
-
-def _load_with_checkpoint(spec: str, weights: str | None = None, input_size: int | None = None):
-    from ..detection.loading import load_detector as load
-
-    return load(spec, weights=weights, input_size=input_size)
-
-
 def run_predict(args: argparse.Namespace) -> int:
+    from ..detection.loading import load_detector
     from ..detection.predict import predict_files
 
-    model = load_detector(args.model, args.weights, args.input_size)
+    model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size)
     out = predict_files(model, args.images, args.out, names=args.names, score_thresh=args.score_thresh,
                         nms_thresh=args.nms_thresh, detections_per_img=args.max_detections)
     print(f"wrote {len(args.images)} annotated images and {out}")
@@ -88,16 +78,18 @@ def run_export(args: argparse.Namespace) -> int:
 
     from ..detection.export import export_yolov3_onnx
     from ..detection.fpn_export import export_fpn_onnx, fpn_kind
+    from ..detection.loading import load_detector
 
     int8 = check_int8_arguments(args)
-    model, ckpt = _load_with_checkpoint(args.model, args.weights, args.input_size)
-    if fpn_kind(model) is not None:
+    model, ckpt = load_detector(args.model, weights=args.weights, input_size=args.input_size)
+    kind = fpn_kind(model)
+    if kind is not None:
         if args.dynamic_batch:
-            raise ValueError(f"{fpn_kind(model)} exports with batch size 1 only, found --dynamic-batch")
+            raise ValueError(f"{kind} exports with batch size 1 only, found --dynamic-batch")
         path = export_fpn_onnx(model, args.output, input_size=args.input_size, batch_size=args.batch_size,
                                int8=int8, score_thresh=args.score_thresh,
                                nms_thresh=args.nms_thresh, max_detections=args.max_detections)
-        print(f"wrote {path} (onnx, {fpn_kind(model)} with resize, post-processing and NMS, batch 1, "
+        print(f"wrote {path} (onnx, {kind} with resize, post-processing and NMS, batch 1, "
               f"{path.stat().st_size / 2**20:.1f} MiB)")
         return 0
     classes, dataset = list(ckpt.get("classes") or []) or None, (ckpt.get("config") or {}).get("dataset")

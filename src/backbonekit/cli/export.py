@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model in _detectors():
         return _export_detector(args)
-    if check_int8_arguments(args):
-        return _export_int8(args)
+    int8 = check_int8_arguments(args)  # before anything is read or built
     run_file = _run_checkpoint(args.model)
+    if int8:
+        return _export_int8(args, run_file)
     if run_file is not None:
         return _export_run(run_file, args)
 
@@ -124,15 +125,14 @@ def _export_run(checkpoint, args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_int8(args: argparse.Namespace) -> int:
-    """``--int8``: a run folder or checkpoint keeps its own preprocessing; a registered name (with
-    ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
+def _export_int8(args: argparse.Namespace, run_file) -> int:
+    """``--int8``: a run folder or checkpoint (``run_file``) keeps its own preprocessing; a registered name
+    (with ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
     from ..export import build_for_export
 
     if args.features_only:
         raise ValueError("--int8 quantizes classifiers: expected no --features-only")
-    source = _run_checkpoint(args.model)
-    if source is not None:
-        return export_int8_file(source, args)
+    if run_file is not None:
+        return export_int8_file(run_file, args)
     model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
     return export_int8_file(model.eval(), args, input_size=args.input_size or DEFAULT_INPUT_SIZE)

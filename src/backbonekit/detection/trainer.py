@@ -49,7 +49,6 @@ def metric_fields(model: str = "yolov3") -> tuple[str, ...]:
     return ("epoch", "train_loss") + tuple(f"train_{p}" for p in LOSS_PARTS[model]) + MAP_FIELDS + ("lr", "time_s")
 
 
-LOSS_FIELDS = ("train_loss",) + tuple(f"train_{p}" for p in LOSS_PARTS["yolov3"])
 METRIC_FIELDS = metric_fields("yolov3")
 EMA_DECAY, EMA_RAMP_STEPS = 0.999, 100
 PREDICTION_SAMPLES = 12  # validation images drawn in predictions.png
@@ -98,18 +97,17 @@ def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[f
 
 
 def _pretrained_source(cfg: DetectConfig):
-    """(source, backbone kwargs) of ``cfg.pretrained``: a Darknet file, a detector, or a backbone checkpoint."""
-    from ..weights import architecture_kwargs, read_weights
+    """(source, backbone kwargs) of ``cfg.pretrained``: a Darknet file, a detector, or a backbone checkpoint
+    (the file is read once, by :func:`~.yolov3_weights.inspect_pretrained`)."""
     from .yolov3_weights import inspect_pretrained
 
     source = inspect_pretrained(cfg.pretrained, neck_channels=cfg.neck_channels)
     if source.num_classes:
         return source, {}
-    state, meta = read_weights(cfg.pretrained)
-    if meta.get("model") and meta["model"] != cfg.backbone:
-        raise ValueError(f"pretrained {cfg.pretrained} holds {meta['model']} weights, found --backbone "
-                         f"{cfg.backbone} (pass --backbone {meta['model']})")
-    return source, architecture_kwargs(state, meta)
+    if source.backbone and source.backbone != cfg.backbone:
+        raise ValueError(f"pretrained {cfg.pretrained} holds {source.backbone} weights, found --backbone "
+                         f"{cfg.backbone} (pass --backbone {source.backbone})")
+    return source, dict(source.backbone_kwargs)
 
 
 def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]] | None, *,

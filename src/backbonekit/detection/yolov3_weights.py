@@ -156,6 +156,10 @@ class PretrainedSource:
     # the input normalisation the weights were trained with: a detector's recorded input_mean/input_std,
     # or a classification run's (backbonekit train's best.pt) mean/std; empty for Darknet's raw [0, 1]
     input_norm: dict[str, list[float]] = field(default_factory=dict)
+    # a backbone-only file: the backbone it names (None: it does not say) and the architecture arguments
+    # its weights need (weights.architecture_kwargs: Darknet's slope 0.1, timm's darknet53 0.01, ...)
+    backbone: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 NORM_KEYS = ("input_mean", "input_std")
@@ -194,7 +198,9 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
                        ) -> PretrainedSource:
     """Read a Darknet file or a backbonekit/torch checkpoint for a YOLOv3 model."""
     from ..checkpoint import load_file
-    from ..weights import detect_file_format, detect_layout, read_weights, to_backbonekit, weights_from_checkpoint
+    from ..models.darknet import DARKNET_SLOPE
+    from ..weights import (architecture_kwargs, detect_file_format, detect_layout, read_weights, to_backbonekit,
+                           weights_from_checkpoint)
 
     path = Path(path)
     kind = detect_file_format(path)
@@ -202,7 +208,8 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
         state, info = read_yolov3_weights(path, neck_channels)
         kind = f"Darknet v{info.header.version}, {info.num_classes} classes" if info.num_classes else \
             "Darknet-53 backbone file"
-        return PretrainedSource(path, state, info.num_classes, kind, header=info.header)
+        return PretrainedSource(path, state, info.num_classes, kind, header=info.header, backbone="darknet53",
+                                backbone_kwargs={"act_slope": DARKNET_SLOPE})
     obj = load_file(path) if kind == "torch" else None  # read once: the state and a training run's preprocessing
     state, meta = weights_from_checkpoint(obj, path) if obj is not None else read_weights(path)
     norm = _input_norm(obj, meta.get("model_kwargs") or {})
@@ -221,7 +228,8 @@ def inspect_pretrained(path: str | os.PathLike, neck_channels: Sequence[int] = Y
     if not norm and layout in IMAGENET_LAYOUTS and _from_elsewhere(meta):
         norm = dict(zip(NORM_KEYS, (list(IMAGENET_MEAN), list(IMAGENET_STD))))
     return PretrainedSource(path, {f"backbone.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0,
-                            f"{layout} backbone checkpoint", input_norm=norm)
+                            f"{layout} backbone checkpoint", input_norm=norm, backbone=meta.get("model"),
+                            backbone_kwargs=architecture_kwargs(state, meta))
 
 
 def load_pretrained(model: torch.nn.Module, source: PretrainedSource) -> str:

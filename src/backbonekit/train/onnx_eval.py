@@ -7,7 +7,6 @@ The preprocessing (image size, mean/std, class names) comes from the file's meta
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Callable
 
