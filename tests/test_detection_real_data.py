@@ -6,6 +6,7 @@ Every file here is written by hand. Images are a few pixels of noise.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backbonekit.detection.data import load_detection_dataset, read_yolo
+from backbonekit.detection.data import load_detection_dataset, read_coco, read_yolo
 
 
 def save_image(path: Path, h: int = 16, w: int = 20, seed: int = 0) -> Path:
@@ -111,3 +112,20 @@ def test_yolo_yaml_errors_are_one_line(tmp_path):
     write(root / "data.yaml", "train: list.txt\nval: list.txt\nnames: [a, b]\n")
     with pytest.raises(FileNotFoundError, match=rf"{root / 'list.txt'}:2: expected an image file"):
         read_yolo(root, "train")
+
+
+# ---------------------------------------------------------------------------------------------- 5. duplicate ids
+
+def test_duplicate_coco_image_ids_are_refused_naming_the_id_and_both_files(tmp_path):
+    images = [{"id": 4, "file_name": "first.png", "width": 20, "height": 16},
+              {"id": 9, "file_name": "other.png", "width": 20, "height": 16},
+              {"id": 4, "file_name": "second.png", "width": 20, "height": 16}]
+    for im in images:
+        save_image(tmp_path / im["file_name"])
+    path = write(tmp_path / "dup.json", json.dumps({"images": images, "annotations": [], "categories": [
+        {"id": 1, "name": "a"}]}))
+    with pytest.raises(ValueError) as info:
+        read_coco(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "image id 4 is used twice, by 'first.png' and 'second.png'" in message

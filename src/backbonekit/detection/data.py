@@ -506,7 +506,18 @@ def _load_coco(path: Path):
     except (KeyError, TypeError, AssertionError) as exc:
         raise ValueError(f"{path}: expected a COCO instances file with 'images', 'annotations' and 'categories', "
                          f"found a file pycocotools cannot index ({type(exc).__name__}: {first_line(exc)})") from None
+    _check_unique_image_ids(coco.dataset.get("images", []), path)
     return coco
+
+
+def _check_unique_image_ids(images: Sequence[dict], path: Path) -> None:
+    """pycocotools keeps the last image of an id and gives it every annotation of that id: refuse instead."""
+    seen: dict[Any, dict] = {}
+    for image in images:
+        first = seen.setdefault(image.get("id"), image)
+        if first is not image:
+            raise ValueError(f"{path}: image id {image.get('id')} is used twice, by '{first.get('file_name')}' "
+                             f"and '{image.get('file_name')}'; expected one id per image")
 
 
 def _coco_image_dir(path: Path, data_dir: str | os.PathLike | None, first_file: str) -> Path:
