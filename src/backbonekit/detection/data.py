@@ -5,7 +5,9 @@ with ``image`` a **uint8** tensor (3, H, W) (uint8 because the batched augmentat
 :mod:`.augment` works on uint8 batches and a quarter of float32's memory; divide by 255 for the
 model's [0, 1] input), and ``target`` a dict with ``boxes`` (N, 4) float32 xyxy in that image's
 pixels, ``labels`` (N,) int64 counted from 0, and ``image_id`` (an int64 scalar); VOC targets also
-carry ``difficult`` (N,) bool. N may be 0: an image with no objects is a valid negative.
+carry ``difficult`` (N,) bool, COCO targets ``iscrowd`` (N,) bool (crowd regions: ignored by evaluation,
+left out of training by :func:`training_target`) and ``area`` (N,) float32 (the file's; 0 where it
+gives none). N may be 0: an image with no objects is a valid negative.
 
 Datasets know their ``classes`` (names), every image's ``sizes`` (height, width) and every
 ``targets`` entry without decoding an image (anchors and statistics need no pixels).
@@ -60,6 +62,17 @@ def make_target(boxes: Any, labels: Any, image_id: int, **extra: Any) -> dict:
     return target
 
 
+def training_target(target: dict) -> dict:
+    """``boxes`` and ``labels`` to train on: crowd regions (``iscrowd``) are left out, as pycocotools
+    never counts them as objects to find."""
+    boxes, labels = target["boxes"], target["labels"]
+    crowd = target.get("iscrowd")
+    if crowd is not None and bool(crowd.any()):
+        keep = ~crowd.bool()
+        boxes, labels = boxes[keep], labels[keep]
+    return {"boxes": boxes, "labels": labels}
+
+
 def copy_target(target: dict) -> dict:
     """A target whose tensors can be changed without touching the dataset's."""
     return {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
@@ -80,8 +93,8 @@ class DetectionDataset(Dataset):
         self.sizes = torch.as_tensor(list(sizes), dtype=torch.int64).reshape(-1, 2)
         self.classes = list(classes)
         self.name = name
-        # label -> the dataset's own category id (COCO ids are not contiguous); used to write results back
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.classes)))
+        # label -> the file's own category id (COCO's are not contiguous), to write results back; None: the label
+        self.category_ids = list(category_ids) if category_ids is not None else None
         self.transform = transform
         self.skipped_labels = 0
         self.missing_labels = 0
@@ -107,7 +120,7 @@ class InMemoryDetection(Dataset):
         self.targets = targets
         self.sizes = torch.tensor([tuple(images.shape[-2:])] * len(images), dtype=torch.int64).reshape(-1, 2)
         self.classes = list(classes)
-        self.category_ids = list(range(len(self.classes)))
+        self.category_ids = None  # results use the label as the category id
         self.name = name
         self.transform = transform
 
@@ -533,12 +546,11 @@ def _coco_image_dir(path: Path, data_dir: str | os.PathLike | None, first_file: 
 
 
 def _coco_boxes(coco, image: dict, path: Path, cat_to_label: dict[int, int],
-                problems: _Problems) -> tuple[list, list]:
-    boxes, labels = [], []
+                problems: _Problems) -> tuple[list, list, list, list]:
+    """(boxes, labels, crowd flags, areas) of one image's annotations; bad ones go to ``problems``."""
+    boxes, labels, crowd, areas = [], [], [], []
     width, height = image["width"], image["height"]
     for ann in coco.imgToAnns.get(image["id"], []):
-        if ann.get("iscrowd", 0):
-            continue
         where = f"{path}: annotation id {ann.get('id')} (image '{image.get('file_name')}')"
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
@@ -555,15 +567,20 @@ def _coco_boxes(coco, image: dict, path: Path, cat_to_label: dict[int, int],
         else:
             boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)])
             labels.append(cat_to_label[ann["category_id"]])
-    return boxes, labels
+            crowd.append(bool(ann.get("iscrowd", 0)))
+            area = ann.get("area")  # pycocotools sorts boxes into small/medium/large by the file's area
+            areas.append(float(area) if isinstance(area, (int, float)) and math.isfinite(area) and area > 0 else 0.0)
+    return boxes, labels, crowd, areas
 
 
 def read_coco(annotations: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
               image_ids: Sequence[int] | None = None, skip_bad_labels: bool = False,
               verify_images: bool = False) -> DetectionDataset:
     """A COCO instances file read with pycocotools: categories become labels 0..C-1 in id order
-    (``dataset.category_ids[label]`` maps back), crowd boxes are skipped, ``[x, y, w, h]`` becomes xyxy,
-    and ``image_id`` is COCO's id. ``image_ids`` restricts the dataset to those images."""
+    (``dataset.category_ids[label]`` maps back), ``[x, y, w, h]`` becomes xyxy, and ``image_id`` is COCO's
+    id. Crowd regions stay in the targets flagged ``iscrowd`` (evaluation ignores detections on them, as
+    pycocotools does; training leaves them out), with the file's ``area`` (0 where it gives none).
+    ``image_ids`` restricts the dataset to those images."""
     path = Path(annotations)
     coco = _load_coco(path)
     cats = sorted(coco.cats.values(), key=lambda c: c["id"])
@@ -581,9 +598,10 @@ def read_coco(annotations: str | os.PathLike, data_dir: str | os.PathLike | None
         if (image.get("height"), image.get("width")) != (height, width):
             raise OSError(f"image {file} is {width} x {height} but {path} says "
                           f"{image.get('width')} x {image.get('height')} (width x height)")
-        boxes, labels = _coco_boxes(coco, image, path, cat_to_label, problems)
+        boxes, labels, crowd, areas = _coco_boxes(coco, image, path, cat_to_label, problems)
         paths.append(file)
-        targets.append(make_target(boxes, labels, image_id))
+        targets.append(make_target(boxes, labels, image_id, iscrowd=torch.tensor(crowd, dtype=torch.bool),
+                                   area=torch.tensor(areas, dtype=torch.float32)))
         sizes.append((height, width))
     dataset = DetectionDataset(paths, targets, sizes, [c["name"] for c in cats], name=f"coco:{path}",
                                category_ids=[c["id"] for c in cats])
