@@ -352,6 +352,17 @@ def test_detect_evaluate_says_what_it_did_with_difficult_objects(tmp_path, capsy
     assert args.count_difficult is True
 
 
+def test_a_run_saved_before_count_difficult_existed_resumes_counting_them(tmp_path):
+    from backbonekit.detection.config import DETECT_RESUME_RULES, DetectConfig, legacy_values
+    from backbonekit.train.runs import resumed_config
+
+    for model in ("yolov3", "fasterrcnn"):
+        saved = {k: v for k, v in DetectConfig(model=model, epochs=4).to_dict().items() if k != "count_difficult"}
+        resumed = resumed_config(saved, DetectConfig(model=model), set(), tmp_path, tmp_path / "last.pt", 2,
+                                 DETECT_RESUME_RULES, legacy_values(saved))
+        assert resumed.count_difficult is True and DetectConfig().count_difficult is False
+
+
 # ---------------------------------------------------------------------------------------------- 5. duplicate ids
 
 def test_duplicate_coco_image_ids_are_refused_naming_the_id_and_both_files(tmp_path):

@@ -145,6 +145,12 @@ DETECT_LEGACY_VALUES: dict[str, Any] = {"ignore_thresh": 0.7, "iou_thresh": 1.0}
 # The same for every detector: runs saved before VOC's difficult objects were ignored counted them.
 DETECT_LEGACY_ALL: dict[str, Any] = {"count_difficult": True}
 
+
+def legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run whose saved config is ``saved`` used for the fields it predates (for ``resumed_config``)."""
+    own = DETECT_LEGACY_VALUES if saved.get("model", "yolov3") == "yolov3" else {}
+    return {**DETECT_LEGACY_ALL, **own}
+
 # What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
 # the run's content is fixed, where it runs is local, epochs may be extended.
 DETECT_RESUME_RULES: dict[str, str] = {

@@ -28,8 +28,7 @@ from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
-from .config import (DETECT_LEGACY_ALL, DETECT_LEGACY_VALUES, DETECT_RESUME_RULES, DetectConfig, parse_anchors,
-                     write_config)
+from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
 from .data import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from .loading import load_run_checkpoint
@@ -302,10 +301,8 @@ def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
         if resumed.get("task") != "detection":
             raise CheckpointError(f"cannot resume from {checkpoint}: expected a last.pt written by backbonekit "
                                   f"detect train")
-        legacy = {**DETECT_LEGACY_ALL,
-                  **(DETECT_LEGACY_VALUES if resumed["config"].get("model", "yolov3") == "yolov3" else {})}
         cfg = resumed_config(resumed["config"], cfg, given, checkpoint.parent, checkpoint, int(resumed["epoch"]),
-                             DETECT_RESUME_RULES, legacy)
+                             DETECT_RESUME_RULES, legacy_values(resumed["config"]))
     device = resolve_device(cfg.device)
     dist.setup(device.type)
     check_resumed_world(resumed)
