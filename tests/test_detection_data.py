@@ -123,12 +123,14 @@ ANNOTATIONS = [
 ]
 
 
-def test_coco_reader_maps_categories_skips_crowd_converts_xywh(tmp_path):
+def test_coco_reader_maps_categories_flags_crowd_converts_xywh(tmp_path):
     path = coco_files(tmp_path, ANNOTATIONS)
     ds = read_coco(path, tmp_path / "imgs")
     assert ds.classes == ["person", "car", "cat"] and ds.category_ids == [1, 3, 7]  # sorted by category id
-    assert torch.allclose(ds.targets[0]["boxes"], torch.tensor([[5.0, 6, 25, 16], [0, 0, 60, 50]]))
-    assert ds.targets[0]["labels"].tolist() == [2, 0]
+    assert torch.allclose(ds.targets[0]["boxes"], torch.tensor([[5.0, 6, 25, 16], [0, 0, 60, 50], [1, 1, 6, 6]]))
+    assert ds.targets[0]["labels"].tolist() == [2, 0, 1]
+    assert ds.targets[0]["iscrowd"].tolist() == [False, False, True]  # kept as an ignore region
+    assert ds.targets[0]["area"].tolist() == [200, 3000, 25]  # the file's areas
     assert torch.allclose(ds.targets[1]["boxes"], torch.tensor([[10.5, 2.25, 14.5, 10.25]]))
     assert ds.targets[1]["labels"].tolist() == [1] and int(ds.targets[1]["image_id"]) == 11
     assert ds[1][0].shape == (3, 30, 40)
@@ -147,7 +149,7 @@ def test_coco_bad_annotation_one_line(tmp_path, bad, reason):
         read_coco(path, tmp_path / "imgs")
     assert reason in str(info.value) and "annotation id 77" in str(info.value) and str(path) in str(info.value)
     with pytest.warns(UserWarning, match="skipped 1"):
-        assert len(read_coco(path, tmp_path / "imgs", skip_bad_labels=True).targets[0]["boxes"]) == 2
+        assert len(read_coco(path, tmp_path / "imgs", skip_bad_labels=True).targets[0]["boxes"]) == 3  # 2 + a crowd
 
 
 def test_coco_splits_and_image_folder(tmp_path):

@@ -51,6 +51,7 @@ FLAG_HELP = {
     "resume": "continue the run in this folder (or from this last.pt) with its saved config",
     "pretrained": "darknet53.conv.74, a classification run's best.pt, or a detector file",
     "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
+    "count_difficult": "evaluate VOC's difficult objects as ordinary ones (default: ignored, as VOC's protocol)",
     "nproc": "launch N processes on this machine (DistributedDataParallel)",
 }
 
@@ -98,13 +99,18 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                                       ".onnx YOLOv3 (fp32 or int8)")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--split", choices=("val", "train", "test"), default="val",
+                   help="test: a YOLO yaml's test entry or VOC's ImageSets/Main/test.txt")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--score-thresh", type=float, help="default: the training run's")
     p.add_argument("--nms-thresh", type=float, help="default: the training run's")
     p.add_argument("--skip-bad-labels", action="store_true")
-    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT)")
+    p.add_argument("--count-difficult", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate VOC's difficult objects as ordinary ones (default: the training run's choice; "
+                        "ignored, as VOC's protocol, for runs that made none)")
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT) with the report "
+                                 "and detections.json (COCO results: the dataset's image and category ids)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run_evaluate)
 
@@ -116,7 +122,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
                   nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
-                  log=(lambda _: None) if quiet else print)
+                  count_difficult=args.count_difficult, log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # an exported YOLOv3 through ONNX Runtime
         from ..detection.onnx_eval import evaluate_onnx_detector
 
@@ -126,7 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, device=args.device, score_thresh=args.score_thresh, **common)
     if quiet:
         print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "summary": metrics.summary,
-                          "per_class_ap": metrics.per_class_ap}, indent=2))
+                          "per_class_ap": metrics.per_class_ap, "notes": metrics.notes()}, indent=2))
     else:
         print(format_table(metrics))
     return 0

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .data import training_target
+
 # (width, height) in input pixels at 416x416, from Darknet's cfg/yolov3.cfg
 COCO_ANCHORS: tuple[tuple[float, float], ...] = (
     (10, 13), (16, 30), (33, 23),
@@ -163,6 +165,7 @@ def dataset_box_shapes(dataset, input_size: int) -> Tensor:
         sizes = torch.tensor([tuple(img.shape[-2:]) for img, _ in pairs], dtype=torch.float64)
     if len(targets) == 0:
         return torch.zeros(0, 2, dtype=torch.float64)
+    targets = [training_target(t) for t in targets]  # crowd regions are not objects to fit anchors to
     counts = torch.tensor([len(t["boxes"]) for t in targets])
     boxes = torch.cat([torch.as_tensor(t["boxes"], dtype=torch.float64).reshape(-1, 4) for t in targets])
     scale = (input_size / sizes.max(1).values).repeat_interleave(counts)

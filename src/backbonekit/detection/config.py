@@ -36,7 +36,8 @@ class DetectConfig:
     ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``freeze`` and the
     two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
     ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
-    widths (512, 256, 128) times this.
+    widths (512, 256, 128) times this. ``count_difficult``: evaluate VOC's difficult objects as ordinary
+    ones (by default they are ignored, as VOC's protocol does).
     """
 
     model: str = "yolov3"
@@ -74,6 +75,7 @@ class DetectConfig:
     resume: str | None = None
     pretrained: str | None = None
     skip_bad_labels: bool = False
+    count_difficult: bool = False
     nproc: int = 1
 
     def __post_init__(self) -> None:
@@ -140,6 +142,14 @@ class DetectConfig:
 # What a YOLOv3 run saved before these fields existed trained with (a resume keeps it, whatever today's
 # default; the FPN detectors take today's defaults, which they must leave unset).
 DETECT_LEGACY_VALUES: dict[str, Any] = {"ignore_thresh": 0.7, "iou_thresh": 1.0}
+# The same for every detector: runs saved before VOC's difficult objects were ignored counted them.
+DETECT_LEGACY_ALL: dict[str, Any] = {"count_difficult": True}
+
+
+def legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run whose saved config is ``saved`` used for the fields it predates (for ``resumed_config``)."""
+    own = DETECT_LEGACY_VALUES if saved.get("model", "yolov3") == "yolov3" else {}
+    return {**DETECT_LEGACY_ALL, **own}
 
 # What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
 # the run's content is fixed, where it runs is local, epochs may be extended.

@@ -5,7 +5,9 @@ with ``image`` a **uint8** tensor (3, H, W) (uint8 because the batched augmentat
 :mod:`.augment` works on uint8 batches and a quarter of float32's memory; divide by 255 for the
 model's [0, 1] input), and ``target`` a dict with ``boxes`` (N, 4) float32 xyxy in that image's
 pixels, ``labels`` (N,) int64 counted from 0, and ``image_id`` (an int64 scalar); VOC targets also
-carry ``difficult`` (N,) bool. N may be 0: an image with no objects is a valid negative.
+carry ``difficult`` (N,) bool, COCO targets ``iscrowd`` (N,) bool (crowd regions: ignored by evaluation,
+left out of training by :func:`training_target`) and ``area`` (N,) float32 (the file's; 0 where it
+gives none). N may be 0: an image with no objects is a valid negative.
 
 Datasets know their ``classes`` (names), every image's ``sizes`` (height, width) and every
 ``targets`` entry without decoding an image (anchors and statistics need no pixels).
@@ -60,6 +62,17 @@ def make_target(boxes: Any, labels: Any, image_id: int, **extra: Any) -> dict:
     return target
 
 
+def training_target(target: dict) -> dict:
+    """``boxes`` and ``labels`` to train on: crowd regions (``iscrowd``) are left out, as pycocotools
+    never counts them as objects to find."""
+    boxes, labels = target["boxes"], target["labels"]
+    crowd = target.get("iscrowd")
+    if crowd is not None and bool(crowd.any()):
+        keep = ~crowd.bool()
+        boxes, labels = boxes[keep], labels[keep]
+    return {"boxes": boxes, "labels": labels}
+
+
 def copy_target(target: dict) -> dict:
     """A target whose tensors can be changed without touching the dataset's."""
     return {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
@@ -80,8 +93,8 @@ class DetectionDataset(Dataset):
         self.sizes = torch.as_tensor(list(sizes), dtype=torch.int64).reshape(-1, 2)
         self.classes = list(classes)
         self.name = name
-        # label -> the dataset's own category id (COCO ids are not contiguous); used to write results back
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.classes)))
+        # label -> the file's own category id (COCO's are not contiguous), to write results back; None: the label
+        self.category_ids = list(category_ids) if category_ids is not None else None
         self.transform = transform
         self.skipped_labels = 0
         self.missing_labels = 0
@@ -107,7 +120,7 @@ class InMemoryDetection(Dataset):
         self.targets = targets
         self.sizes = torch.tensor([tuple(images.shape[-2:])] * len(images), dtype=torch.int64).reshape(-1, 2)
         self.classes = list(classes)
-        self.category_ids = list(range(len(self.classes)))
+        self.category_ids = None  # results use the label as the category id
         self.name = name
         self.transform = transform
 
@@ -197,33 +210,169 @@ class _Problems:
 
 
 # ---------------------------------------------------------------------------------------------
-# YOLO (Darknet / ultralytics): images/{split}/x.jpg, labels/{split}/x.txt, data.yaml
+# YOLO (Darknet / ultralytics): data.yaml naming the splits, or images/{split}/ and labels/{split}/
 # ---------------------------------------------------------------------------------------------
 
-def _yolo_names(root: Path) -> list[str] | None:
-    """Class names from data.yaml (``names`` as a list or a {index: name} dict, or ``nc``) or a Darknet .names file."""
-    for candidate in ("data.yaml", "data.yml", "dataset.yaml"):
-        path = root / candidate
-        if path.is_file():
-            return _names_from_yaml(path)
+YOLO_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
+YOLO_SPLIT_KEYS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+
+@dataclass
+class YoloLayout:
+    """Where a YOLO dataset's images are: the splits its ``data.yaml`` names, else ``root/images/{split}/``."""
+
+    root: Path
+    yaml: Path | None
+    names: list[str] | None
+    splits: dict[str, list[Path]] | None  # split -> the folders, list files and images it names; None: no keys
+
+    def sources(self, split: str) -> list[Path]:
+        if self.splits is None:
+            return [self.root / "images" / split]
+        if split not in self.splits:
+            raise ValueError(f"{self.yaml}: expected a '{split}:' entry naming the {split} images, found "
+                             f"entries for {few(sorted(self.splits))}")
+        return self.splits[split]
+
+    def images(self, split: str) -> list[Path]:
+        """Every image file of ``split``, sorted, each once."""
+        sources = self.sources(split)
+        if self.splits is None and not sources[0].is_dir():
+            found = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else "no such folder"
+            raise FileNotFoundError(f"expected a YOLO dataset in {self.root}: a data.yaml naming its splits, or "
+                                    f"images/{split}/ and labels/{split}/; found {found}")
+        files = sorted({image for source in sources for image in _split_images(source, self.yaml, split)})
+        if not files:
+            raise FileNotFoundError(f"expected images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                                    f"{', '.join(map(str, sources))}, found none")
+        return files
+
+
+def yolo_layout(path: str | os.PathLike) -> YoloLayout:
+    """Read a YOLO dataset's description as the YOLO tools do: ``path`` is the dataset folder (its
+    ``data.yaml``, if any, is read) or the yaml file itself.
+
+    In the yaml, ``path`` is the dataset root (absolute, or relative to the yaml's folder; default the
+    yaml's folder); ``train``/``val``/``test`` are each a folder of images, a list of them, or a ``.txt``
+    file listing image paths, relative to the root; ``names`` is a list or ``{index: name}``, ``nc`` the
+    class count. Without a yaml (or with one naming no split), images are in ``images/{split}/``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"expected a YOLO dataset folder or its data.yaml, found no such file or folder {path}")
+    yaml_path = path if path.is_file() else next((path / n for n in YOLO_YAML_NAMES if (path / n).is_file()), None)
+    if yaml_path is None:
+        return YoloLayout(path, None, _darknet_names(path), None)
+    if yaml_path.suffix.lower() not in (".yaml", ".yml"):
+        raise ValueError(f"expected a YOLO dataset folder or its data.yaml, found the file {yaml_path}")
+    data = _read_yaml(yaml_path)
+    root = yaml_path.parent / str(data["path"]) if data.get("path") else yaml_path.parent
+    splits = {split: [_resolve_entry(root, entry) for entry in entries]
+              for split, entries in _split_entries(data, yaml_path).items()}
+    return YoloLayout(_normal(root), yaml_path, _names_from_yaml(data, yaml_path), splits or None)
+
+
+def _normal(path: Path) -> Path:
+    """``path`` absolute with ``..`` folded (not resolving links: the label path follows the name given)."""
+    return Path(os.path.normpath(path.absolute()))
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot parse {path}: {first_line(exc)}") from None
+    if not isinstance(data, dict) or ("names" not in data and "nc" not in data):
+        raise ValueError(f"{path}: expected a mapping with 'names' (a list, or a dict from class index to name) "
+                         f"or 'nc', found {type(data).__name__} with keys "
+                         f"{few(sorted(map(str, data)) if isinstance(data, dict) else [])}")
+    return data
+
+
+def _split_entries(data: dict, path: Path) -> dict[str, list[str]]:
+    """split -> the yaml's entries for it (a string or a list of strings), for the splits it names."""
+    entries = {}
+    for split, keys in YOLO_SPLIT_KEYS.items():
+        value = next((data[k] for k in keys if data.get(k)), None)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise ValueError(f"{path}: '{split}' must be a folder, a .txt list of images or a list of them, "
+                             f"found {value!r}")
+        entries[split] = values
+    return entries
+
+
+def _resolve_entry(root: Path, entry: str) -> Path:
+    """A split entry relative to the dataset root; an entry ``../x`` that is not there is read as ``x``
+    beside the yaml, as ultralytics does (Roboflow's exports say ``train: ../train/images`` with the yaml
+    next to ``train/``)."""
+    resolved = _normal(root / entry)
+    if not resolved.exists() and entry.startswith("../") and (root / entry[3:]).exists():
+        return _normal(root / entry[3:])
+    return resolved
+
+
+def _split_images(source: Path, yaml_path: Path | None, split: str) -> list[Path]:
+    """The images a split entry names: a folder's (recursively), one image, or a list file's."""
+    if source.is_dir():
+        return [_normal(p) for p in _image_files(source)]
+    if source.is_file():
+        return [source] if source.suffix.lower() in IMAGE_EXTENSIONS else _listed_images(source)
+    where = f"{yaml_path}: '{split}'" if yaml_path else split
+    raise FileNotFoundError(f"{where} names {source}, expected a folder of images or a .txt list of images, "
+                            "found nothing there")
+
+
+def _listed_images(path: Path) -> list[Path]:
+    """The image paths a Darknet/ultralytics list file names, one per line: ``./x`` is relative to the
+    list's folder, other relative paths to the current folder (as ultralytics reads them); lines that
+    are not images are skipped, as ultralytics does."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OSError(f"cannot read the image list {path}: {first_line(exc)}") from None
+    images = []
+    for lineno, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or Path(entry).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        image = path.parent / entry[2:] if entry.startswith("./") else Path(entry)
+        if not image.is_file():
+            raise FileNotFoundError(f"{path}:{lineno}: expected an image file, found nothing at {image}")
+        images.append(_normal(image))
+    return images
+
+
+def yolo_label_path(image: Path) -> Path:
+    """The label file of an image: the last ``images`` folder in its path becomes ``labels``, the suffix ``.txt``."""
+    parts = image.parts
+    folders = [i for i, part in enumerate(parts[:-1]) if part == "images"]
+    if folders:
+        parts = parts[:folders[-1]] + ("labels",) + parts[folders[-1] + 1:]
+    return Path(*parts).with_suffix(".txt")
+
+
+def _darknet_names(root: Path) -> list[str] | None:
+    """Class names from a Darknet ``.names`` (or ``classes.txt``) file in ``root``, if there is one."""
     names_files = sorted(root.glob("*.names")) + ([root / "classes.txt"] if (root / "classes.txt").is_file() else [])
     if names_files:
         return [line.strip() for line in names_files[0].read_text().splitlines() if line.strip()]
     return None
 
 
-def _names_from_yaml(path: Path) -> list[str]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot parse {path}: {first_line(exc)}") from None
-    if not isinstance(data, dict) or ("names" not in data and "nc" not in data):
-        raise ValueError(f"{path}: expected a mapping with 'names' (a list, or a dict from class index to name), "
-                         f"found {type(data).__name__} with keys {few(sorted(map(str, data)) if isinstance(data, dict) else [])}")
+def _names_from_yaml(data: dict, path: Path) -> list[str]:
+    """``names`` as a list or a {index: name} dict (indices 0..n-1), or ``nc`` numbered classes."""
     names = data.get("names")
     if isinstance(names, dict):
+        try:
+            names = {int(k): v for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: 'names' keys must be the class indices, found "
+                             f"{few([str(k) for k in names])}") from None
         keys = sorted(names)
         if keys != list(range(len(keys))):
             raise ValueError(f"{path}: 'names' keys must be the class indices 0..{len(keys) - 1}, found {few([str(k) for k in keys])}")
@@ -231,12 +380,19 @@ def _names_from_yaml(path: Path) -> list[str]:
     elif isinstance(names, list):
         names = [str(n) for n in names]
     elif names is None:
-        names = [str(i) for i in range(int(data["nc"]))]
+        names = [str(i) for i in range(_class_count(data, path))]
     else:
         raise ValueError(f"{path}: 'names' must be a list or a dict, found {type(names).__name__}")
-    if "nc" in data and int(data["nc"]) != len(names):
+    if "nc" in data and _class_count(data, path) != len(names):
         raise ValueError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
     return names
+
+
+def _class_count(data: dict, path: Path) -> int:
+    nc = data.get("nc")
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise ValueError(f"{path}: expected 'nc' to be a positive whole number of classes, found {nc!r}")
+    return nc
 
 
 def _parse_yolo_row(fields: list[str], num_classes: int) -> tuple[str | None, tuple[float, ...]]:
@@ -281,9 +437,11 @@ def _read_yolo_labels(path: Path, num_classes: int, problems: _Problems) -> np.n
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
-def _infer_num_classes(label_root: Path) -> int:
+def _infer_num_classes(label_files: Sequence[Path]) -> int:
     top = -1
-    for path in label_root.rglob("*.txt"):
+    for path in label_files:
+        if not path.is_file():
+            continue
         for line in path.read_text(errors="replace").splitlines():
             token = line.split(maxsplit=1)[0] if line.strip() else ""
             with contextlib.suppress(ValueError):
@@ -293,29 +451,25 @@ def _infer_num_classes(label_root: Path) -> int:
 
 def read_yolo(root: str | os.PathLike, split: str = "train", *, skip_bad_labels: bool = False,
               verify_images: bool = False) -> DetectionDataset:
-    """A Darknet/ultralytics folder: ``images/{split}/``, ``labels/{split}/*.txt`` (``class cx cy w h``
-    rows, normalised), class names from ``data.yaml`` (or a Darknet ``.names`` file; without either,
-    numbered classes up to the largest id found, with a warning)."""
-    root = Path(root)
-    image_dir, label_dir = root / "images" / split, root / "labels" / split
-    if not image_dir.is_dir():
-        found = sorted(p.name for p in root.iterdir()) if root.is_dir() else "no such folder"
-        raise FileNotFoundError(f"expected a YOLO dataset folder with images/{split}/ and labels/{split}/ in {root}, "
-                                f"found {found}")
-    names = _yolo_names(root)
+    """A YOLO dataset (Darknet, ultralytics, Roboflow's export): ``root`` is its folder or its ``data.yaml``
+    (read by :func:`yolo_layout`); each image's labels are in the file :func:`yolo_label_path` names
+    (``class cx cy w h`` rows, normalised). Without a yaml, images are in ``images/{split}/`` and class names
+    come from a Darknet ``.names`` file, else are numbered up to the largest id found (with a warning)."""
+    layout = yolo_layout(root)
+    paths = layout.images(split)
+    labels = [yolo_label_path(p) for p in paths]
+    names = layout.names
     if names is None:
-        num = _infer_num_classes(root / "labels")
+        num = _infer_num_classes(labels)
         names = [str(i) for i in range(max(num, 1))]
-        warnings.warn(f"{root}: no data.yaml with class names; using {len(names)} numbered classes "
-                      "(the largest class id in labels/ + 1)", stacklevel=2)
-    paths = _image_files(image_dir)
-    if not paths:
-        raise FileNotFoundError(f"expected images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}, found none")
+        warnings.warn(f"{layout.root}: no data.yaml with class names; using {len(names)} numbered classes "
+                      "(the largest class id in the label files + 1)", stacklevel=2)
+    if split != "train":
+        _warn_if_not_held_out(layout, split, paths)
     problems = _Problems(f"{root} ({split})", skip_bad_labels)
     targets, sizes = [], []
-    for index, path in enumerate(paths):
+    for index, (path, label_path) in enumerate(zip(paths, labels)):
         height, width = probe_image(path, verify_images)
-        label_path = (label_dir / path.relative_to(image_dir)).with_suffix(".txt")
         if label_path.is_file():
             rows = _read_yolo_labels(label_path, len(names), problems)
         else:
@@ -327,8 +481,23 @@ def read_yolo(root: str | os.PathLike, split: str = "train", *, skip_bad_labels:
         targets.append(make_target(xyxy, rows[:, 0], index))
         sizes.append((height, width))
     dataset = DetectionDataset(paths, targets, sizes, names, name=f"yolo:{root}")
-    problems.report(dataset, len(paths), f"label file in {label_dir}")
+    missing = next((str(l) for l in labels if not l.is_file()), "")
+    problems.report(dataset, len(paths), f"label file (the image's path with its last images/ folder "
+                                         f"read as labels/ and .txt, e.g. {missing})")
     return dataset
+
+
+def _warn_if_not_held_out(layout: YoloLayout, split: str, paths: Sequence[Path]) -> None:
+    """One warning when images of ``split`` are training images too (train and val name the same folder)."""
+    try:
+        train = set(layout.images("train"))
+    except (OSError, ValueError):
+        return
+    shared = sum(p in train for p in paths)
+    if shared:
+        warnings.warn(f"{layout.yaml or layout.root}: {shared} of the {len(paths)} {split} images are also training "
+                      f"images: the {split} split is not held out, so its mAP measures how well the training "
+                      "images are fitted, not how the detector does on new ones", stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +519,18 @@ def _load_coco(path: Path):
     except (KeyError, TypeError, AssertionError) as exc:
         raise ValueError(f"{path}: expected a COCO instances file with 'images', 'annotations' and 'categories', "
                          f"found a file pycocotools cannot index ({type(exc).__name__}: {first_line(exc)})") from None
+    _check_unique_image_ids(coco.dataset.get("images", []), path)
     return coco
+
+
+def _check_unique_image_ids(images: Sequence[dict], path: Path) -> None:
+    """pycocotools keeps the last image of an id and gives it every annotation of that id: refuse instead."""
+    seen: dict[Any, dict] = {}
+    for image in images:
+        first = seen.setdefault(image.get("id"), image)
+        if first is not image:
+            raise ValueError(f"{path}: image id {image.get('id')} is used twice, by '{first.get('file_name')}' "
+                             f"and '{image.get('file_name')}'; expected one id per image")
 
 
 def _coco_image_dir(path: Path, data_dir: str | os.PathLike | None, first_file: str) -> Path:
@@ -366,12 +546,11 @@ def _coco_image_dir(path: Path, data_dir: str | os.PathLike | None, first_file: 
 
 
 def _coco_boxes(coco, image: dict, path: Path, cat_to_label: dict[int, int],
-                problems: _Problems) -> tuple[list, list]:
-    boxes, labels = [], []
+                problems: _Problems) -> tuple[list, list, list, list]:
+    """(boxes, labels, crowd flags, areas) of one image's annotations; bad ones go to ``problems``."""
+    boxes, labels, crowd, areas = [], [], [], []
     width, height = image["width"], image["height"]
     for ann in coco.imgToAnns.get(image["id"], []):
-        if ann.get("iscrowd", 0):
-            continue
         where = f"{path}: annotation id {ann.get('id')} (image '{image.get('file_name')}')"
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
@@ -388,15 +567,20 @@ def _coco_boxes(coco, image: dict, path: Path, cat_to_label: dict[int, int],
         else:
             boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)])
             labels.append(cat_to_label[ann["category_id"]])
-    return boxes, labels
+            crowd.append(bool(ann.get("iscrowd", 0)))
+            area = ann.get("area")  # pycocotools sorts boxes into small/medium/large by the file's area
+            areas.append(float(area) if isinstance(area, (int, float)) and math.isfinite(area) and area > 0 else 0.0)
+    return boxes, labels, crowd, areas
 
 
 def read_coco(annotations: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
               image_ids: Sequence[int] | None = None, skip_bad_labels: bool = False,
               verify_images: bool = False) -> DetectionDataset:
     """A COCO instances file read with pycocotools: categories become labels 0..C-1 in id order
-    (``dataset.category_ids[label]`` maps back), crowd boxes are skipped, ``[x, y, w, h]`` becomes xyxy,
-    and ``image_id`` is COCO's id. ``image_ids`` restricts the dataset to those images."""
+    (``dataset.category_ids[label]`` maps back), ``[x, y, w, h]`` becomes xyxy, and ``image_id`` is COCO's
+    id. Crowd regions stay in the targets flagged ``iscrowd`` (evaluation ignores detections on them, as
+    pycocotools does; training leaves them out), with the file's ``area`` (0 where it gives none).
+    ``image_ids`` restricts the dataset to those images."""
     path = Path(annotations)
     coco = _load_coco(path)
     cats = sorted(coco.cats.values(), key=lambda c: c["id"])
@@ -414,9 +598,10 @@ def read_coco(annotations: str | os.PathLike, data_dir: str | os.PathLike | None
         if (image.get("height"), image.get("width")) != (height, width):
             raise OSError(f"image {file} is {width} x {height} but {path} says "
                           f"{image.get('width')} x {image.get('height')} (width x height)")
-        boxes, labels = _coco_boxes(coco, image, path, cat_to_label, problems)
+        boxes, labels, crowd, areas = _coco_boxes(coco, image, path, cat_to_label, problems)
         paths.append(file)
-        targets.append(make_target(boxes, labels, image_id))
+        targets.append(make_target(boxes, labels, image_id, iscrowd=torch.tensor(crowd, dtype=torch.bool),
+                                   area=torch.tensor(areas, dtype=torch.float32)))
         sizes.append((height, width))
     dataset = DetectionDataset(paths, targets, sizes, [c["name"] for c in cats], name=f"coco:{path}",
                                category_ids=[c["id"] for c in cats])
@@ -558,18 +743,21 @@ def load_detection_dataset(spec: str = "photodigits", data_dir: str | os.PathLik
     Everything is checked here, before any training step: see this module's docstring.
     """
     kind, _, path = spec.partition(":")
-    if split not in SPLITS + ("all",):
-        raise ValueError(f"expected split 'train' or 'val', found '{split}'")
+    if split not in SPLITS + ("test", "all"):
+        raise ValueError(f"expected split 'train', 'val' or 'test', found '{split}'")
     options = {"skip_bad_labels": skip_bad_labels, "verify_images": verify_images}
     if kind == "photodigits" and not path:
         from .synthetic import photodigits
 
-        if split == "all":
-            raise ValueError("photodigits has 'train' and 'val' splits; 'all' is for a single COCO file")
+        if split not in SPLITS:
+            raise ValueError(f"photodigits has 'train' and 'val' splits, found '{split}'")
         return photodigits(split)
     if not path:
         raise ValueError(f"expected a dataset as one of {', '.join(FORMATS)}, found '{spec}'")
     if kind == "coco":
+        if split == "test":
+            raise ValueError(f"a COCO dataset has 'train' and 'val' (coco:TRAIN.json,VAL.json) or 'all', found "
+                             f"split 'test'; give the test file as the val one (coco:TRAIN.json,TEST.json)")
         return _coco_split(path, data_dir, split, **options)
     if split == "all":
         raise ValueError(f"split 'all' is for a single COCO file, found '{spec}'")

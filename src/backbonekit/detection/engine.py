@@ -22,6 +22,7 @@ from ..train import dist
 from ..optimize import training_autocast
 from ..train.engine import backward_and_step, check_finite
 from .augment import NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, multiscale_size
+from .data import training_target
 from .metrics import DetectionEvaluator, DetectionMetrics
 
 EPOCH_SEED_STRIDE = 1_000_003  # generators are seeded with seed * stride + epoch * 1000 + rank
@@ -108,6 +109,7 @@ class TrainBatches:
 
 
 def _to_device(target: dict, device: torch.device) -> dict:
+    target = training_target(target)
     return {"boxes": target["boxes"].float().to(device), "labels": target["labels"].long().to(device)}
 
 
@@ -179,9 +181,16 @@ def predict_dataset(model: nn.Module, dataset: Dataset, *, device: torch.device,
             preds = model.detect(batch, score_thresh=score_thresh, nms_thresh=nms_thresh)
         for pred, target in zip(preds, targets):
             pred = {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in pred.items()}
-            out.append((indices[position], pred, {"boxes": target["boxes"].float(), "labels": target["labels"]}))
+            out.append((indices[position], pred, _evaluated_target(target)))
             position += 1
     return out
+
+
+EVALUATED_KEYS = ("labels", "image_id", "iscrowd", "area", "difficult")  # besides boxes, what evaluation reads
+
+
+def _evaluated_target(target: dict) -> dict:
+    return {"boxes": target["boxes"].float(), **{k: target[k] for k in EVALUATED_KEYS if k in target}}
 
 
 def gather_to_main(items: list) -> list | None:
@@ -195,13 +204,14 @@ def gather_to_main(items: list) -> list | None:
 
 def evaluate(model: nn.Module, dataset: Dataset, class_names: Sequence[str], *, device: torch.device,
              batch_size: int = 16, score_thresh: float = 0.01, nms_thresh: float = 0.45, distributed: bool = True,
-             workers: int = 0, amp_dtype: torch.dtype | None = None
+             workers: int = 0, amp_dtype: torch.dtype | None = None, count_difficult: bool = False
              ) -> tuple[DetectionMetrics | None, list[tuple[int, dict, dict]]]:
     """COCO mAP of ``model`` (eval mode, ``model.detect``) on ``dataset`` (uint8 images, targets in pixels).
 
     ``distributed``: each rank predicts its shard once and rank 0 computes mAP over all ranks'
-    predictions once (other ranks get ``(None, [])``). Returns the metrics and the (index, prediction,
-    target) triples in dataset order.
+    predictions once (other ranks get ``(None, [])``). Crowd regions are ignored, and so are VOC's
+    difficult objects unless ``count_difficult`` (:class:`~.metrics.DetectionEvaluator`). Returns the
+    metrics and the (index, prediction, target) triples in dataset order.
     """
     rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
     items = predict_dataset(model, dataset, device=device, batch_size=batch_size, score_thresh=score_thresh,
@@ -211,6 +221,6 @@ def evaluate(model: nn.Module, dataset: Dataset, class_names: Sequence[str], *, 
         if items is None:
             return None, []
     items.sort(key=lambda item: item[0])
-    evaluator = DetectionEvaluator(class_names)
+    evaluator = DetectionEvaluator(class_names, count_difficult=count_difficult)
     evaluator.update([p for _, p, _ in items], [t for _, _, t in items])
     return evaluator.compute(), items

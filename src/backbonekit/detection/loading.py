@@ -46,7 +46,8 @@ def size_options(model_name: str, input_size: int | None) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input_size: int | None = None) -> nn.Module:
-    """The detector a ``detect train`` checkpoint records, with its weights and class names."""
+    """The detector a ``detect train`` checkpoint records, with its weights, class names (``class_names``)
+    and the training file's category ids (``category_ids``, None when its labels are the ids)."""
     from .. import create_model
 
     kwargs = {**copy.deepcopy(ckpt["model_kwargs"]), **size_options(ckpt["model"], input_size)}
@@ -57,6 +58,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input
         raise CheckpointError(f"{source}: its weights do not fit its recorded model "
                               f"({first_line(exc, 160, lines=None)})") from None
     model.class_names = list(ckpt["classes"]) if ckpt.get("classes") else None
+    # the training file's category id of each label (COCO's); None (and in files older than the field): the label
+    model.category_ids = [int(i) for i in ckpt["category_ids"]] if ckpt.get("category_ids") else None
     return model
 
 

@@ -3,6 +3,14 @@
 No hand-written COCO evaluation lives here: ``torchmetrics.detection.MeanAveragePrecision``
 runs pycocotools' ``COCOeval`` (101-point interpolated AP, IoU 0.50:0.05:0.95, 100 detections per
 image, COCO's small/medium/large areas). This module only feeds it and names its results.
+
+What it feeds besides boxes and labels: COCO's crowd regions as ``iscrowd`` (pycocotools' own rule: a
+detection on one is neither right nor wrong), a COCO file's own ``area`` (which sorts objects into
+small/medium/large, as pycocotools does with the file), and VOC's ``difficult`` objects, ignored by
+default as VOC's protocol does: pycocotools ignores a ground-truth box whose area is outside the
+evaluated range, so a difficult box gets an area outside every range. A detection matching it is then
+ignored, a difficult box left undetected is no miss, and its IoU stays the ordinary one (pycocotools'
+crowd rule would measure it against the detection's area instead).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 from torch import Tensor
 
 SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+IGNORED_AREA = math.inf  # above pycocotools' largest area range (1e10), so the box is ignored in every range
 
 
 @dataclass
@@ -27,10 +36,26 @@ class DetectionMetrics:
     per_class_ap50: dict[str, float] = field(default_factory=dict)
     # precision at 101 recall points, IoU 0.5, all areas, 100 detections: class name -> list of 101 values
     pr_curves: dict[str, list[float]] = field(default_factory=dict)
+    crowd_regions: int = 0  # COCO iscrowd boxes in the ground truth (always ignored)
+    difficult_boxes: int = 0  # VOC difficult boxes in the ground truth
+    difficult_counted: bool = False  # whether they were counted as ordinary objects (else ignored)
 
     def row(self, prefix: str = "") -> dict[str, float]:
         """The summary as one flat dict (for metrics.csv)."""
         return {f"{prefix}{key}": value for key, value in self.summary.items()}
+
+    def notes(self) -> list[str]:
+        """What the evaluation did with crowd regions and difficult objects, one line each (none if none)."""
+        lines = []
+        if self.crowd_regions:
+            lines.append(f"crowd regions (iscrowd): {self.crowd_regions}, ignored as pycocotools does "
+                         "(a detection on one counts neither way)")
+        if self.difficult_boxes and self.difficult_counted:
+            lines.append(f"difficult objects: {self.difficult_boxes}, counted as ordinary objects (--count-difficult)")
+        elif self.difficult_boxes:
+            lines.append(f"difficult objects: {self.difficult_boxes}, ignored as in VOC's protocol "
+                         "(--count-difficult counts them)")
+        return lines
 
 
 def _metric(class_metrics: bool = True):
@@ -56,18 +81,36 @@ class DetectionEvaluator:
     the CPU, so evaluation memory does not grow on the accelerator.
     """
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], *, count_difficult: bool = False) -> None:
         self.class_names = list(class_names)
+        self.count_difficult = count_difficult
         self._metric = _metric()
         self.num_images = 0
+        self.crowd_regions = 0
+        self.difficult_boxes = 0
 
     def update(self, predictions: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]) -> None:
+        """Targets may also carry ``iscrowd``, ``area`` and ``difficult`` (see the module docstring)."""
         if len(predictions) != len(targets):
             raise ValueError(f"expected one prediction per target, found {len(predictions)} predictions "
                              f"for {len(targets)} targets")
-        self._metric.update([_cpu(p, ("boxes", "scores", "labels")) for p in predictions],
-                            [_cpu(t, ("boxes", "labels")) for t in targets])
+        truth = [self._ground_truth(t) for t in targets]
+        self._metric.update([_cpu(p, ("boxes", "scores", "labels")) for p in predictions], truth)
         self.num_images += len(targets)
+
+    def _ground_truth(self, target: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A target as torchmetrics takes it: crowd flags, areas (0: the box's), difficult boxes ignored
+        unless counted."""
+        out = _cpu(target, ("boxes", "labels"))
+        n = len(out["labels"])
+        crowd = _flags(target, "iscrowd", n)
+        area = target["area"].detach().to("cpu").float().clone() if "area" in target else torch.zeros(n)
+        difficult = _flags(target, "difficult", n)
+        if not self.count_difficult:
+            area[difficult] = IGNORED_AREA
+        self.crowd_regions += int(crowd.sum())
+        self.difficult_boxes += int(difficult.sum())
+        return {**out, "iscrowd": crowd.long(), "area": area}
 
     def compute(self) -> DetectionMetrics:
         if self.num_images == 0:
@@ -75,7 +118,8 @@ class DetectionEvaluator:
         result = self._metric.compute()
         summary = {key: float(result[key]) for key in SUMMARY_KEYS}
         per_class, per_class50, curves = self._per_class(result)
-        return DetectionMetrics(summary, per_class, per_class50, curves)
+        return DetectionMetrics(summary, per_class, per_class50, curves, crowd_regions=self.crowd_regions,
+                                difficult_boxes=self.difficult_boxes, difficult_counted=self.count_difficult)
 
     def _per_class(self, result: Mapping[str, Tensor]) -> tuple[dict, dict, dict]:
         # precision: (IoU thresholds, 101 recall points, classes, areas, max detections); COCOeval's class
@@ -97,6 +141,12 @@ def _mean_valid(values: Tensor) -> float:
     """COCO's convention: entries of -1 mean 'no ground truth', and a class with none scores -1."""
     valid = values[values > -1]
     return float(valid.mean()) if valid.numel() else -1.0
+
+
+def _flags(target: Mapping[str, Tensor], key: str, n: int) -> Tensor:
+    """A per-box bool field of ``target`` (all False when it has none)."""
+    flags = target.get(key)
+    return flags.detach().to("cpu").bool().reshape(-1) if flags is not None else torch.zeros(n, dtype=torch.bool)
 
 
 def _cpu(item: Mapping[str, Tensor], keys: Sequence[str]) -> dict[str, Tensor]:
@@ -121,7 +171,8 @@ def format_table(metrics: DetectionMetrics) -> str:
     lines.append(f"{'class':<{width}}  {'AP':>7}  {'AP50':>7}")
     for name, ap in metrics.per_class_ap.items():
         lines.append(f"{name:<{width}}  {_pct(ap):>7}  {_pct(metrics.per_class_ap50.get(name, -1.0)):>7}")
-    return "\n".join(lines)
+    notes = metrics.notes()
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def _pct(value: float) -> str:

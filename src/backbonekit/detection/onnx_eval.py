@@ -56,12 +56,14 @@ def load_onnx_detector(path: str | os.PathLike, threads: int | None = None) -> O
 def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
                            split: str = "val", batch_size: int = 16, score_thresh: float = 0.01,
                            nms_thresh: float | None = None, out: str | os.PathLike | None = None,
-                           skip_bad_labels: bool = False, threads: int | None = None,
-                           log: Callable[[str], None] = print) -> DetectionMetrics:
+                           skip_bad_labels: bool = False, count_difficult: bool | None = None,
+                           threads: int | None = None, log: Callable[[str], None] = print) -> DetectionMetrics:
     """COCO mAP of an exported YOLOv3 on ``dataset`` (default: the one in its metadata), with the report
     files of ``detect evaluate`` (per_class_ap, pr_curves, eval.json) written to ``out``.
 
     ``score_thresh`` defaults to 0.01 as in training's evaluation (not the file's deployment threshold).
+    VOC's difficult objects are ignored unless ``count_difficult``; detections.json takes the dataset's
+    image and category ids.
     """
     from . import report
     from .data import load_detection_dataset
@@ -80,12 +82,14 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
                          f"was exported with {len(classes)}: {classes[:4]}")
     nms = model.nms_thresh if nms_thresh is None else nms_thresh
     with torch.no_grad():
-        metrics, _ = evaluate(model, data, classes, device=torch.device("cpu"), batch_size=batch_size,
-                              score_thresh=score_thresh, nms_thresh=nms, distributed=False)
+        metrics, items = evaluate(model, data, classes, device=torch.device("cpu"), batch_size=batch_size,
+                                  score_thresh=score_thresh, nms_thresh=nms, distributed=False,
+                                  count_difficult=bool(count_difficult))
     kind = "int8" if "quantization" in model.meta else "fp32"
     out = Path(out) if out else evaluation_folder(path, f"{Path(path).stem}-{name}", split)
     report.write_evaluation(out, metrics, [], classes, title=f"{path} ({kind} ONNX) on {name} {split} split "
-                                                               f"({len(data)} images)")
+                                                               f"({len(data)} images)",
+                            detections=report.coco_detections(items, getattr(data, "category_ids", None)))
     log(f"{path} ({kind} ONNX) on {name} {split}: mAP {100 * metrics.summary['map']:.1f} "
         f"mAP@.5 {100 * metrics.summary['map_50']:.1f} ({len(data)} images); report in {out}")
     return metrics

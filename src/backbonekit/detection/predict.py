@@ -84,6 +84,18 @@ def to_coco_results(detections: dict[str, Tensor], image_id: int, category_ids: 
     return rows
 
 
+def result_category_ids(model: torch.nn.Module, names: object = None) -> list[int] | None:
+    """The category id of each label in written results: the ids the model's training file gave
+    (``model.category_ids``, a COCO file's), else COCO's for an 80-class model given no ``names``,
+    else None (the label is the id)."""
+    recorded = getattr(model, "category_ids", None)
+    if recorded is not None:
+        return list(recorded)
+    if model.num_classes == 80 and names is None:
+        return [i for i, _ in coco_categories()]
+    return None
+
+
 def draw_detections(image: Tensor, detections: dict[str, Tensor], names: Sequence[str]) -> Tensor:
     """The image as uint8 (3, H, W) with each box and ``name score`` drawn (torchvision's drawing)."""
     from torchvision.utils import draw_bounding_boxes
@@ -98,9 +110,8 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
                   nms_thresh: float | None = None, detections_per_img: int | None = None,
                   batch_size: int = 8) -> Path:
     """Detect on image files; write ``out_dir/<name>.png`` (boxes and names drawn) and
-    ``out_dir/detections.json`` (COCO results; COCO category ids when the model has 80 classes,
-    else the 0-based label). Every image is read first, so a bad file stops before any work.
-    Returns the path of ``detections.json``."""
+    ``out_dir/detections.json`` (COCO results, category ids by :func:`result_category_ids`). Every
+    image is read first, so a bad file stops before any work. Returns the path of ``detections.json``."""
     from PIL import Image
 
     paths = [Path(p) for p in images]
@@ -108,7 +119,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
         raise ValueError("expected at least one image file, found none")
     pictures = [read_image(p) for p in paths]
     labels = class_names(model.num_classes, names if names is not None else getattr(model, "class_names", None))
-    category_ids = [i for i, _ in coco_categories()] if model.num_classes == 80 and names is None else None
+    category_ids = result_category_ids(model, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()

@@ -1,7 +1,7 @@
 """Detection report files: per-class AP, PR curves, predictions drawn on images, curves and report.html.
 
 :func:`write_evaluation` writes what one evaluation found (``eval.json``, ``per_class_ap.txt/.json``,
-``pr_curves.png``, ``predictions.png``); :func:`write_run_report` rebuilds ``curves.png``,
+``pr_curves.png``, ``predictions.png``, ``detections.json``); :func:`write_run_report` rebuilds ``curves.png``,
 ``pr_curves.png`` and ``report.html`` from the files in a run folder alone
 (``python -m backbonekit.detection.report RUN_DIR``). Plots use matplotlib (Agg).
 """
@@ -17,6 +17,7 @@ from typing import Sequence
 
 from torch import Tensor
 
+from ..checkpoint import atomic_open
 from ..train.report import _pyplot, _table, read_metrics, save_epoch_figure
 from .metrics import DetectionMetrics, format_table
 
@@ -27,8 +28,9 @@ MAP_CURVES = (("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("map_75", "mAP@.75
 
 
 def write_evaluation(out: str | Path, metrics: DetectionMetrics, samples: Sequence[tuple[Tensor, dict, dict]],
-                     classes: Sequence[str], title: str) -> None:
-    """eval.json, per_class_ap.txt/.json, pr_curves.png and predictions.png for one evaluation.
+                     classes: Sequence[str], title: str, detections: Sequence[dict] | None = None) -> None:
+    """eval.json, per_class_ap.txt/.json, pr_curves.png and predictions.png for one evaluation, and
+    ``detections`` (:func:`coco_detections`) as detections.json when given.
 
     ``samples``: (uint8 image (3, H, W), prediction, ground truth) triples to draw.
     """
@@ -39,9 +41,30 @@ def write_evaluation(out: str | Path, metrics: DetectionMetrics, samples: Sequen
                  for name in metrics.per_class_ap}
     (out / "per_class_ap.json").write_text(json.dumps(per_class, indent=2), encoding="utf-8")
     (out / "eval.json").write_text(json.dumps({"title": title, "summary": metrics.summary, "per_class": per_class,
-                                               "pr_curves": metrics.pr_curves}, indent=1), encoding="utf-8")
+                                               "notes": metrics.notes(), "pr_curves": metrics.pr_curves}, indent=1),
+                                   encoding="utf-8")
+    if detections is not None:
+        with atomic_open(out / "detections.json") as f:
+            f.write(json.dumps(list(detections)).encode("utf-8"))
     plot_pr_curves(metrics.pr_curves, out / "pr_curves.png")
     plot_predictions(samples, classes, out / "predictions.png")
+
+
+def coco_detections(items: Sequence[tuple[int, dict, dict]], category_ids: Sequence[int] | None) -> list[dict]:
+    """An evaluation's detections (:func:`~.engine.evaluate`'s items) in COCO's results format, what
+    pycocotools' ``loadRes`` reads: each target's ``image_id`` (a COCO file's own), each label's id in
+    ``category_ids`` (the label itself when None), ``bbox`` as [x, y, w, h] converted exactly as
+    torchmetrics hands boxes to pycocotools, unrounded, so COCOeval on this file repeats the figures."""
+    from torchvision.ops import box_convert
+
+    rows = []
+    for _, pred, target in items:
+        image_id = int(target["image_id"])
+        boxes = box_convert(pred["boxes"].float(), "xyxy", "xywh").tolist()
+        for box, score, label in zip(boxes, pred["scores"].float().tolist(), pred["labels"].tolist()):
+            category = category_ids[label] if category_ids is not None else label
+            rows.append({"image_id": image_id, "category_id": int(category), "bbox": box, "score": score})
+    return rows
 
 
 def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:

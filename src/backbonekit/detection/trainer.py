@@ -28,7 +28,7 @@ from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
-from .config import DETECT_LEGACY_VALUES, DETECT_RESUME_RULES, DetectConfig, parse_anchors, write_config
+from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
 from .data import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from .loading import load_run_checkpoint
@@ -72,12 +72,21 @@ def load_splits(cfg: DetectConfig):
     if list(train_set.classes) != list(val_set.classes):
         raise ValueError(f"{cfg.dataset}: the train and val splits name different classes "
                          f"({few(list(train_set.classes))} vs {few(list(val_set.classes))})")
+    if category_ids(train_set) != category_ids(val_set):
+        raise ValueError(f"{cfg.dataset}: the train and val files give the classes different category ids "
+                         f"({category_ids(train_set)} vs {category_ids(val_set)})")
     if len(train_set) < cfg.batch_size * dist.world_size():
         raise ValueError(f"dataset {cfg.dataset} has {len(train_set)} training images, fewer than one batch "
                          f"({cfg.batch_size} x {dist.world_size()} processes)")
     if len(val_set) == 0:
         raise ValueError(f"dataset {cfg.dataset} has no validation images: expected a 'val' split")
     return train_set, val_set
+
+
+def category_ids(dataset) -> list[int] | None:
+    """The dataset's own category id of each label (a COCO file's), or None when its labels are the ids."""
+    ids = getattr(dataset, "category_ids", None)
+    return [int(i) for i in ids] if ids is not None else None
 
 
 def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[float]]:
@@ -231,10 +240,16 @@ def attach_loss(model: nn.Module, *, ignore_thresh: float, iou_thresh: float) ->
 
 def checkpoint_dict(model: nn.Module, cfg: DetectConfig, classes: Sequence[str], model_kwargs: dict, *,
                     epoch: int, history: list[dict[str, float]], best_map: float,
-                    training_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A detector checkpoint: tensors and plain values only (``weights_only=True`` loads it)."""
+                    training_state: dict[str, Any] | None = None,
+                    category_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """A detector checkpoint: tensors and plain values only (``weights_only=True`` loads it).
+
+    ``category_ids``: the training file's category id of each label (COCO's), so predictions can be
+    written back in the file's ids; None when the labels are the ids."""
     ckpt = {"format": "backbonekit", "task": "detection", "model": cfg.model, "model_kwargs": copy.deepcopy(model_kwargs),
-            "num_classes": len(classes), "classes": list(classes), "input_size": cfg.input_size,
+            "num_classes": len(classes), "classes": list(classes),
+            "category_ids": [int(i) for i in category_ids] if category_ids is not None else None,
+            "input_size": cfg.input_size,
             "anchors": copy.deepcopy(model_kwargs.get("anchors")), "state_dict": unwrap(model).state_dict(),
             "config": cfg.to_dict(), "epoch": epoch, "history": [dict(r) for r in history], "best_map": best_map,
             "world_size": dist.world_size()}
@@ -286,9 +301,8 @@ def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
         if resumed.get("task") != "detection":
             raise CheckpointError(f"cannot resume from {checkpoint}: expected a last.pt written by backbonekit "
                                   f"detect train")
-        legacy = DETECT_LEGACY_VALUES if resumed["config"].get("model", "yolov3") == "yolov3" else None
         cfg = resumed_config(resumed["config"], cfg, given, checkpoint.parent, checkpoint, int(resumed["epoch"]),
-                             DETECT_RESUME_RULES, legacy)
+                             DETECT_RESUME_RULES, legacy_values(resumed["config"]))
     device = resolve_device(cfg.device)
     dist.setup(device.type)
     check_resumed_world(resumed)
@@ -300,7 +314,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     amp_dtype = resolve_amp(cfg.amp, device)
     set_determinism(cfg.seed, False, device)
     train_set, val_set = load_splits(cfg)  # every label is checked before anything is written
-    classes = list(train_set.classes)
+    classes, ids = list(train_set.classes), category_ids(train_set)
     anchors = None
     if cfg.model == "yolov3":
         anchors = resumed["anchors"] if resumed else resolve_anchors(cfg.anchors, train_set, cfg.input_size)
@@ -338,7 +352,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     def save(epoch: int, improved: bool) -> None:
         if not dist.is_main():
             return
-        common = dict(epoch=epoch, history=history, best_map=best_map)
+        common = dict(epoch=epoch, history=history, best_map=best_map, category_ids=ids)
         if improved:
             atomic_save(checkpoint_dict(evaluated(), cfg, classes, model_kwargs, **common), out / "best.pt")
         state = {"model_state": unwrap(model).state_dict() if ema is not None else None,
@@ -356,7 +370,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates rank 0's BatchNorm statistics
         metrics, _ = evaluate(evaluated(), val_set, classes, device=device, batch_size=cfg.batch_size,
                               score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, workers=cfg.workers,
-                              amp_dtype=amp_dtype)
+                              amp_dtype=amp_dtype, count_difficult=cfg.count_difficult)
         improved = False
         if dist.is_main():
             row = _row(epoch + 1, losses, metrics, lr, LOSS_PARTS[cfg.model])
@@ -425,9 +439,11 @@ def _final_report(out: Path, model: nn.Module, val_set, classes: list[str], cfg:
 
     best, ckpt = load_detector(out / "best.pt", device)
     metrics, items = evaluate(best, val_set, classes, device=device, batch_size=cfg.batch_size,
-                              score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, distributed=False)
+                              score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, distributed=False,
+                              count_difficult=cfg.count_difficult)
     report.write_evaluation(out, metrics, _samples(val_set, items), classes,
-                            title=f"best.pt (epoch {ckpt['epoch']}) on {cfg.dataset} val split ({len(val_set)} images)")
+                            title=f"best.pt (epoch {ckpt['epoch']}) on {cfg.dataset} val split ({len(val_set)} images)",
+                            detections=report.coco_detections(items, category_ids(val_set)))
     report.write_run_report(out)
     log(f"best.pt (epoch {ckpt['epoch']}): mAP {100 * metrics.summary['map']:.1f} "
         f"mAP@.5 {100 * metrics.summary['map_50']:.1f} on {len(val_set)} images; report: {out / 'report.html'}")
@@ -445,9 +461,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
                         split: str = "val", device: str = "auto", batch_size: int = 16,
                         score_thresh: float | None = None, nms_thresh: float | None = None,
                         out: str | os.PathLike | None = None, skip_bad_labels: bool = False,
-                        log: Callable[[str], None] = print) -> DetectionMetrics:
+                        count_difficult: bool | None = None, log: Callable[[str], None] = print) -> DetectionMetrics:
     """COCO mAP of a saved detector on ``dataset`` (default: the one it was trained on), with the report
-    files (per_class_ap.txt/.json, pr_curves.png, predictions.png, eval.json) written to ``out``."""
+    files (per_class_ap.txt/.json, pr_curves.png, predictions.png, eval.json) and the detections in
+    COCO's results format (detections.json: the dataset's image ids, its category ids, else the
+    checkpoint's, else the labels) written to ``out``. ``count_difficult``: count VOC's difficult
+    objects (default: the training run's choice; ignored, as VOC's protocol, when it made none)."""
     from . import report
 
     if batch_size < 1:
@@ -463,11 +482,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
                          f"{few(list(ckpt['classes']), 4)}")
     score = saved.get("score_thresh", 0.01) if score_thresh is None else score_thresh
     nms = saved.get("nms_thresh", 0.45) if nms_thresh is None else nms_thresh
+    difficult = bool(saved.get("count_difficult", False)) if count_difficult is None else count_difficult
     metrics, items = evaluate(model, data, ckpt["classes"], device=dev, batch_size=batch_size, score_thresh=score,
-                              nms_thresh=nms, distributed=False)
+                              nms_thresh=nms, distributed=False, count_difficult=difficult)
     out = Path(out) if out else evaluation_folder(checkpoint, name, split)
+    ids = category_ids(data) or ckpt.get("category_ids")
     report.write_evaluation(out, metrics, _samples(data, items), ckpt["classes"],
-                            title=f"{checkpoint} on {name} {split} split ({len(data)} images)")
+                            title=f"{checkpoint} on {name} {split} split ({len(data)} images)",
+                            detections=report.coco_detections(items, ids))
     log(f"{checkpoint} on {name} {split}: mAP {100 * metrics.summary['map']:.1f} "
         f"mAP@.5 {100 * metrics.summary['map_50']:.1f} ({len(data)} images); report in {out}")
     return metrics
