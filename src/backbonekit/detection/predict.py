@@ -98,8 +98,8 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
                   nms_thresh: float | None = None, detections_per_img: int | None = None,
                   batch_size: int = 8) -> Path:
     """Detect on image files; write ``out_dir/<name>.png`` (boxes and names drawn) and
-    ``out_dir/detections.json`` (COCO results; COCO category ids when the model has 80 classes,
-    else the 0-based label). Every image is read first, so a bad file stops before any work.
+    ``out_dir/detections.json`` (COCO results; the model's ``category_ids`` when it has them (published
+    weights), else COCO category ids when the model has 80 classes, else the 0-based label). Every image is read first, so a bad file stops before any work.
     Returns the path of ``detections.json``."""
     from PIL import Image
 
@@ -108,7 +108,9 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
         raise ValueError("expected at least one image file, found none")
     pictures = [read_image(p) for p in paths]
     labels = class_names(model.num_classes, names if names is not None else getattr(model, "class_names", None))
-    category_ids = [i for i, _ in coco_categories()] if model.num_classes == 80 and names is None else None
+    category_ids = getattr(model, "category_ids", None) if names is None else None
+    if category_ids is None and model.num_classes == 80 and names is None:
+        category_ids = [i for i, _ in coco_categories()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
