@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -94,10 +95,15 @@ def _load() -> None:
 
 
 def list_published(pattern: str = "*") -> list[PublishedWeights]:
-    """Registered entries whose ``model.tag`` matches a shell-style ``pattern``, by model then tag."""
+    """Registered entries whose ``model.tag`` or model matches a shell-style ``pattern``, by model then tag
+    (numbers in numeric order: resnet18 before resnet101)."""
     _load()
-    return [_PUBLISHED[name] for name in sorted(_PUBLISHED) if fnmatch.fnmatch(name, pattern)
+    return [_PUBLISHED[name] for name in sorted(_PUBLISHED, key=_natural) if fnmatch.fnmatch(name, pattern)
             or fnmatch.fnmatch(_PUBLISHED[name].model, pattern)]
+
+
+def _natural(name: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def models_without_weights() -> dict[str, str]:
