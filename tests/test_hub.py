@@ -34,7 +34,7 @@ from backbonekit import pretrained
 from backbonekit.checkpoint import CheckpointError
 from backbonekit.cli import main
 from backbonekit.hub import FileSpec, cache_dir, fetch
-from helpers import randomized
+from helpers import randomized, with_random_bn_statistics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 COCO_DOG = (16, 18)  # YOLOv3's label and COCO's category_id of "dog" (instances_val2017.json: {"id": 18, "name": "dog"})
@@ -446,3 +446,37 @@ def test_voc_and_coco_class_sets():
     coco = pretrained.class_set("coco80")
     assert len(coco.names) == 80 and coco.names[COCO_DOG[0]] == "dog" and coco.category_ids[COCO_DOG[0]] == COCO_DOG[1]
     assert coco.category_ids[-1] == 90 and len(set(coco.category_ids)) == 80
+
+
+def test_torchvision_coco_detector_tag_computes_as_torchvision_and_names_coco_ids(server, monkeypatch):
+    """fasterrcnn.tv_coco, as torchvision builds it for its COCO weights (FrozenBatchNorm2d with eps 0): the same
+    detections, and labels that map to torchvision's (COCO's category ids) through ``category_ids``."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    options = dict(min_size=96, max_size=96, box_score_thresh=0.0, rpn_pre_nms_top_n_test=100,
+                   rpn_post_nms_top_n_test=50)
+    reference = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3), 91,
+                           **options)
+    with_random_bn_statistics(reference)
+    for module in reference.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    overwrite_eps(reference, 0.0)  # what torchvision's builder does with its COCO_V1 weights
+    point_at(monkeypatch, server, "fasterrcnn.tv_coco", buffer.getvalue(), "fasterrcnn_resnet50_fpn_coco-0123abcd.pth")
+    model = bk.create_model("fasterrcnn", pretrained=True, **options).eval()
+    assert {m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)} == {0.0}
+    images = [torch.rand(3, 80, 96), torch.rand(3, 96, 70)]
+    with torch.no_grad():
+        found, expected = model(images), reference.eval()(images)
+    categories = torchvision.models.detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    for f, e in zip(found, expected):
+        assert e["boxes"].shape[0] > 0 and torch.allclose(f["boxes"], e["boxes"], atol=1e-4)
+        assert torch.allclose(f["scores"], e["scores"])
+        assert [model.category_ids[i] for i in f["labels"].tolist()] == e["labels"].tolist()
+        assert [model.class_names[i] for i in f["labels"].tolist()] == [categories[i] for i in e["labels"].tolist()]
