@@ -63,7 +63,7 @@ def test_every_command_module_registers_parsers_that_run_a_function():
         assert callable(importlib.import_module(name).register_cli), name
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"models", "train", "evaluate", "predict", "profile", "convert", "export", "bench",
-                             "detect", "anchors"}
+                             "detect", "anchors", "weights"}
     detect = commands["detect"]._subparsers._group_actions[0].choices
     assert set(detect) == {"train", "evaluate", "predict", "export", "convert", "make-data"}
     for parser in [*commands.values(), *detect.values()]:

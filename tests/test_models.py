@@ -337,8 +337,9 @@ def test_non_float_input_is_rejected_before_any_conv(name, dtype):
 @pytest.mark.parametrize("call, message", [
     (lambda: bk.create_model(None), "expected a model name string .*found NoneType None"),
     (lambda: bk.model_info(3), "expected a model name string .*found int 3"),
-    (lambda: bk.create_model("resnet18", pretrained=True), "expects the path of a local weights file here"),
-    (lambda: bk.create_model("resnet18", pretrained=1), "expects the path of a local weights file, found int"),
+    (lambda: bk.create_model("detnet59", pretrained=True), "detnet59 has no published weights"),
+    (lambda: bk.create_model("resnet18", pretrained=1), "expects True, a published tag .*or the path of a weights file, "
+                                                         "found int"),
 ])
 def test_wrong_argument_types_are_one_line(call, message):
     with pytest.raises(ValueError, match=message) as info:

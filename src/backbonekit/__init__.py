@@ -54,15 +54,19 @@ def create_model(
             features). Detectors (``list_models(task="detection")``): object classes, default the weights
             file's, else 80.
         in_chans: input channels.
-        pretrained: a local weights file: a backbonekit checkpoint, a torchvision or timm state_dict
+        pretrained: ``True`` (the model's default published weights), a published tag
+            (``"resnet50.tv2_in1k"``, or ``"tv2_in1k"`` for this model; ``backbonekit weights`` lists them),
+            a URL, or a local weights file: a backbonekit checkpoint, a torchvision or timm state_dict
             (layout detected from its keys), a ``.safetensors`` file, or a Darknet weights file
             (``darknet53.weights``; ``darknet53.conv.74`` leaves the classifier initialised), loaded
-            strictly. The classifier is left initialised when its number of classes differs from ``num_classes``.
+            strictly. Tags and URLs are fetched once into ``torch.hub.get_dir()/checkpoints`` and checked
+            against their published size and hash (:mod:`backbonekit.pretrained`); a model built from a tag
+            carries its ``class_names`` (detectors: and ``category_ids``). The classifier is left
+            initialised when its number of classes differs from ``num_classes``.
             A :class:`backbonekit.weights.Weights` already read (:func:`backbonekit.weights.read_weights`) is
             used as it is, so a caller that needs the file's contents too reads it once.
             BatchNorm ``num_batches_tracked`` counters absent from the file (files written before PyTorch
-            0.4.1) are set to 0, as ``BatchNorm2d.load_state_dict`` does. Nothing is downloaded: ``True``
-            (timm's idiom) is refused, ``False`` is the same as ``None``.
+            0.4.1) are set to 0, as ``BatchNorm2d.load_state_dict`` does. ``False`` is the same as ``None``.
         features_only: return a multi-scale feature extractor whose forward returns a list of maps.
         out_indices: levels to return with ``features_only`` (0 = stem, 1.. = stages; default: last three),
             in the order given (``forward``, ``feature_info`` and ``out_channels`` follow it).
@@ -88,10 +92,11 @@ def create_model(
     _register_all()
 
     builder = model_entrypoint(name)
-    pretrained = _check_pretrained(pretrained)
     if model_info(name).task == "detection":
-        return _create_detector(name, builder, num_classes, in_chans, pretrained, features_only, out_indices,
-                                output_stride, fuse, kwargs)
+        pretrained, published = _resolve_pretrained(name, pretrained, kwargs)
+        model = _create_detector(name, builder, num_classes, in_chans, pretrained, features_only, out_indices,
+                                 output_stride, fuse, kwargs)
+        return _with_classes(model, published, model.num_classes)
     num_classes = 1000 if num_classes is None else num_classes
     _check_count("num_classes", num_classes, minimum=0)
     _check_count("in_chans", in_chans, minimum=1)
@@ -99,6 +104,7 @@ def create_model(
         kwargs["output_stride"] = output_stride
     if out_indices is not None and not features_only:
         raise ValueError("out_indices only applies with features_only=True, found features_only=False")
+    pretrained, published = _resolve_pretrained(name, pretrained, kwargs)  # after the cheap checks: it may download
     state = None
     if pretrained is not None:
         state, meta = pretrained if isinstance(pretrained, weights.Weights) else weights.read_weights(pretrained)
@@ -120,7 +126,7 @@ def create_model(
         from .optimize import optimize_for_inference
 
         optimize_for_inference(model)
-    return model
+    return _with_classes(model, published, 0 if features_only else num_classes)
 
 
 def _create_detector(name: str, builder: Any, num_classes: int | None, in_chans: int, pretrained: Any,
@@ -137,20 +143,39 @@ def _create_detector(name: str, builder: Any, num_classes: int | None, in_chans:
     return model
 
 
-def _check_pretrained(pretrained: object) -> Any:
-    """``pretrained`` as a path, weights already read (:class:`backbonekit.weights.Weights`), or ``None``;
-    refuses timm's ``pretrained=True`` with what to do instead."""
-    from .weights import Weights
+def _resolve_pretrained(name: str, pretrained: object, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``pretrained`` as something to load (a path, or weights already read) and its registry entry, if it
+    names one (:func:`backbonekit.pretrained.entry_for`); the entry's architecture arguments join ``kwargs``
+    (the caller's win). A classifier takes only its own tags; a detector also takes a backbone's."""
+    from .models import model_info
+    from .pretrained import entry_for, resolve
 
-    if pretrained is None or pretrained is False:
-        return None
-    if pretrained is True:
-        raise ValueError("pretrained expects the path of a local weights file here (nothing is downloaded), found "
-                         "True: download one (torchvision: ResNet50_Weights.DEFAULT.url; timm: the model's Hugging "
-                         "Face page; Darknet: darknet53.conv.74) and pass pretrained='path/to/file' (docs/weights.md)")
-    if not isinstance(pretrained, (str, os.PathLike, Weights)):
-        raise ValueError(f"pretrained expects the path of a local weights file, found {type(pretrained).__name__}")
-    return pretrained
+    published = entry_for(pretrained, name)  # checked before anything is downloaded
+    if published is not None and published.model != name:
+        if model_info(name).task != "detection":
+            raise ValueError(f"{published.name} holds weights for {published.model}, found {name}")
+        published = None  # a backbone's weights under a detector: its classes do not apply
+    if published is not None:
+        wanted = published.backbone
+        if wanted is not None and kwargs.get("backbone", wanted) != wanted:
+            raise ValueError(f"{published.name} holds {name} on {wanted}, found backbone={kwargs['backbone']!r} "
+                             f"(drop backbone=, or pass a file of your own)")
+        for key, value in published.model_kwargs.items():
+            kwargs.setdefault(key, value)
+    return resolve(pretrained, name), published
+
+
+def _with_classes(model: Any, published: Any, num_classes: int | None) -> Any:
+    """A model built from registry weights knows its classes: ``class_names`` (and, for detectors, the
+    dataset's ``category_ids``), unless its classifier was re-sized or dropped."""
+    if published is not None and published.classes and num_classes == published.num_classes:
+        from .pretrained import class_set
+
+        classes = class_set(published.classes)
+        model.class_names = list(classes.names)
+        if classes.category_ids is not None:
+            model.category_ids = list(classes.category_ids)
+    return model
 
 
 def _check_count(name: str, value: object, minimum: int) -> None:

@@ -142,9 +142,10 @@ def build_for_export(name: str, *, weights: str | os.PathLike | None = None, num
     The weights file is read once, for its classifier size and its tensors both.
     """
     from . import create_model
+    from .pretrained import weights_file
     from .weights import num_classes_in, read_weights
 
-    pretrained = read_weights(weights) if weights else None
+    pretrained = read_weights(weights_file(weights, name)) if weights else None  # a file, URL or published tag
     if num_classes is None:
         num_classes = num_classes_in(pretrained.state) if pretrained else 1000
     return create_model(name, num_classes=num_classes, pretrained=pretrained, features_only=features_only, **kwargs)

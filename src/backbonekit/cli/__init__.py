@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "backbonekit.cli.train",
     "backbonekit.cli.profile",
     "backbonekit.cli.convert",
+    "backbonekit.cli.weights",
     "backbonekit.cli.export",
     "backbonekit.cli.bench",
     "backbonekit.cli.detect",

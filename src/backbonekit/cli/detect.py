@@ -2,7 +2,8 @@
 
 ``predict MODEL_OR_RUN IMAGE... --out DIR``: MODEL_OR_RUN is a weights file (``yolov3.weights``, a
 ``detect train`` checkpoint of any detector, a torchvision Faster R-CNN / RetinaNet / FCOS state_dict), a run
-folder (its ``best.pt``), or a registered detector name with ``--weights``.
+folder (its ``best.pt``), a published tag (``yolov3.darknet_coco``), or a registered detector name: with
+``--weights`` (a file, URL or tag), else its default published weights (fetched once into torch's hub cache).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     detect_train.register(commands)  # train, evaluate, make-data
 
     p = commands.add_parser("predict", help="draw boxes on images and write COCO-format detections.json")
-    p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, or detector name (with --weights)")
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, published tag, or detector name "
+                                                          "(its default published weights unless --weights)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for the annotated images and detections.json")
-    p.add_argument("--weights", help="weights file when MODEL_OR_RUN is a detector name")
+    p.add_argument("--weights", help="weights file, URL or published tag (backbonekit weights) when MODEL_OR_RUN "
+                                     "is a detector name")
     p.add_argument("--names", help="class names file, one per line (default: the checkpoint's; COCO's for 80)")
     p.add_argument("--input-size", type=int, help="YOLOv3's letterbox size (a multiple of 32) or the FPN "
                                                   "detectors' min_size = max_size (default: the model's)")
@@ -39,7 +42,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                                            "Faster R-CNN / RetinaNet / FCOS whole, NMS included, batch 1")
     e.add_argument("model", metavar="MODEL_OR_RUN")
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--weights")
+    e.add_argument("--weights", help="weights file, URL or published tag (backbonekit weights)")
     e.add_argument("--input-size", type=int)
     e.add_argument("--batch-size", type=int, default=1)
     e.add_argument("--dynamic-batch", action="store_true")
@@ -66,7 +69,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..detection.loading import load_detector
     from ..detection.predict import predict_files
 
-    model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size)
+    model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size, published=True)
     out = predict_files(model, args.images, args.out, names=args.names, score_thresh=args.score_thresh,
                         nms_thresh=args.nms_thresh, detections_per_img=args.max_detections)
     print(f"wrote {len(args.images)} annotated images and {out}")

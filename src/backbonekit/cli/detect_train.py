@@ -49,7 +49,8 @@ FLAG_HELP = {
     "workers": "DataLoader workers",
     "out": "run folder (default runs/MODEL-DATASET[-N])",
     "resume": "continue the run in this folder (or from this last.pt) with its saved config",
-    "pretrained": "darknet53.conv.74, a classification run's best.pt, or a detector file",
+    "pretrained": "darknet53.conv.74, a classification run's best.pt, a detector file, or a published tag "
+                  "(darknet53.darknet_conv74, resnet50.tv2_in1k, ...: backbonekit weights)",
     "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
     "count_difficult": "evaluate VOC's difficult objects as ordinary ones (default: ignored, as VOC's protocol)",
     "nproc": "launch N processes on this machine (DistributedDataParallel)",

@@ -17,7 +17,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="input height and width (default 416; detectors: their own)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: let the batch dimension vary")
-    p.add_argument("--weights", help="weights file to load (backbonekit checkpoint, timm or torchvision)")
+    p.add_argument("--weights", help="weights to load: a file (backbonekit checkpoint, timm or torchvision), a URL, "
+                                     "or a published tag (backbonekit weights)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the weights file's, else 1000)")
     p.add_argument("--features-only", action="store_true", help="export the multi-scale feature extractor")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

@@ -36,8 +36,8 @@ FLAG_HELP = {
     "out": "run folder (default runs/MODEL-DATASET[-N])",
     "resume": "continue the run in this folder (or from this last.pt) with its saved config; options that change "
               "what it computes are refused, --epochs may extend it (docs/training.md)",
-    "pretrained": "initialise from a weights file (fine-tuning; the classifier is re-initialised "
-                  "when the class count differs)",
+    "pretrained": "initialise from a weights file, URL or published tag such as resnet50.tv2_in1k (fine-tuning; "
+                  "the classifier is re-initialised when the class count differs)",
     "zero_init_residual": "zero the last BatchNorm of each residual branch when training from scratch",
     "sync_bn": "SyncBatchNorm across processes (distributed runs)",
     "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel); "

@@ -8,7 +8,9 @@
 * a Darknet ``yolov3.weights`` file (or any YOLOv3 checkpoint ``create_model("yolov3", pretrained=)`` reads);
 * a torchvision ``fasterrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn`` / ``fcos_resnet50_fpn`` state_dict
   (the kind is told by its keys);
-* a registered detector name, with ``weights`` (or none: random weights).
+* a registered detector name, with ``weights`` (a file, a URL or a published tag such as
+  ``yolov3.darknet_coco``; none: random weights, or its default published weights with ``published=True``);
+* a published detector tag (``yolov3.darknet_coco``, ``fasterrcnn.tv_coco``: ``backbonekit weights``).
 
 Anything else is refused with one line.
 """
@@ -28,7 +30,7 @@ from ..checkpoint import CheckpointError, load_file
 from ..train.runs import best_checkpoint
 
 WHAT = ("a weights file, a run folder or a detector (a best.pt/last.pt of backbonekit detect train, yolov3.weights, "
-        "a torchvision fasterrcnn/retinanet/fcos state_dict, or a name with --weights)")
+        "a torchvision fasterrcnn/retinanet/fcos state_dict, a published tag, or a name with --weights)")
 
 
 def is_run_checkpoint(ckpt: Any) -> bool:
@@ -83,23 +85,29 @@ def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str,
 
 
 def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-                  input_size: int | None = None, device: torch.device | str = "cpu"
+                  input_size: int | None = None, device: torch.device | str = "cpu", published: bool = False
                   ) -> tuple[nn.Module, dict[str, Any]]:
     """``(detector in eval mode on device, checkpoint dict)`` from ``spec`` (see the module docstring).
 
     The checkpoint dict is the ``detect train`` file's (config, classes, history) or ``{}`` for other
     sources. ``input_size`` overrides the detector's input size (YOLOv3's letterbox side, the FPN
-    detectors' ``min_size`` and ``max_size``).
+    detectors' ``min_size`` and ``max_size``). ``published``: a detector name without ``weights`` takes its
+    default published weights (``detect predict yolov3 photo.jpg``) instead of random ones.
     """
     from .. import create_model, list_models
+    from ..pretrained import find
 
     path = best_checkpoint(spec, "backbonekit detect train")
+    tag = None if path.exists() else find(str(spec))
     if path.is_file():
         if weights is not None:
             raise ValueError(f"--weights goes with a detector name, found a file or run folder too ({spec})")
         model, ckpt = _from_file(path, input_size)
     elif str(spec) in list_models(task="detection"):
-        model, ckpt = create_model(str(spec), pretrained=weights, **size_options(str(spec), input_size)), {}
+        pretrained = weights if weights is not None else (True if published else None)
+        model, ckpt = create_model(str(spec), pretrained=pretrained, **size_options(str(spec), input_size)), {}
+    elif tag is not None and tag.model in list_models(task="detection") and weights is None:
+        model, ckpt = create_model(tag.model, pretrained=tag.name, **size_options(tag.model, input_size)), {}
     else:
         names = ", ".join(list_models(task="detection"))
         raise CheckpointError(f"expected {WHAT}; detectors: {names}; found {str(spec)!r}")

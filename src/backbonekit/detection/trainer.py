@@ -23,6 +23,7 @@ from torch import nn
 from .. import create_model
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_save, load_file
+from ..pretrained import weights_file
 from ..train import dist
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
@@ -110,7 +111,7 @@ def _pretrained_source(cfg: DetectConfig):
     (the file is read once, by :func:`~.yolov3_weights.inspect_pretrained`)."""
     from .yolov3_weights import inspect_pretrained
 
-    source = inspect_pretrained(cfg.pretrained, neck_channels=cfg.neck_channels)
+    source = inspect_pretrained(weights_file(cfg.pretrained, cfg.model), neck_channels=cfg.neck_channels)
     if source.num_classes:
         return source, {}
     if source.backbone and source.backbone != cfg.backbone:
@@ -127,7 +128,8 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
 
     YOLOv3's input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
     classification run's mean/std, a detector's own, ImageNet's for torchvision/timm weights), or from
-    ``resumed_kwargs`` (the run being resumed records it); none for Darknet's raw [0, 1] input."""
+    ``resumed_kwargs`` (the run being resumed records it); none for Darknet's raw [0, 1] input.
+    ``cfg.pretrained`` may be a file, a URL or a published tag (fetched once into torch's hub cache)."""
     if cfg.model != "yolov3":
         return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
     # a resumed run keeps the backbone options it recorded (act_slope of a timm file, ...)
@@ -179,7 +181,7 @@ def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: 
     if resumed_kwargs and "image_mean" in resumed_kwargs:
         mean, std = resumed_kwargs["image_mean"], resumed_kwargs["image_std"]
     else:
-        mean, std = pretrained_normalisation(cfg.pretrained)
+        mean, std = pretrained_normalisation(weights_file(cfg.pretrained, cfg.model) if cfg.pretrained else None)
     model_kwargs = {"backbone": cfg.backbone, "min_size": cfg.input_size, "max_size": cfg.input_size,
                     "image_mean": mean, "image_std": std, "frozen_bn": bool(cfg.pretrained)}
     if cfg.model == "retinanet":

@@ -19,6 +19,7 @@ from .. import create_model, weights
 from ..optimize import prepare_for_training
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
+from ..pretrained import weights_file
 from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
@@ -166,7 +167,8 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     if data.in_memory:
         data.train, data.val = data.train.to(device), data.val.to(device)
-    pretrained = weights.read_weights(cfg.pretrained) if cfg.pretrained and not resumed else None  # read once
+    pretrained = (weights.read_weights(weights_file(cfg.pretrained, cfg.model))  # a file, URL or tag; read once
+                  if cfg.pretrained and not resumed else None)
     model_kwargs = (dict(resumed["model_kwargs"]) if resumed else
                     weights.architecture_kwargs(*pretrained) if pretrained else {})
     init_kwargs = {"zero_init_residual": True} if cfg.zero_init_residual and not cfg.pretrained else {}
