@@ -44,3 +44,28 @@ def _draw(name: str, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return torch.rand(t.shape, generator=g) + 0.5
     return torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5
 
+
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+ROUNDING_PER_LAYER = 4 * FLOAT32_EPS
+
+
+def weight_layers(model: nn.Module) -> int:
+    """How many convolutions and linear layers an input passes through at most (their count)."""
+    return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()))
+
+
+def assert_same_network_output(actual: torch.Tensor, expected: torch.Tensor, model: nn.Module) -> None:
+    """Two float32 computations of one network agree up to the rounding its depth accumulates.
+
+    Another kernel family (AVX2 against AVX-512), another BatchNorm class or a folded layer rounds
+    differently at every layer; the differences add up along the layers an input goes through and are
+    proportional to the size of the activations, so the tolerance is measured against the output's
+    magnitude (as torchvision's and timm's suites compare outputs), not element by element: a few float32
+    epsilons per weight layer, times the largest output. A real difference (another activation slope,
+    BatchNorm epsilon or stride) is orders of magnitude above it.
+    """
+    layers = weight_layers(model)
+    scale = max(expected.abs().max().item(), 1e-6)
+    tolerance = ROUNDING_PER_LAYER * layers
+    torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance * scale)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import backbonekit as bk
-from helpers import randomized
+from helpers import assert_same_network_output, randomized
 
 # (module, blocks, bottleneck width, out channels, stride, dilation): the paper's stages 2-6
 PAPER_STAGES = (
@@ -135,5 +135,5 @@ def test_independent_weights_give_the_same_outputs(reference: nn.Module) -> None
     features.load_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc.")})
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), source(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(features.eval()(x)[0], source.features(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(model.eval()(x), source(x), source)
+        assert_same_network_output(features.eval()(x)[0], source.features(x), source)

@@ -15,7 +15,7 @@ import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
 from backbonekit.detection import fpn_backbone
 from backbonekit.weights import timm_darknet_to_backbonekit
-from helpers import randomized
+from helpers import assert_same_network_output, randomized
 
 MODELS = bk.list_models()
 RESNETS = bk.list_models("resnet*")
@@ -71,7 +71,7 @@ def test_torch_export_matches_eager(name):
     model = bk.create_model(name).eval()
     x = torch.randn(2, 3, SMALL, SMALL)
     exported = torch.export.export(model, (x,))
-    torch.testing.assert_close(exported.module()(x), model(x))
+    assert_same_network_output(exported.module()(x), model(x), model)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -131,7 +131,7 @@ def test_torchvision_state_dict_gives_same_logits(name, tmp_path):
     assert n_params(model) == n_params(reference)
     x = torch.randn(2, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(model(x), reference(x), reference)
 
 
 def test_timm_darknet53_state_dict_gives_same_logits(tmp_path):
@@ -143,7 +143,7 @@ def test_timm_darknet53_state_dict_gives_same_logits(tmp_path):
     assert model.act_slope == 0.01  # timm trains with nn.LeakyReLU() defaults
     x = torch.randn(2, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(model(x), reference(x), reference)
 
 
 def test_timm_darknet53_features_match(tmp_path):
@@ -162,7 +162,7 @@ def test_timm_darknet53_features_match(tmp_path):
             y = stage(y)
             theirs.append(y)
         for ours, ref in zip(model(x), theirs[2:]):
-            torch.testing.assert_close(ours, ref)
+            assert_same_network_output(ours, ref, reference)
 
 
 def test_own_state_dict_round_trip_keeps_darknet_slope(tmp_path):
@@ -224,7 +224,7 @@ def test_dilated_resnet_matches_torchvision(name, output_stride, dilate):
     model.load_state_dict(reference.state_dict())
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(model(x), reference(x), reference)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34"])
@@ -236,7 +236,7 @@ def test_dilated_basic_block_resnet_matches_timm(name, output_stride):
     model.load_state_dict(reference.state_dict())
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(model(x), reference(x), reference)
 
 
 def test_first_basic_block_of_a_dilated_stage_dilates_its_second_conv():
@@ -254,7 +254,7 @@ def test_dilated_darknet_matches_timm(output_stride):
     model.load_state_dict(timm_darknet_to_backbonekit(reference.state_dict()))
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x))
+        assert_same_network_output(model(x), reference(x), reference)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -475,8 +475,8 @@ def test_frozen_batchnorm_model_matches_batchnorm_model(name):
     x = torch.randn(2, 3, SMALL, SMALL)
     with torch.no_grad():
         expected = reference(x)
-        torch.testing.assert_close(frozen.eval()(x), expected)
-        torch.testing.assert_close(frozen.train()(x), expected)  # frozen: train mode changes nothing
+        assert_same_network_output(frozen.eval()(x), expected, reference)
+        assert_same_network_output(frozen.train()(x), expected, reference)  # frozen: train mode changes nothing
 
 
 def test_batchnorm_and_frozen_batchnorm_files_load_into_each_other(tmp_path):
@@ -489,8 +489,8 @@ def test_batchnorm_and_frozen_batchnorm_files_load_into_each_other(tmp_path):
     back = bk.create_model("resnet18", pretrained=frozen_path).eval()
     x = torch.randn(1, 3, SMALL, SMALL)
     with torch.no_grad():
-        torch.testing.assert_close(frozen(x), reference(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(back(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert_same_network_output(frozen(x), reference(x), reference)
+        assert_same_network_output(back(x), reference(x), reference)
 
 
 @pytest.mark.parametrize("name", MODELS)
