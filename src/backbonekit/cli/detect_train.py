@@ -104,7 +104,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--score-thresh", type=float, help="default: the training run's")
     p.add_argument("--nms-thresh", type=float, help="default: the training run's")
     p.add_argument("--skip-bad-labels", action="store_true")
-    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT)")
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT); never a run folder")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files than "
+                                                         "an earlier evaluation report")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run_evaluate)
 
@@ -115,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
-                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
+                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels, force=args.force,
                   log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # an exported YOLOv3 through ONNX Runtime
         from ..detection.onnx_eval import evaluate_onnx_detector

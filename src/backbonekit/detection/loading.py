@@ -98,6 +98,9 @@ def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None 
     elif str(spec) in list_models(task="detection"):
         model, ckpt = create_model(str(spec), pretrained=weights, **size_options(str(spec), input_size)), {}
     else:
+        from ..train.runs import refuse_missing_checkpoint
+
+        refuse_missing_checkpoint(spec, list_models(task=None))  # a path that does not exist says so
         names = ", ".join(list_models(task="detection"))
         raise CheckpointError(f"expected {WHAT}; detectors: {names}; found {str(spec)!r}")
     return model.to(device).eval(), ckpt

@@ -306,8 +306,7 @@ def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike, *, 
     from ..weights import _check_nothing_lost, check_destination, check_fits
 
     check_destination(Path(src), Path(dst))
-    if not force:
-        _check_nothing_lost(Path(dst), has_classifier=True)
+    _check_nothing_lost(Path(dst), has_classifier=True, force=force)
     source = inspect_pretrained(src)
     if not source.num_classes:
         raise CheckpointError(f"{src} holds a backbone only ({source.description}): expected a whole YOLOv3 detector")
