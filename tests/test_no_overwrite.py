@@ -99,8 +99,10 @@ def test_export_never_writes_over_its_weights(tmp_path, capsys):
     atomic_save({"format": "backbonekit", "model": "resnet18", "model_kwargs": {},
                  "state_dict": bk.create_model("resnet18", num_classes=3).state_dict()}, weights)
     before = weights.read_bytes()
-    assert main(["export", "resnet18", "--weights", str(weights), "--input-size", "32", "-o", str(weights)]) == 2
-    assert "is the source file" in one_error_line(capsys)
+    for extra in ([], ["--int8", "--calibrate", "fake:16", "--calib-images", "8"]):
+        assert main(["export", "resnet18", "--weights", str(weights), "--input-size", "32", "-o", str(weights),
+                     *extra]) == 2
+        assert "is the source file" in one_error_line(capsys)
     assert weights.read_bytes() == before
 
 

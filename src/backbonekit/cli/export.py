@@ -135,11 +135,12 @@ def _export_run(checkpoint, args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, run_file) -> int:
     """``--int8``: a run folder or checkpoint (``run_file``) keeps its own preprocessing; a registered name
     (with ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
-    from ..export import build_for_export
+    from ..export import build_for_export, export_destination
 
     if args.features_only:
         raise ValueError("--int8 quantizes classifiers: expected no --features-only")
     if run_file is not None:
         return export_int8_file(run_file, args)
+    export_destination(args.output, inputs=[args.weights], force=args.force)  # the model below is no file
     model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
     return export_int8_file(model.eval(), args, input_size=args.input_size or DEFAULT_INPUT_SIZE)
