@@ -78,7 +78,7 @@ def refuse_missing_checkpoint(spec: str | os.PathLike, names: Collection[str]) -
     text = str(spec)
     if text in names or Path(text).exists():
         return
-    if os.sep in text or (os.altsep or os.sep) in text or Path(text).suffix:
+    if Path(text).name != text or Path(text).suffix:
         raise CheckpointError(f"checkpoint not found: expected a file or run folder at {text}")
 
 
@@ -251,9 +251,10 @@ def _earlier_evaluation(folder: Path) -> str | None:
         record = None
     if isinstance(record, dict) and isinstance(record.get("title"), str):
         return None
+    from .._text import few
+
     found = sorted(p.name for p in folder.iterdir())
-    return (f"holds {len(found)} file(s) that are not an earlier evaluation report ({', '.join(found[:3])}"
-            f"{', ...' if len(found) > 3 else ''})")
+    return f"holds {len(found)} file(s) that are not an earlier evaluation report {few(found)}"
 
 
 def evaluation_output(out: str | os.PathLike, *, force: bool = False) -> Path:
