@@ -102,7 +102,10 @@ def test_first_line():
     assert first_line(RuntimeError(message)) == "Error(s) in loading state_dict:"
     assert first_line(RuntimeError(message), lines=None) == \
         "Error(s) in loading state_dict: Missing key(s): 'fc.weight'"
-    assert first_line(RuntimeError(message), 10) == "Error(s) i"
+    assert first_line(RuntimeError(message), 10) == "Error(s..."  # not even a word fits: cut, and says so
+    assert first_line(RuntimeError(message), 22) == "Error(s) in..."  # whole words
+    torch_like = "Reading failed: no central directory. This is an internal error. If you see it, the file is cut"
+    assert first_line(torch_like, 80) == "Reading failed: no central directory. This is an internal error."
     assert first_line(KeyError("unknown model 'x'")) == "unknown model 'x'"  # without str(KeyError)'s quotes
     assert first_line(ValueError()) == "ValueError"
     assert first_line("  a\n b ") == "a"

@@ -73,15 +73,64 @@ def test_generic_export_hands_detectors_to_the_detector_export(detector_file, tm
     assert main(["export", "yolov3", "--format", "torchscript", "-o", str(tmp_path / "x.pt")]) == 2
 
 
+ONNX_GIVEN = "is an ONNX file, not a checkpoint"
+NOT_FOUND = "checkpoint not found: expected a file or run folder at"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["detect", "predict", "nosuchmodel", "x.png", "--out", "o"], "expected a weights file, a run folder or a detector"),
     (["detect", "predict", "{det}", "{txt}", "--out", "o"], "as an image"),
+    (["detect", "predict", "{onnx}", "x.png", "--out", "o"], ONNX_GIVEN),
+    (["detect", "export", "{onnx}", "-o", "{tmp}/y.onnx"], ONNX_GIVEN),
+    (["predict", "{onnx}", "x.png"], ONNX_GIVEN),
+    (["detect", "predict", "{tmp}/missing.pt", "x.png", "--out", "o"], NOT_FOUND),
+    (["detect", "evaluate", "{tmp}/missing.pt"], NOT_FOUND),
+    (["detect", "export", "{tmp}/missing.pt", "-o", "{tmp}/y.onnx"], NOT_FOUND),
+    (["export", "missing.pt", "-o", "{tmp}/y.onnx"], NOT_FOUND),
 ])
 def test_detect_bad_input_is_one_line(detector_file, tmp_path, capsys, argv, message):
     _, path = detector_file
     text = tmp_path / "not-an-image.png"
     text.write_text("hello")
-    argv = [a.format(det=path, txt=text) for a in argv]
+    argv = [a.format(det=path, txt=text, onnx=onnx_file(tmp_path), tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+    if message == ONNX_GIVEN:
+        assert "detect evaluate" in err and "backbonekit.deploy" in err
+
+
+def onnx_file(folder):
+    """A one-node ONNX model written by onnx itself (what any exporter's file starts like)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_backbone_error_lists_backbones_only(capsys):
+    assert main(["detect", "train", "--backbone", "nope", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "backbone must be one of" in err and "resnet18" in err and "darknet53" in err
+    assert not any(detector in err for detector in bk.list_models(task="detection"))
+
+
+def test_truncated_checkpoint_message_keeps_torchs_sentences_whole(detector_file, tmp_path, capsys):
+    _, path = detector_file
+    data = path.read_bytes()
+    cut = tmp_path / "last.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception) as torch_error:
+        torch.load(cut, weights_only=True)
+    said = " ".join(str(torch_error.value).split())
+    assert main(["detect", "evaluate", str(cut)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(")")
+    quoted = err.split("found an unreadable file (", 1)[1][:-1]
+    assert said.startswith(quoted) and quoted.endswith(".")  # whole sentences of torch's own message
+    assert len(quoted) == len(said) or said[len(quoted)] == " "

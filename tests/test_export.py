@@ -11,7 +11,7 @@ import torch
 import backbonekit as bk
 from backbonekit import cli
 from backbonekit.checkpoint import atomic_save
-from backbonekit.export import build_for_export, export_model
+from backbonekit.export import build_for_export, export_model, exported_here
 from helpers import with_random_bn_statistics
 
 # only the ONNX tests need the export extra; TorchScript and argument checks run without it
@@ -93,7 +93,8 @@ def test_cli_export_with_weights_uses_their_classes(tmp_path, capsys, monkeypatc
     (actual,) = run_onnx(out, x)
     assert actual.shape == (1, 7)
     assert_same(actual, expected)
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+    assert exported_here(out)  # marked as this package's: a re-export may replace it without --force
 
 
 def count_torch_loads(monkeypatch: pytest.MonkeyPatch) -> list:
@@ -162,5 +163,6 @@ def test_export_writes_atomically_with_the_usual_mode(tmp_path):
                         input_size=32)
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # mkstemp's private mode is not left on the file
     assert [p.name for p in tmp_path.iterdir()] == ["r18.pt"]  # no temporary file left behind
+    assert exported_here(path) and not exported_here(tmp_path / "absent.pt")  # TorchScript marked as ours too
     with pytest.raises(ValueError, match="expected a file path to write, found a folder"):
         export_model(bk.create_model("resnet18", num_classes=3), tmp_path, format="torchscript", input_size=32)

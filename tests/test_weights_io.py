@@ -157,6 +157,29 @@ def test_unknown_header_version_is_refused(tmp_path: Path, major: int, minor: in
         read_darknet_weights(path, TINY, TINY_CLASSES)
 
 
+@pytest.mark.parametrize("fmt, version, length", [
+    ("<3iq", (0, 0, 0), 20),  # ultralytics/yolov3 and PyTorch-YOLOv3 for a model trained from scratch
+    ("<3ii", (0, 0, 0), 16),  # the same version with Darknet's own 16 bytes
+    ("<3iq", (0, 1, 0), 20),  # a port's copy of a 0.1 file's version, over its own 20 bytes
+])
+def test_port_headers_are_read_by_the_one_length_the_size_fits(tmp_path: Path, fmt: str, version, length: int) -> None:
+    path = tmp_path / "port.weights"
+    path.write_bytes(struct.pack(fmt, *version, 4242) + struct.pack(f"<{TINY_FLOATS}f", *range(TINY_FLOATS)))
+    with pytest.warns(UserWarning, match=f"{'.'.join(map(str, version))}.*assumed a {length}-byte header"):
+        state, info = read_darknet_weights(path, TINY, TINY_CLASSES)
+    assert (info.header.nbytes, info.header.seen, info.has_classifier) == (length, 4242, True)
+    assert torch.equal(state["stem.bn.bias"], torch.tensor([0.0, 1.0]))  # the floats start right after it
+    assert torch.equal(state["head.fc.weight"], arange(257, 3, 4))
+    assert info.header.standard().pack() == struct.pack("<3iq", 0, 2, 0, 4242)  # written back as Darknet reads it
+
+
+def test_port_header_that_fits_no_length_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "port.weights"
+    path.write_bytes(struct.pack("<3iq", 0, 0, 0, 0) + struct.pack(f"<{TINY_FLOATS + 3}f", *range(TINY_FLOATS + 3)))
+    with pytest.raises(CheckpointError, match="version 0.0.0 is unknown .* fits neither a 16- nor a 20-byte header"):
+        read_darknet_weights(path, TINY, TINY_CLASSES)
+
+
 def test_other_architecture_refused_by_darknet53_reader(tmp_path: Path) -> None:
     path = pack_tiny_file(tmp_path / "darknet53.weights")
     with pytest.raises(CheckpointError) as exc_info:

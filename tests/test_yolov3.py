@@ -166,6 +166,31 @@ def test_weights_header_v01_and_backbone_only_file(reference_file, tmp_path) -> 
     torch.testing.assert_close(model.backbone.stem.conv.weight, ref.conv_layers()[0][0].weight)
 
 
+def test_ultralytics_file_with_a_0_0_0_header_is_read(reference_file, tmp_path) -> None:
+    ref, path = reference_file
+    port = tmp_path / "last.weights"  # ultralytics/yolov3's save_weights: version 0.0.0 (from scratch), int64 seen
+    port.write_bytes(struct.pack("<3iq", 0, 0, 0, 6400) + path.read_bytes()[20:])
+    info = inspect_yolov3_file(port)
+    assert (info.header.nbytes, info.header.seen, info.num_classes) == (20, 6400, 2)
+    with pytest.warns(UserWarning, match="version 0.0.0 .* assumed a 20-byte header"):
+        model = bk.create_model("yolov3", pretrained=port, input_size=64).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_raw(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_stray_bytes_after_a_whole_file_name_its_class_count(tmp_path) -> None:
+    path = tmp_path / "yolov3.weights"
+    _sparse_file(path, YOLOV3_FLOATS)
+    with open(path, "r+b") as f:
+        f.truncate(YOLOV3_FILE_BYTES + 3)
+    with pytest.raises(CheckpointError) as err:
+        inspect_yolov3_file(path)
+    message = str(err.value)
+    assert "found 62,001,757 (exactly 80 classes) followed by 3 stray bytes" in message
+    assert "240x256" not in message  # not the layers of 75 classes (5 taken off twice)
+
+
 def _sparse_file(path, num_floats: int, minor: int = 2) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<3iq", 0, minor, 0, 0))

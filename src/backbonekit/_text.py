@@ -10,7 +10,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 
 def first_line(error: BaseException | str, limit: int | None = 200, *, lines: int | None = 1) -> str:
     """An error message on one line: its first non-empty line (the first ``lines`` of them joined, all of
-    them for ``None``), whitespace collapsed, cut to ``limit`` characters (``None``: not cut).
+    them for ``None``), whitespace collapsed, cut to at most ``limit`` characters (``None``: not cut) at
+    a sentence's end, else at a word's end followed by "...", never inside a word.
 
     An exception with an empty message gives its type's name; a ``KeyError`` gives its message
     without the quotes ``str(KeyError)`` adds.
@@ -23,7 +24,18 @@ def first_line(error: BaseException | str, limit: int | None = 200, *, lines: in
     line = " ".join(kept[:lines])
     if not line and isinstance(error, BaseException):
         line = type(error).__name__
-    return line if limit is None else line[:limit]
+    return line if limit is None else _shortened(line, limit)
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut to whole sentences within ``limit`` characters; when even the first is longer, to whole words."""
+    if len(text) <= limit:
+        return text
+    end = max(text.rfind(mark, 0, limit) for mark in (". ", "! ", "? ", "; "))
+    if end > 0:
+        return text[:end + 1].rstrip(";")
+    space = text.rfind(" ", 0, limit - 3)
+    return (text[:space] if space > 0 else text[:limit - 3]) + "..."
 
 
 def few(items: Sequence[str], n: int = 3) -> str:

@@ -7,7 +7,10 @@ written by ``darknet partial ... 74`` to start YOLOv3 training).
 File layout (``src/parser.c``, ``load_weights_upto``/``load_convolutional_weights``):
 
 * header: ``major, minor, revision`` as int32, then ``seen`` as int64 when
-  ``major*10 + minor >= 2`` (version 0.2, a 20-byte header) else as int32 (0.1, 16 bytes);
+  ``major*10 + minor >= 2`` (version 0.2, a 20-byte header) else as int32 (0.1, 16 bytes). PyTorch
+  ports of YOLOv3 (ultralytics/yolov3, eriklindernoren/PyTorch-YOLOv3) write 20 bytes whatever the
+  version, which reads 0.0.0 for a model they trained from scratch: for such files the header length
+  is the one (16 or 20) that the file's size fits, and the reader says it assumed it;
 * then, for each ``[convolutional]`` layer in cfg order, float32: ``biases[n]``, and with batch
   norm ``scales[n]``, ``rolling_mean[n]``, ``rolling_variance[n]``; then ``weights[n, c, k, k]``
   (PyTorch's Conv2d layout). With batch norm the biases are the BN beta; the final 1x1 classifier
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -37,6 +41,9 @@ FLOAT = np.dtype("<f4")
 DARKNET_CLASSES = 1000  # cfg/darknet53.cfg: the last [convolutional] has filters=1000
 # (major, minor) pairs this reader knows: 0.1 (16-byte header) and 0.2, what darknet writes today (20 bytes)
 KNOWN_VERSIONS = frozenset({(0, 1), (0, 2)})
+HEADER_LENGTHS = (16, 20)  # seen as int32, or as int64
+PORT_HEADER_LENGTH = 20  # what PyTorch ports write, whatever the version
+PORT_VERSIONS = frozenset({(0, 0)})  # what PyTorch ports write for a model they trained from scratch
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class DarknetHeader:
     minor: int
     revision: int
     seen: int = 0
+    # the header's length when it was told from the file's size, not from its version by Darknet's rule
+    # (an unknown version, or a known one whose rule the size does not fit: files of PyTorch ports)
+    length: int | None = None
 
     @property
     def seen_is_int64(self) -> bool:
@@ -53,14 +63,30 @@ class DarknetHeader:
 
     @property
     def nbytes(self) -> int:
-        return 12 + (8 if self.seen_is_int64 else 4)
+        return self.length or 12 + (8 if self.seen_is_int64 else 4)
 
     @property
     def version(self) -> str:
         return f"{self.major}.{self.minor}.{self.revision}"
 
+    @property
+    def note(self) -> str:
+        """What was assumed to read the file ("" when Darknet's own rule applied)."""
+        if self.length is None:
+            return ""
+        why = ("is not one Darknet writes (0.1, 0.2)" if (self.major, self.minor) not in KNOWN_VERSIONS else
+               f"means a {12 + (8 if self.seen_is_int64 else 4)}-byte header to Darknet, which the file's size "
+               f"does not fit")
+        port = " (as PyTorch YOLOv3 ports write it)" if self.length == PORT_HEADER_LENGTH else ""
+        return (f"Darknet header version {self.version} {why}: assumed a {self.length}-byte header, the only "
+                f"length the file's size fits{port}")
+
+    def standard(self) -> DarknetHeader:
+        """This header, or for one whose length was assumed a 0.2 header (what Darknet reads) with its ``seen``."""
+        return self if self.length is None else DarknetHeader(0, 2, 0, self.seen)
+
     def pack(self) -> bytes:
-        return struct.pack("<3i" + ("q" if self.seen_is_int64 else "i"), self.major, self.minor, self.revision,
+        return struct.pack("<3i" + ("q" if self.nbytes == 20 else "i"), self.major, self.minor, self.revision,
                            self.seen)
 
 
@@ -122,24 +148,44 @@ def _tensor_slots(layer: ConvLayer) -> list[tuple[str, tuple[int, ...]]]:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def _read_header(f: BinaryIO, path: Path) -> DarknetHeader:
-    """The header at the start of ``f``; refuses versions other than 0.1 and 0.2 and short files."""
-    head = f.read(12)
+def read_header(path: Path, fits: Callable[[int], bool]) -> DarknetHeader:
+    """The header of the Darknet file at ``path``; ``fits(n)`` says whether ``n`` bytes after the header are
+    a network's weights. Versions 0.1 and 0.2 are read by Darknet's rule (16 and 20 bytes), except a 0.1
+    file whose size fits only the 20 bytes PyTorch ports write; version 0.0 (a port's, for a model it trained
+    from scratch) with the one length (16 or 20) the size fits. A length told from the size is recorded in the header's
+    ``length`` (:attr:`DarknetHeader.note` says so). Anything else is refused in one line."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(max(HEADER_LENGTHS))
     if len(head) < 12:
         raise CheckpointError(f"cannot read {path} as Darknet weights: expected a header of at least 16 bytes, "
                               f"found a file of {len(head)} bytes")
-    major, minor, revision = struct.unpack("<3i", head)
-    header = DarknetHeader(major, minor, revision)
-    if (major, minor) not in KNOWN_VERSIONS:
+    major, minor, revision = struct.unpack("<3i", head[:12])
+    version = DarknetHeader(major, minor, revision)
+    known = (major, minor) in KNOWN_VERSIONS
+    fitting = [n for n in HEADER_LENGTHS if size >= n and fits(size - n)]
+    if known:
+        # a port's 20 bytes for a 0.1 file; never 16 for a 0.2 file, which is what one 4 bytes short looks like
+        length = PORT_HEADER_LENGTH if version.nbytes not in fitting and PORT_HEADER_LENGTH in fitting else None
+    elif (major, minor) in PORT_VERSIONS and len(fitting) == 1:
+        length = fitting[0]
+    else:
+        sizes = (" and the file's size fits neither a 16- nor a 20-byte header" if not fitting else
+                 " and the file's size fits both a 16- and a 20-byte header")
         raise CheckpointError(
             f"cannot read {path}: not a torch.save or safetensors file, and as Darknet weights its header version "
-            f"{header.version} is unknown (expected 0.1 with a 16-byte header or 0.2 with a 20-byte header)")
-    seen_format = "<q" if header.seen_is_int64 else "<i"
-    raw = f.read(struct.calcsize(seen_format))
-    if len(raw) < struct.calcsize(seen_format):
-        raise CheckpointError(f"cannot read {path}: Darknet header {header.version} is truncated "
-                              f"(expected {header.nbytes} bytes)")
-    return DarknetHeader(major, minor, revision, struct.unpack(seen_format, raw)[0])
+            f"{version.version} is unknown (expected 0.1 with a 16-byte header or 0.2 with a 20-byte header){sizes}")
+    nbytes = length or version.nbytes
+    if len(head) < nbytes:
+        raise CheckpointError(f"cannot read {path}: Darknet header {version.version} is truncated "
+                              f"(expected {nbytes} bytes)")
+    (seen,) = struct.unpack("<q" if nbytes == 20 else "<i", head[12:nbytes])
+    return DarknetHeader(major, minor, revision, seen, length)
+
+
+def _floats_fit(counts: tuple[int, ...]) -> Callable[[int], bool]:
+    """``fits`` for :func:`read_header`: a payload of exactly one of ``counts`` float32 values."""
+    return lambda nbytes: nbytes % FLOAT.itemsize == 0 and nbytes // FLOAT.itemsize in counts
 
 
 def _where_reading_stops(layers: list[ConvLayer], num_floats: int) -> str:
@@ -154,19 +200,31 @@ def _where_reading_stops(layers: list[ConvLayer], num_floats: int) -> str:
     return f"{num_floats - offset:,} floats left over after the last {layers[-1].describe()}"
 
 
+def darknet_float_counts(config: DarknetConfig = DARKNET_CONFIGS["darknet53"],
+                         num_classes: int = DARKNET_CLASSES) -> tuple[int, int]:
+    """Float32 values in a backbone file (like ``darknet53.conv.74``) and in a classifier file (``darknet53.weights``)."""
+    with_head = darknet_layers(config, num_classes=num_classes)
+    return (sum(layer.num_floats for layer in with_head if layer.batch_norm),
+            sum(layer.num_floats for layer in with_head))
+
+
+def warn_assumed(path: Path, header: DarknetHeader) -> None:
+    """Say what was assumed to read a file whose header length came from its size."""
+    if header.note:
+        warnings.warn(f"{path}: {header.note}", stacklevel=3)
+
+
 def inspect_darknet_file(path: str | os.PathLike, config: DarknetConfig = DARKNET_CONFIGS["darknet53"],
                          num_classes: int = DARKNET_CLASSES) -> DarknetFileInfo:
     """Read the header and tell the classifier file from the backbone file by size; refuse anything else."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: expected a file at {path}")
-    with open(path, "rb") as f:
-        header = _read_header(f, path)
+    backbone, classifier = darknet_float_counts(config, num_classes)
+    with_head = darknet_layers(config, num_classes=num_classes)
+    header = read_header(path, _floats_fit((backbone, classifier)))
     payload = path.stat().st_size - header.nbytes
     num_floats = payload // FLOAT.itemsize
-    with_head = darknet_layers(config, num_classes=num_classes)
-    backbone = sum(layer.num_floats for layer in with_head if layer.batch_norm)
-    classifier = sum(layer.num_floats for layer in with_head)
     if payload % FLOAT.itemsize == 0 and num_floats in (backbone, classifier):
         return DarknetFileInfo(header, num_floats, has_classifier=num_floats == classifier)
     odd = f" and {payload % FLOAT.itemsize} stray bytes" if payload % FLOAT.itemsize else ""
@@ -200,6 +258,7 @@ def read_darknet_weights(path: str | os.PathLike, config: DarknetConfig = DARKNE
     """
     path = Path(path)
     info = inspect_darknet_file(path, config, num_classes)
+    warn_assumed(path, info.header)
     layers = darknet_layers(config, num_classes=num_classes if info.has_classifier else 0)
     state: dict[str, Tensor] = {}
     for key, value in _read_arrays(path, info.header.nbytes, layers):

@@ -15,16 +15,20 @@ import contextlib
 import io
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_path, output_file
+from .checkpoint import atomic_path, check_output, looks_like_onnx, output_file
 
 FORMATS = ("onnx", "torchscript")
+# the mark of a model file this package wrote: an ONNX metadata_props key starting with it (every ONNX file we
+# write has one: this, or the preprocessing record under "backbonekit"/"backbonekit.fpn"), a TorchScript extra file
+WRITER_KEY = "backbonekit"
 DEFAULT_OPSET = 18
 # torch.onnx's dynamo exporter implements opset 18 and later; asked for less, it tries a version conversion
 # that fails on our models (ReduceMean's axes) and silently keeps 18, so lower opsets are refused
@@ -44,6 +48,36 @@ def check_opset(opset: int) -> None:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in supported:
         raise ValueError(f"expected an ONNX opset from {supported.start} to {supported.stop - 1} (torch.onnx's "
                          f"exporter with the installed onnx), found {opset!r}")
+
+
+def exported_here(path: Path) -> bool:
+    """Whether ``path`` is a model file this package exported (ONNX or TorchScript, with :data:`WRITER_KEY`'s mark)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith(f"/extra/{WRITER_KEY}") for name in archive.namelist())
+        with open(path, "rb") as f:
+            if not looks_like_onnx(f.read(3)):
+                return False
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable, not ONNX after all, onnx not installed: not known to be ours
+        return False
+    return any(p.key.startswith(WRITER_KEY) for p in proto.metadata_props)
+
+
+def _not_exported_here(path: Path) -> str | None:
+    if path.is_dir():
+        return "is a folder"
+    return None if exported_here(path) else "is not a model file backbonekit exported"
+
+
+def export_destination(path: str | os.PathLike, *, inputs: Iterable[Any] = (), force: bool = False) -> Path:
+    """Where an export may write (:func:`backbonekit.checkpoint.check_output`'s rules): never over one of
+    ``inputs`` (the checkpoint or weights it reads), over an existing file only when this package exported it
+    (a re-export), or with ``force``; and only into a folder that exists."""
+    return output_file(check_output(path, inputs=inputs, force=force, replaceable=_not_exported_here))
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "onnx", input_size: int = 416,
@@ -95,6 +129,7 @@ def _write_onnx(model: nn.Module, example: Tensor, path: Path, *, dynamic_batch:
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
                                     output_names=output_names(model), opset_version=opset,
                                     dynamic_shapes=dynamic_shapes, verbose=False)
+        program.model.metadata_props[f"{WRITER_KEY}.writer"] = f"backbonekit {_version()}"  # see exported_here
         program.save(str(path), external_data=False)  # one self-contained file (our models are < 2 GB)
     written = onnx_opset(path)
     if written != opset:  # the exporter falls back to another opset with only a log message
@@ -113,7 +148,13 @@ def _write_torchscript(model: nn.Module, example: Tensor, path: Path, *, dynamic
     del dynamic_batch, opset  # a trace of these convnets works for any batch size
     with _quiet(), torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(model, example))
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={WRITER_KEY: f"backbonekit {_version()}"})  # exported_here
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 @contextlib.contextmanager
@@ -153,10 +194,12 @@ def build_for_export(name: str, *, weights: str | os.PathLike | None = None, num
 
 def export(name: str, output: str | os.PathLike, *, format: str = "onnx", weights: str | os.PathLike | None = None,
            num_classes: int | None = None, features_only: bool = False, input_size: int = 416, batch_size: int = 1,
-           dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Build a registered model (:func:`build_for_export`) and write it with :func:`export_model`."""
+           dynamic_batch: bool = False, opset: int = DEFAULT_OPSET, force: bool = False) -> ExportResult:
+    """Build a registered model (:func:`build_for_export`) and write it with :func:`export_model`; ``output``
+    as :func:`export_destination` allows (``force``: over a file this package did not export)."""
     if format == "onnx":
         check_opset(opset)  # before building the model and reading its weights
+    export_destination(output, inputs=[weights], force=force)
     model = build_for_export(name, weights=weights, num_classes=num_classes, features_only=features_only)
     path = export_model(model, output, format=format, input_size=input_size, batch_size=batch_size,
                         dynamic_batch=dynamic_batch, opset=opset)

@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .checkpoint import atomic_path, output_file
+from .checkpoint import atomic_path
 from .deploy.metadata import KEY, classifier_metadata, from_props, to_props
-from .export import DEFAULT_OPSET, export_model
+from .export import DEFAULT_OPSET, export_destination, export_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm / torchvision weights: what a model with no checkpoint gets
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,17 +94,19 @@ def load_classifier(model_or_checkpoint: nn.Module | str | os.PathLike) -> tuple
 
 def export_onnx(model_or_checkpoint: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                 preprocessing: Mapping[str, Any] | None = None, input_size: int | None = None,
-                batch_size: int = 1, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:
+                batch_size: int = 1, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, force: bool = False) -> Path:
     """:func:`backbonekit.export.export_model` for a classifier, with its preprocessing in the file's metadata.
 
     ``model_or_checkpoint``: a model, or a best.pt/last.pt written by ``backbonekit train`` (whose
     preprocessing is used). ``preprocessing`` overrides the checkpoint's (keys as in a checkpoint).
+    ``path``: as :func:`backbonekit.export.export_destination` allows (never the checkpoint; ``force``: over
+    a file this package did not export).
     """
     import onnx
 
+    path = export_destination(path, inputs=[model_or_checkpoint], force=force)
     model, ckpt_prep, name = load_classifier(model_or_checkpoint)
     meta = preprocessing_metadata(model, preprocessing or ckpt_prep, name=name, input_size=input_size)
-    path = output_file(path)
     with atomic_path(path) as tmp:  # the file appears complete, metadata included, or not at all
         export_model(model, tmp, format="onnx", input_size=meta["image_size"], batch_size=batch_size,
                      dynamic_batch=dynamic_batch, opset=opset)

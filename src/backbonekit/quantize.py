@@ -26,7 +26,8 @@ import numpy as np
 from torch import nn
 
 from ._text import first_line
-from .checkpoint import atomic_path, output_file
+from .checkpoint import atomic_path
+from .export import export_destination
 from .onnx_meta import export_onnx, load_proto, read_metadata, set_metadata
 
 MIN_CALIB_IMAGES = 8  # fewer images give activation ranges that depend on which images were drawn
@@ -192,6 +193,7 @@ def check_calibration(sample: np.ndarray, count: int, input_shape: Sequence[Any]
 
 # -- quantization ---------------------------------------------------------------------------------------
 def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: str | os.PathLike, *,
+                force: bool = False,
                 calibrate: str | np.ndarray, calib_images: int = 256, split: str = "train",
                 data_dir: str | os.PathLike | None = None, download: bool = True,
                 preprocessing: Mapping[str, Any] | None = None, input_size: int | None = None,
@@ -203,6 +205,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         model_or_checkpoint: a model, a best.pt/last.pt written by ``backbonekit train``, or an fp32
             ONNX file with backbonekit metadata (:func:`backbonekit.onnx_meta.export_onnx`).
         out_path: the int8 ONNX file to write (atomically; the preprocessing metadata travels with it).
+        force: write ``out_path`` over a file this package did not export (never over the input).
         calibrate: a dataset name ``train`` accepts (``digits``, ``cifar10``, ``imagefolder:PATH``, ...;
             for a detector file one ``detect train`` accepts: ``photodigits``, ``yolo:PATH``, ...), or a
             float (N, C, H, W) array already prepared like the model's input.
@@ -216,7 +219,7 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
     """
     check_calib_images(calib_images)
-    out_path = output_file(out_path)
+    out_path = export_destination(out_path, inputs=[model_or_checkpoint], force=force)  # never the input
     with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
         fp32 = _fp32_onnx(model_or_checkpoint, Path(tmp) / "fp32.onnx", calibrate, preprocessing, input_size,
                           data_dir or "data", download)

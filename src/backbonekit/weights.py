@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ._text import few, first_line
-from .checkpoint import CheckpointError, atomic_open, atomic_save, load_file
+from .checkpoint import (CheckpointError, atomic_open, atomic_save, check_not_input, check_output, load_file,
+                         refuse_onnx)
 from .models.darknet import DARKNET_SLOPE
 
 TIMM_DARKNET_SLOPE = 0.01  # timm maps 'leaky_relu' to nn.LeakyReLU() with its default slope
@@ -31,9 +32,10 @@ SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on it
 def detect_file_format(path: str | os.PathLike) -> str:
     """'torch', 'safetensors' or 'darknet', from the file's first bytes (never from its name).
 
-    Anything that is neither a torch.save file (a zip, or a legacy pickle) nor a safetensors file
-    (an 8-byte header length followed by JSON) is handed to the Darknet reader, which checks its
-    header version and size and refuses it with one line if it is not Darknet weights either.
+    An exported ONNX file is refused with one line saying what runs it. Anything that is neither a
+    torch.save file (a zip, or a legacy pickle) nor a safetensors file (an 8-byte header length followed
+    by JSON) is handed to the Darknet reader, which checks its header version and size and refuses it
+    with one line if it is not Darknet weights either.
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +46,7 @@ def detect_file_format(path: str | os.PathLike) -> str:
         return "torch"
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < SAFETENSORS_MAX_HEADER:
         return "safetensors"
+    refuse_onnx(path, head)
     return "darknet"
 
 
@@ -394,8 +397,8 @@ def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, dst_form
 TRAINING_RECORD = ("config", "preprocessing", "history")  # what backbonekit train's best.pt/last.pt add
 
 
-def _held_by(path: Path) -> set[str]:
-    """What an existing weights file holds that a converted file may lack; nothing for an unreadable file."""
+def _held_by(path: Path) -> set[str] | None:
+    """What an existing weights file holds that a converted file may lack; None for a file that is not one."""
     try:
         if detect_file_format(path) == "torch":
             obj = load_file(path)
@@ -404,7 +407,7 @@ def _held_by(path: Path) -> set[str]:
         else:
             weights, trained = read_weights(path), False
     except (CheckpointError, OSError):
-        return set()
+        return None
     held = {"a training record (config, preprocessing, history)"} if trained else set()
     layout = detect_layout(weights.state)
     if num_classes_in(to_backbonekit(weights.state, layout)) > 0:
@@ -414,18 +417,23 @@ def _held_by(path: Path) -> set[str]:
 
 def check_destination(src: Path, dst: Path) -> None:
     """A conversion never writes over its own source (nor through a link to it)."""
-    if src.exists() and dst.exists() and os.path.samefile(src, dst):
-        raise ValueError(f"destination {dst} is the source file {src}: converting in place would replace it; "
-                         f"expected another DST")
+    check_not_input(dst, [src])
 
 
-def _check_nothing_lost(dst: Path, has_classifier: bool) -> None:
-    if not dst.is_file():
-        return
-    lost = _held_by(dst) - ({"a classifier"} if has_classifier else set())
-    if lost:
-        raise ValueError(f"{dst} already holds {' and '.join(sorted(lost))}, which the converted file would not: "
-                         f"expected a new DST, or --force to replace it")
+def lost_by_replacing(dst: Path, has_classifier: bool) -> str | None:
+    """What writing a converted file over ``dst`` would lose (None: nothing, so it may be replaced): a training
+    record or a classifier the output lacks, or the whole file when it is not a weights file at all."""
+    if dst.is_dir():
+        return "is a folder"
+    held = _held_by(dst)
+    if held is None:
+        return "is not a weights file this package reads (it would be lost)"
+    lost = held - ({"a classifier"} if has_classifier else set())
+    return f"holds {' and '.join(sorted(lost))}, which the converted file would not" if lost else None
+
+
+def _check_nothing_lost(dst: Path, has_classifier: bool, force: bool = False) -> None:
+    check_output(dst, force=force, replaceable=lambda path: lost_by_replacing(path, has_classifier))
 
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
@@ -441,7 +449,8 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
     Darknet) and its own slope differs, a warning says so. ``backbone_only`` drops the classifier.
 
     ``dst`` may not be ``src`` (nor a link to it). An existing ``dst`` that holds what the output would
-    not (a training checkpoint's config, preprocessing and history; a classifier) is refused unless ``force``.
+    not (a training checkpoint's config, preprocessing and history; a classifier), or that is not a
+    weights file at all, is refused unless ``force``.
     """
     src, dst = Path(src), Path(dst)
     check_destination(src, dst)
@@ -465,8 +474,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, *, model: st
         kwargs["act_slope"] = checked.act_slope  # record the slope the weights compute with, default included
     dropped = _head_keys(checked) if backbone_only else set()
     state = {k: state[k] for k in checked.state_dict() if k in state and k not in dropped}  # the model's order
-    if not force:
-        _check_nothing_lost(dst, has_classifier=num_classes_in(state) > 0)
+    _check_nothing_lost(dst, has_classifier=num_classes_in(state) > 0, force=force)
     notes = _slope_notes(name, kwargs.get("act_slope"), dst_format)
     for note in notes:
         warnings.warn(note, stacklevel=2)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .._text import USER_ERRORS, first_line
 
@@ -62,6 +63,14 @@ def error_line(exc: BaseException) -> str:
     return first_line(exc, limit=None, lines=None)
 
 
+def _warning_printer(command: str):
+    """``warnings.showwarning`` for a command: each warning on one line, ``backbonekit CMD: warning: ...``."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"backbonekit {command}: warning: {error_line(message)}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
     parser = build_parser()
@@ -70,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command)
+            return int(args.func(args) or 0)
     except ImportError as exc:  # an optional dependency (onnxruntime, timm, ...) is not installed
         print(f"backbonekit {args.command}: error: {error_line(exc)} (install it, or pip install "
               f"'backbonekit[dev]' for every optional dependency)", file=sys.stderr)

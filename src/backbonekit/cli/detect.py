@@ -50,12 +50,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--score-thresh", type=float, default=0.25)
     e.add_argument("--nms-thresh", type=float, default=0.45)
     e.add_argument("--max-detections", type=int, default=100, help="per class and image (ONNX NMS)")
+    e.add_argument("--force", action="store_true", help="replace an existing file that backbonekit did not export "
+                                                         "(never the checkpoint or weights read)")
     add_int8_arguments(e)
     e.set_defaults(func=run_export)
 
     c = commands.add_parser("convert", help="detector weights between .weights, .pt and .safetensors")
     c.add_argument("src")
     c.add_argument("dst", help="output; the format follows the name (.weights, .pt/.pth, .safetensors)")
+    c.add_argument("--force", action="store_true", help="replace DST even when it holds what the output lacks (a "
+                                                         "training record) or is not a weights file (never SRC)")
     c.set_defaults(func=run_convert)
 
 
@@ -82,8 +86,12 @@ def run_export(args: argparse.Namespace) -> int:
     from ..detection.export import export_yolov3_onnx
     from ..detection.fpn_export import export_fpn_onnx, fpn_kind
     from ..detection.loading import load_detector
+    from ..export import export_destination
+    from ..train.runs import best_checkpoint
 
     int8 = check_int8_arguments(args)
+    export_destination(args.output, inputs=[best_checkpoint(args.model, "backbonekit detect train"), args.weights],
+                       force=args.force)  # before anything is read or built
     model, ckpt = load_detector(args.model, weights=args.weights, input_size=args.input_size)
     kind = fpn_kind(model)
     if kind is not None:
@@ -110,5 +118,5 @@ def run_export(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from ..detection.yolov3_weights import convert_detector_weights
 
-    print(f"wrote {convert_detector_weights(args.src, args.dst)}")
+    print(f"wrote {convert_detector_weights(args.src, args.dst, force=args.force)}")
     return 0

@@ -110,8 +110,10 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count-difficult", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate VOC's difficult objects as ordinary ones (default: the training run's choice; "
                         "ignored, as VOC's protocol, for runs that made none)")
-    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT) with the report "
-                                 "and detections.json (COCO results: the dataset's image and category ids)")
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT; never a run folder) "
+                                 "with the report and detections.json (COCO results: the dataset's image and category ids)")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files than "
+                                                         "an earlier evaluation report")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run_evaluate)
 
@@ -122,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
-                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels,
+                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels, force=args.force,
                   count_difficult=args.count_difficult, log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # an exported YOLOv3 through ONNX Runtime
         from ..detection.onnx_eval import evaluate_onnx_detector

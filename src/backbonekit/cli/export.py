@@ -24,6 +24,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, 18 up to the newest the installed onnx knows (default {DEFAULT_OPSET})")
     p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file that backbonekit did not export "
+                                                         "(never the checkpoint or weights read)")
     p.add_argument("--nms", action="store_true",
                    help="detectors: append ONNX NonMaxSuppression after the decoding (class-aware)")
     add_int8_arguments(p)
@@ -58,7 +60,8 @@ def export_int8_file(model, args: argparse.Namespace, **options) -> int:
     """Quantize ``model`` (a module, a checkpoint or an fp32 ONNX file) to ``args.output``; print the report."""
     from ..quantize import export_int8
 
-    report = export_int8(model, args.output, calibrate=args.calibrate, calib_images=args.calib_images, **options)
+    report = export_int8(model, args.output, calibrate=args.calibrate, calib_images=args.calib_images,
+                         force=getattr(args, "force", False), **options)
     print(report.summary())
     return 0
 
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = export(args.model, args.output, format=args.format, weights=args.weights, num_classes=args.num_classes,
                     features_only=args.features_only, input_size=args.input_size or DEFAULT_INPUT_SIZE,
-                    batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, opset=args.opset)
+                    batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, opset=args.opset, force=args.force)
     shape = "x".join(map(str, result.input_shape))
     print(f"wrote {result.path} ({result.format}, {result.model}, input {shape}, {result.nbytes / 2**20:.1f} MiB)")
     return 0
@@ -100,16 +103,20 @@ def _export_detector(args: argparse.Namespace) -> int:
                                      input_size=args.input_size, batch_size=args.batch_size,
                                      dynamic_batch=args.dynamic_batch, nms=args.nms, score_thresh=0.25,
                                      nms_thresh=0.45, max_detections=100, int8=args.int8, calibrate=args.calibrate,
-                                     calib_images=args.calib_images)
+                                     calib_images=args.calib_images, force=args.force)
     return run_export(detect_args)
 
 
 def _run_checkpoint(spec: str):
     """The best.pt of a run folder, or the checkpoint file ``spec`` names; None for a registered model name."""
-    from ..train.runs import best_checkpoint
+    from .. import list_models
+    from ..train.runs import best_checkpoint, refuse_missing_checkpoint
 
     source = best_checkpoint(spec)
-    return source if source.is_file() else None
+    if source.is_file():
+        return source
+    refuse_missing_checkpoint(spec, list_models(task=None))
+    return None
 
 
 def _export_run(checkpoint, args: argparse.Namespace) -> int:
@@ -120,7 +127,7 @@ def _export_run(checkpoint, args: argparse.Namespace) -> int:
         raise ValueError(f"a run folder or checkpoint exports as an ONNX classifier with its own weights: expected "
                          f"--format onnx without --features-only or --weights, found {args.model} with those")
     path = export_onnx(checkpoint, args.output, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
-                       opset=args.opset)
+                       opset=args.opset, force=args.force)
     print(f"wrote {path} (onnx, fp32, {args.model}, preprocessing in its metadata, "
           f"{path.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -129,11 +136,12 @@ def _export_run(checkpoint, args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, run_file) -> int:
     """``--int8``: a run folder or checkpoint (``run_file``) keeps its own preprocessing; a registered name
     (with ``--weights``) is calibrated through the calibration dataset's mean/std at ``--input-size``."""
-    from ..export import build_for_export
+    from ..export import build_for_export, export_destination
 
     if args.features_only:
         raise ValueError("--int8 quantizes classifiers: expected no --features-only")
     if run_file is not None:
         return export_int8_file(run_file, args)
+    export_destination(args.output, inputs=[args.weights], force=args.force)  # the model below is no file
     model = build_for_export(args.model, weights=args.weights, num_classes=args.num_classes)
     return export_int8_file(model.eval(), args, input_size=args.input_size or DEFAULT_INPUT_SIZE)

@@ -92,7 +92,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT)")
+    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT); never a run folder")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files than "
+                                                         "an earlier evaluation report")
     p.add_argument("--no-download", dest="download", action="store_false")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=run_evaluate)
@@ -103,7 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                  out=args.out, download=args.download, log=(lambda _: None) if quiet else print)
+                  out=args.out, download=args.download, force=args.force, log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # fp32 or int8, run by ONNX Runtime on the CPU
         from ..train.onnx_eval import evaluate_onnx
 

@@ -84,6 +84,7 @@ class DetectConfig:
     def validate(self) -> None:
         """Raise one-line ValueErrors for values no run can use."""
         _choice("model", self.model, DETECTORS)
+        _choice("backbone", self.backbone, tuple(_backbones()))  # not a detector: those are --model
         self._check_yolo_only()
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
@@ -158,6 +159,12 @@ DETECT_RESUME_RULES: dict[str, str] = {
     "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
     "out": LOCAL, "resume": LOCAL,
 }
+
+
+def _backbones() -> list[str]:
+    from ..models import list_models
+
+    return list_models(task="classification")
 
 
 def parse_anchors(value: str | list) -> str | list[list[float]]:

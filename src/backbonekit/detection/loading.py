@@ -109,6 +109,9 @@ def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None 
     elif tag is not None and tag.model in list_models(task="detection") and weights is None:
         model, ckpt = create_model(tag.model, pretrained=tag.name, **size_options(tag.model, input_size)), {}
     else:
+        from ..train.runs import refuse_missing_checkpoint
+
+        refuse_missing_checkpoint(spec, list_models(task=None))  # a path that does not exist says so
         names = ", ".join(list_models(task="detection"))
         raise CheckpointError(f"expected {WHAT}; detectors: {names}; found {str(spec)!r}")
     return model.to(device).eval(), ckpt

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..deploy.runtime import open_session
 from ..train.onnx_eval import OnnxModule
-from ..train.runs import evaluation_folder
+from ..train.runs import evaluation_folder, evaluation_output
 from .metrics import DetectionMetrics
 from .yolov3 import check_images, letterbox, postprocess
 
@@ -54,6 +54,7 @@ def load_onnx_detector(path: str | os.PathLike, threads: int | None = None) -> O
 
 
 def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
+                           force: bool = False,
                            split: str = "val", batch_size: int = 16, score_thresh: float = 0.01,
                            nms_thresh: float | None = None, out: str | os.PathLike | None = None,
                            skip_bad_labels: bool = False, count_difficult: bool | None = None,
@@ -63,7 +64,8 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
 
     ``score_thresh`` defaults to 0.01 as in training's evaluation (not the file's deployment threshold).
     VOC's difficult objects are ignored unless ``count_difficult``; detections.json takes the dataset's
-    image and category ids.
+    image and category ids. ``out`` follows :func:`~backbonekit.train.runs.evaluation_output`'s rules
+    (``force``: into a folder holding other files).
     """
     from . import report
     from .data import load_detection_dataset
@@ -75,6 +77,7 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
     name = dataset or model.meta.get("dataset")
     if not name:
         raise ValueError(f"{path} does not name the dataset it was trained on: pass --dataset")
+    out = evaluation_output(out or evaluation_folder(path, f"{Path(path).stem}-{name}", split), force=force)
     data = load_detection_dataset(name, data_dir, split, skip_bad_labels=skip_bad_labels)
     classes = list(model.meta["classes"])
     if list(data.classes) != classes:

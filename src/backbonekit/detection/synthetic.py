@@ -200,21 +200,22 @@ def write_yolo_dataset(splits: Mapping[str, Dataset], out_dir: str | os.PathLike
     ``labels/{split}/NNNNNN.txt`` (``class cx cy w h``, normalised, 6 decimals) and ``data.yaml``.
 
     Everything is written into a temporary folder beside ``out_dir`` and renamed into place at the
-    end, so an interrupted write leaves nothing half-done; an existing non-empty ``out_dir`` is refused.
+    end, so an interrupted write leaves nothing half-done (and a killed one leaves a temporary that the
+    next write there removes: :func:`backbonekit.checkpoint.temporary_folder`); an existing non-empty
+    ``out_dir`` is refused.
     """
-    import shutil
-    import tempfile
-
     import yaml
     from PIL import Image
+
+    from ..checkpoint import temporary_folder
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"expected a new or empty folder to write the dataset to, found existing {out}")
     classes = list(next(iter(splits.values())).classes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with temporary_folder(out) as folder:
+        tmp = folder / out.name
         for split, dataset in splits.items():
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -227,7 +228,4 @@ def write_yolo_dataset(splits: Mapping[str, Dataset], out_dir: str | os.PathLike
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

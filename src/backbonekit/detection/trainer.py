@@ -26,7 +26,8 @@ from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..pretrained import weights_file
 from ..train import dist
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
+from ..train.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
+                          resumed_config, run_in_folder)
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
 from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
@@ -460,6 +461,7 @@ def _samples(dataset, items: list, count: int = PREDICTION_SAMPLES) -> list[tupl
 # -- saved detectors ----------------------------------------------------------------------------
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
+                        force: bool = False,  # ``out`` as train.runs.evaluation_output allows; force: over other files
                         split: str = "val", device: str = "auto", batch_size: int = 16,
                         score_thresh: float | None = None, nms_thresh: float | None = None,
                         out: str | os.PathLike | None = None, skip_bad_labels: bool = False,
@@ -477,6 +479,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     model, ckpt = load_detector(checkpoint, dev)
     saved = ckpt.get("config") or {}
     name = dataset or saved.get("dataset", "photodigits")
+    out = evaluation_output(out or evaluation_folder(checkpoint, name, split), force=force)  # before the work
     data = load_detection_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), split,
                                   skip_bad_labels=skip_bad_labels)
     if list(data.classes) != list(ckpt["classes"]):

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, atomic_open
-from ..darknet_weights import (FLOAT, ConvLayer, DarknetHeader, _array_for, _read_arrays, _read_header,
-                               _tensor_slots, _where_reading_stops, darknet_layers, inspect_darknet_file)
+from ..darknet_weights import (FLOAT, ConvLayer, DarknetHeader, _array_for, _read_arrays, _tensor_slots,
+                               _where_reading_stops, darknet_float_counts, darknet_layers, inspect_darknet_file,
+                               read_header, warn_assumed)
 from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import YOLOV3_MASKS
 from .neck import YOLOV3_NECK_CHANNELS
@@ -80,8 +81,13 @@ def inspect_yolov3_file(path: str | os.PathLike, neck_channels: Sequence[int] = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: expected a file at {path}")
-    with open(path, "rb") as f:
-        header = _read_header(f, path)
+    backbone_counts = darknet_float_counts()
+
+    def fits(nbytes: int) -> bool:
+        floats, stray = divmod(nbytes, FLOAT.itemsize)
+        return not stray and (floats in backbone_counts or classes_from_float_count(floats, neck_channels) is not None)
+
+    header = read_header(path, fits)
     payload = path.stat().st_size - header.nbytes
     num_floats, stray = divmod(payload, FLOAT.itemsize)
     classes = None if stray else classes_from_float_count(num_floats, neck_channels)
@@ -95,13 +101,18 @@ def inspect_yolov3_file(path: str | os.PathLike, neck_channels: Sequence[int] = 
     coco, voc = (_count(yolov3_layers(c, neck_channels)) for c in (80, 20))
     base = _count(yolov3_layers(0, neck_channels))
     step = _count(yolov3_layers(1, neck_channels)) - base
-    assumed = max(1, (num_floats - base) // step - 5)  # the class count whose layers the file comes closest to
-    stopped = _where_reading_stops(yolov3_layers(assumed, neck_channels), num_floats)
+    # the class count whose layers the file comes closest to from below (``base`` holds 0 classes' outputs)
+    closest = max(1, (num_floats - base) // step)
+    if stray and classes_from_float_count(num_floats, neck_channels):
+        found = f"{num_floats:,} (exactly {closest} classes) followed by {stray} stray bytes (appended to the file?)"
+    else:
+        found = (f"{num_floats:,}{f' and {stray} stray bytes' if stray else ''}; read as {closest} classes, "
+                 f"{_where_reading_stops(yolov3_layers(closest, neck_channels), num_floats)} (truncated, too long, "
+                 f"or for another architecture)")
     raise CheckpointError(
         f"{path} does not hold YOLOv3 Darknet weights: expected {base:,} + {step:,} x C float32 values for C "
         f"classes ({coco:,} for 80, {voc:,} for 20) or Darknet-53's backbone after its {header.nbytes}-byte "
-        f"v{header.version} header, found {num_floats:,}{f' and {stray} stray bytes' if stray else ''}; "
-        f"{stopped} (truncated, too long, or for another architecture)")
+        f"v{header.version} header, found {found}")
 
 
 def read_yolov3_weights(path: str | os.PathLike, neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS
@@ -110,6 +121,7 @@ def read_yolov3_weights(path: str | os.PathLike, neck_channels: Sequence[int] = 
     backbone file, its classifier dropped). BatchNorm ``num_batches_tracked`` counters are set to 0."""
     path = Path(path)
     info = inspect_yolov3_file(path, neck_channels)
+    warn_assumed(path, info.header)
     layers = yolov3_layers(info.num_classes, neck_channels) if info.num_classes else [
         dataclasses.replace(layer, module=f"backbone.{layer.module}") for layer in darknet_layers(num_classes=0)]
     state: dict[str, Tensor] = {}
@@ -294,8 +306,7 @@ def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike, *, 
     from ..weights import _check_nothing_lost, check_destination, check_fits
 
     check_destination(Path(src), Path(dst))
-    if not force:
-        _check_nothing_lost(Path(dst), has_classifier=True)
+    _check_nothing_lost(Path(dst), has_classifier=True, force=force)
     source = inspect_pretrained(src)
     if not source.num_classes:
         raise CheckpointError(f"{src} holds a backbone only ({source.description}): expected a whole YOLOv3 detector")
@@ -303,4 +314,5 @@ def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike, *, 
         model = create_model("yolov3", num_classes=source.num_classes, **source.model_kwargs)
     check_fits(model, source.state, source=f"weights file {src}")
     kwargs = {**getattr(model, "model_kwargs", {}), **source.model_kwargs}
-    return write_detector_state(source.state, dst, kwargs, header=source.header or DarknetHeader(0, 2, 0))
+    header = source.header.standard() if source.header else DarknetHeader(0, 2, 0)  # one Darknet itself reads
+    return write_detector_state(source.state, dst, kwargs, header=header)

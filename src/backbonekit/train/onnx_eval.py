@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deploy.runtime import open_session
-from .runs import evaluation_folder
+from .runs import evaluation_folder, evaluation_output
 from .engine import EvalResult, evaluate
 from .trainer import EVAL_BATCH_SIZE, evaluation_batches
 
@@ -43,6 +43,7 @@ class OnnxModule(nn.Module):
 
 
 def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split: str = "test",
+                  force: bool = False,  # ``out`` as runs.evaluation_output allows; force: over other files
                   data_dir: str | os.PathLike = "data", batch_size: int = EVAL_BATCH_SIZE,
                   out: str | os.PathLike | None = None, download: bool = True, threads: int | None = None,
                   log: Callable[[str], None] = print) -> EvalResult:
@@ -63,6 +64,7 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split:
     name = dataset or meta.get("dataset")
     if not name:
         raise ValueError(f"{path} does not name the dataset it was trained on: pass --dataset")
+    out = evaluation_output(out or evaluation_folder(path, f"{Path(path).stem}-{name}", split), force=force)
     prep = {"image_size": meta["image_size"], "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"]}
     dev = torch.device("cpu")
     data, batches = evaluation_batches(prep, name, split, data_dir, download, dev, batch_size)

@@ -70,6 +70,18 @@ def best_checkpoint(spec: str | os.PathLike, command: str = "backbonekit train")
     return path / "best.pt"
 
 
+def refuse_missing_checkpoint(spec: str | os.PathLike, names: Collection[str]) -> None:
+    """One CheckpointError line for ``spec`` when it names neither a file or folder that exists nor one of
+    ``names`` (registered models) but looks like a path (a folder in it, or a file extension)."""
+    from ..checkpoint import CheckpointError
+
+    text = str(spec)
+    if text in names or Path(text).exists():
+        return
+    if Path(text).name != text or Path(text).suffix:
+        raise CheckpointError(f"checkpoint not found: expected a file or run folder at {text}")
+
+
 def given_fields(cfg: Any, given: Collection[str] | None) -> set[str]:
     """The fields the caller set; without ``given`` (a plain config), those that differ from the defaults."""
     if given is not None:
@@ -217,7 +229,48 @@ def run_in_folder(cfg: Any, resumed: Mapping[str, Any] | None,
 
 def evaluation_folder(source: str | os.PathLike, label: str, split: str) -> Path:
     """Where ``evaluate`` writes its report by default: ``eval-LABEL-SPLIT`` inside a run folder given as
-    such, else beside the checkpoint or ONNX file (``LABEL`` with characters unsafe in a name replaced)."""
+    such, else beside the checkpoint or ONNX file (``LABEL`` with characters unsafe in a name replaced);
+    checked with :func:`evaluation_output` like a folder given with ``--out``."""
     source = Path(source)
     base = source if source.is_dir() else source.parent
     return base / f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}-{split}"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run (a checkpoint written by ``train`` or ``detect train``)."""
+    return (folder / "last.pt").is_file() or (folder / "best.pt").is_file()
+
+
+def _earlier_evaluation(folder: Path) -> str | None:
+    """None when ``folder`` holds an earlier evaluation report (its eval.json, as ``evaluate`` writes it)."""
+    import json
+
+    try:
+        record = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("title"), str):
+        return None
+    from .._text import few
+
+    found = sorted(p.name for p in folder.iterdir())
+    return f"holds {len(found)} file(s) that are not an earlier evaluation report {few(found)}"
+
+
+def evaluation_output(out: str | os.PathLike, *, force: bool = False) -> Path:
+    """The folder an evaluation writes its report to, once that is known to lose nothing.
+
+    Never a training run folder: its report.html shows the run's own evaluation, which training alone
+    writes (another dataset's figures there would pass for the run's). Otherwise a new or empty folder, or
+    one holding an earlier evaluation report (replaced); any other folder only with ``force``.
+    """
+    from ..checkpoint import check_output
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: expected a folder for the evaluation report, found a file")
+    if is_run_folder(out):
+        raise ValueError(f"--out {out} is a training run folder: its report shows the run's own evaluation, which "
+                         f"another evaluation would replace; expected another folder (the default is "
+                         f"eval-DATASET-SPLIT inside it)")
+    return check_output(out, force=force, replaceable=_earlier_evaluation)

@@ -24,7 +24,8 @@ from . import dist
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
-from .runs import RESUME_RULES, check_resumed_world, default_out, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
+from .runs import (RESUME_RULES, check_resumed_world, default_out, evaluation_folder, evaluation_output,
+                   resume_checkpoint, resumed_config, run_in_folder)
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
@@ -362,6 +363,7 @@ def evaluation_batches(prep: dict[str, Any], name: str, split: str, data_dir: st
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, split: str = "test",
+                        force: bool = False,  # ``out`` as runs.evaluation_output allows; force: over other files
                         data_dir: str = "data", device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                         out: str | os.PathLike | None = None, download: bool = True,
                         log: Callable[[str], None] = print) -> EvalResult:
@@ -375,6 +377,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     dev = resolve_device(device)
     model, ckpt = load_trained_model(checkpoint, dev)
     name = dataset or ckpt["preprocessing"]["dataset"]
+    out = evaluation_output(out or evaluation_folder(checkpoint, name, split), force=force)  # before the work
     data, batches = evaluation_batches(ckpt["preprocessing"], name, split, data_dir, download, dev, batch_size)
     ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
     out = Path(out) if out else evaluation_folder(checkpoint, name, split)
