@@ -75,7 +75,7 @@ def test_generic_export_hands_detectors_to_the_detector_export(detector_file, tm
 
 @pytest.mark.parametrize("argv, message", [
     (["detect", "predict", "nosuchmodel", "x.png", "--out", "o"], "expected a weights file, a run folder or a detector"),
-    (["detect", "predict", "{det}", "{txt}", "--out", "o"], "as an image"),
+    (["detect", "predict", "{det}", "{txt}", "--out", "o"], "cannot read image"),
 ])
 def test_detect_bad_input_is_one_line(detector_file, tmp_path, capsys, argv, message):
     _, path = detector_file

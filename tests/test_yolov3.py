@@ -302,7 +302,7 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path) -> Non
     assert names[0] == "person" and names[-1] == "toothbrush" and coco_categories()[-1] == (90, "toothbrush")
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    with pytest.raises(OSError, match="cannot read .*not-an-image.png as an image"):
+    with pytest.raises(OSError, match="cannot read image .*not-an-image.png: UnidentifiedImageError"):
         predict_files(model, [bad], tmp_path / "out2")
 
 

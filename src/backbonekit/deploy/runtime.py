@@ -20,11 +20,16 @@ ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821 (P
 
 # -- images ---------------------------------------------------------------------------------------
 def read_rgb(image: ImageInput, index: int = 0):
-    """A Pillow RGB image from a file path, a Pillow image or an (H, W, 3) uint8 array; one line otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """A Pillow RGB image from a file path, a Pillow image or an (H, W, 3) uint8 array; one line otherwise.
+
+    Files and Pillow images go through :mod:`backbonekit.images` (EXIF orientation, 16-bit, alpha,
+    CMYK, the decompression-bomb limit): the reader training and evaluation use."""
+    from PIL import Image
+
+    from ..images import open_rgb, to_rgb
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image {index}: expected an (H, W, 3) uint8 RGB array, found {image.dtype} "
@@ -33,15 +38,7 @@ def read_rgb(image: ImageInput, index: int = 0):
     if not isinstance(image, (str, os.PathLike)):
         raise ValueError(f"image {index}: expected a file path, a PIL image or an (H, W, 3) uint8 array, "
                          f"found {type(image).__name__}")
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: expected a file at {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path} as an image: expected a file Pillow can open "
-                         f"({type(exc).__name__})") from None
+    return open_rgb(image)
 
 
 def classifier_input(image: ImageInput, meta: dict[str, Any], index: int = 0) -> np.ndarray:

@@ -16,8 +16,7 @@ from torch import Tensor
 
 from .._text import first_line
 from ..checkpoint import atomic_open
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from ..images import read_rgb
 
 
 def coco_categories() -> list[tuple[int, str]]:
@@ -47,22 +46,10 @@ def class_names(num_classes: int, names: Sequence[str] | str | os.PathLike | Non
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file as a float (3, H, W) RGB tensor in [0, 1]; one OSError line if it is not an image.
-
-    Read with Pillow (torchvision's own dependency; its ``torchvision.io`` decoders are deprecated)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"image not found: expected a file at {path}")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise OSError(f"cannot read {path} as an image: expected an image file Pillow can open "
-                      f"({first_line(exc)})") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+    """An image file as a float (3, H, W) RGB tensor in [0, 1], read as training reads it
+    (:func:`backbonekit.images.read_rgb`: EXIF orientation, every Pillow mode); one OSError line if it
+    is not an image."""
+    return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
 
 
 def image_id_for(path: Path, position: int) -> int:
