@@ -85,3 +85,39 @@ def test_detect_bad_input_is_one_line(detector_file, tmp_path, capsys, argv, mes
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def _one_line(capsys, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(f in err for f in fragments), err
+    return err
+
+
+@pytest.mark.parametrize("flag, value, field", [
+    ("--score-thresh", "2", "score_thresh"), ("--nms-thresh", "-1", "nms_thresh"), ("--score-thresh", "nan", "score_thresh"),
+    ("--input-size", "0", "input_size"), ("--input-size", "100", "input_size"),
+])
+def test_detect_predict_refuses_what_detect_train_refuses(detector_file, tmp_path, capsys, flag, value, field):
+    from backbonekit.detection.config import DetectConfig
+
+    _, path = detector_file
+    with pytest.raises(ValueError) as trained:  # the message detect train gives for the same value
+        DetectConfig(**{field: type(getattr(DetectConfig, field))(float(value))})
+    assert main(["detect", "predict", str(path), str(image_file(tmp_path)), "--out", str(tmp_path / "o"),
+                 flag, value]) == 2
+    _one_line(capsys, str(trained.value))
+    assert not (tmp_path / "o").exists()
+
+
+def test_detect_predict_refuses_a_non_positive_detection_cap(detector_file, tmp_path, capsys):
+    _, path = detector_file
+    for value in ("0", "-3"):  # -3 kept all but the last three boxes
+        assert main(["detect", "predict", str(path), str(image_file(tmp_path)), "--out", str(tmp_path / "o"),
+                     "--max-detections", value]) == 2
+        _one_line(capsys, f"max_detections (detections per image) must be >= 1, found {value}")
+
+
+@pytest.mark.parametrize("num", ["0", "-2"])
+def test_anchors_refuses_fewer_than_one_anchor(capsys, num):
+    assert main(["anchors", "--num", num, "--split", "val"]) == 2
+    _one_line(capsys, f"num (anchors) must be >= 1, found {num}")

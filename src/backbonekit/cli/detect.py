@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..detection.config import check_postprocess
     from ..detection.loading import load_detector
     from ..detection.predict import predict_files
 
+    check_postprocess(args.score_thresh, args.nms_thresh, args.max_detections)  # before the model is read
     model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size)
     out = predict_files(model, args.images, args.out, names=args.names, score_thresh=args.score_thresh,
                         nms_thresh=args.nms_thresh, detections_per_img=args.max_detections)

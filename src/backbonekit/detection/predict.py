@@ -17,6 +17,7 @@ from torch import Tensor
 from .._text import first_line
 from ..checkpoint import atomic_open
 from ..images import read_rgb
+from .config import check_postprocess
 
 
 def coco_categories() -> list[tuple[int, str]]:
@@ -90,6 +91,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
     Returns the path of ``detections.json``."""
     from PIL import Image
 
+    check_postprocess(score_thresh, nms_thresh, detections_per_img)
     paths = [Path(p) for p in images]
     if not paths:
         raise ValueError("expected at least one image file, found none")
