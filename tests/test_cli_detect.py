@@ -121,3 +121,91 @@ def test_detect_predict_refuses_a_non_positive_detection_cap(detector_file, tmp_
 def test_anchors_refuses_fewer_than_one_anchor(capsys, num):
     assert main(["anchors", "--num", num, "--split", "val"]) == 2
     _one_line(capsys, f"num (anchors) must be >= 1, found {num}")
+
+
+def _predict(path, *args) -> int:
+    return main(["detect", "predict", str(path), *map(str, args)])
+
+
+def _pixels(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255
+
+
+def test_detect_predict_sees_a_phone_photo_upright(detector_file, tmp_path):
+    model, path = detector_file
+    stored = np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, shown turned 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    assert _predict(path, tmp_path / "phone.png", "--out", tmp_path / "out", "--score-thresh", "0.1") == 0
+    rows = json.loads((tmp_path / "out" / "detections.json").read_text())
+    expected = model.detect([_pixels(np.rot90(stored, -1))], score_thresh=0.1)[0]  # the photo as it is shown
+    assert len(rows) == len(expected["boxes"]) > 0
+    got = sorted((r["score"], r["bbox"]) for r in rows)
+    want = sorted((round(s, 5), [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)])
+                  for s, (x1, y1, x2, y2) in zip(expected["scores"].tolist(), expected["boxes"].tolist()))
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in want], abs=1e-5)
+    np.testing.assert_allclose([b for _, b in got], [b for _, b in want], atol=0.02)
+    assert np.asarray(Image.open(tmp_path / "out" / "phone.png")).shape == (80, 48, 3)
+
+
+def test_detect_predict_never_writes_over_its_input(detector_file, tmp_path, capsys):
+    _, path = detector_file
+    picture = image_file(tmp_path, "x.png")
+    before = picture.read_bytes()
+    for force in ([], ["--force"]):
+        assert _predict(path, picture, "--out", tmp_path, *force) == 2
+        _one_line(capsys, "x.png there is an input image", "choose another --out")
+        assert picture.read_bytes() == before
+    assert not (tmp_path / "detections.json").exists()
+
+
+def test_detect_predict_replaces_only_files_it_wrote(detector_file, tmp_path, capsys):
+    _, path = detector_file
+    picture, out = image_file(tmp_path, "a.png"), tmp_path / "out"
+    out.mkdir()
+    (out / "detections.json").write_text("my own results")
+    assert _predict(path, picture, "--out", out) == 2
+    _one_line(capsys, "1 file(s) that detect predict did not write there ([detections.json])", "--force")
+    assert (out / "detections.json").read_text() == "my own results" and not (out / "a.png").exists()
+    assert _predict(path, picture, "--out", out, "--force") == 0
+    assert isinstance(json.loads((out / "detections.json").read_text()), list)
+    assert _predict(path, picture, "--out", out) == 0  # its own files, unchanged since: replaced freely
+    (out / "a.png").write_bytes(b"edited by hand")
+    assert _predict(path, picture, "--out", out) == 2
+    _one_line(capsys, "did not write there ([a.png])")
+    assert (out / "a.png").read_bytes() == b"edited by hand"
+
+
+def test_detect_predict_keeps_one_output_and_one_id_per_input(detector_file, tmp_path):
+    model, path = detector_file
+    shapes = {"a/x.png": (48, 80), "b/x.jpg": (60, 40), "d/y.png": (40, 64), "d/y.jpg": (64, 40)}
+    for name, size in shapes.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        image_file(tmp_path, name, size)
+    inputs = [tmp_path / name for name in shapes]
+    assert _predict(path, *inputs, "--out", tmp_path / "out", "--score-thresh", "0.1") == 0
+    listing = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [e["file_name"] for e in listing] == [str(p) for p in inputs]
+    assert sorted(e["id"] for e in listing) == [0, 1, 2, 3]
+    assert [e["annotated"] for e in listing] == ["a/x.png", "b/x.png", "d/y.png.png", "d/y.jpg.png"]
+    rows = json.loads((tmp_path / "out" / "detections.json").read_text())
+    for entry, (name, size) in zip(listing, shapes.items()):
+        assert np.asarray(Image.open(tmp_path / "out" / entry["annotated"])).shape == (*size, 3)
+        expected = model.detect([_pixels(np.asarray(Image.open(tmp_path / name).convert("RGB")))],
+                                score_thresh=0.1)[0]
+        assert sum(r["image_id"] == entry["id"] for r in rows) == len(expected["boxes"])
+
+
+def test_detect_predict_takes_folders_with_names_repeated_in_subfolders(detector_file, tmp_path):
+    _, path = detector_file
+    for name in ("1/000001.png", "2/000001.PNG", "2/000002.JPG"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 48, 3), 100, np.uint8)).save(tmp_path / "photos" / name,
+                                                                  format="JPEG" if name.endswith("JPG") else "PNG")
+    assert _predict(path, tmp_path / "photos", "--out", tmp_path / "out") == 0
+    listing = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [(e["id"], e["annotated"]) for e in listing] == [(0, "1/000001.png"), (1, "2/000001.png"),
+                                                            (2, "2/000002.png")]  # numbers repeat: positions
+    assert all((tmp_path / "out" / e["annotated"]).is_file() for e in listing)
+
