@@ -209,3 +209,10 @@ def test_detect_predict_takes_folders_with_names_repeated_in_subfolders(detector
                                                             (2, "2/000002.png")]  # numbers repeat: positions
     assert all((tmp_path / "out" / e["annotated"]).is_file() for e in listing)
 
+
+def test_detect_predict_returns_no_box_without_area(detector_file, tmp_path):
+    model, path = detector_file
+    wide = image_file(tmp_path, "wide.png", (6, 80))  # most of the letterboxed input is padding
+    assert _predict(path, wide, "--out", tmp_path / "out", "--score-thresh", "0.01", "--max-detections", "10000") == 0
+    rows = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert len(rows) > 0 and all(w > 0 and h > 0 for _, _, w, h in (r["bbox"] for r in rows))

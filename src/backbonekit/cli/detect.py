@@ -48,7 +48,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--nms", action="store_true", help="append ONNX NonMaxSuppression (class-aware)")
     e.add_argument("--score-thresh", type=float, default=0.25)
     e.add_argument("--nms-thresh", type=float, default=0.45)
-    e.add_argument("--max-detections", type=int, default=100, help="per class and image (ONNX NMS)")
+    e.add_argument("--max-detections", type=int, default=100, help="per image (ONNX NMS)")
     add_int8_arguments(e)
     e.set_defaults(func=run_export)
 
