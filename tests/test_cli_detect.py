@@ -94,7 +94,8 @@ def _one_line(capsys, *fragments):
 
 
 @pytest.mark.parametrize("flag, value, field", [
-    ("--score-thresh", "2", "score_thresh"), ("--nms-thresh", "-1", "nms_thresh"), ("--score-thresh", "nan", "score_thresh"),
+    ("--score-thresh", "2", "score_thresh"), ("--nms-thresh", "-1", "nms_thresh"),
+    ("--score-thresh", "nan", "score_thresh"),
     ("--input-size", "0", "input_size"), ("--input-size", "100", "input_size"),
 ])
 def test_detect_predict_refuses_what_detect_train_refuses(detector_file, tmp_path, capsys, flag, value, field):
@@ -216,3 +217,12 @@ def test_detect_predict_returns_no_box_without_area(detector_file, tmp_path):
     assert _predict(path, wide, "--out", tmp_path / "out", "--score-thresh", "0.01", "--max-detections", "10000") == 0
     rows = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert len(rows) > 0 and all(w > 0 and h > 0 for _, _, w, h in (r["bbox"] for r in rows))
+
+
+def test_detect_predict_refuses_a_decompression_bomb_in_one_line(detector_file, tmp_path, capsys):
+    from test_images import png_header
+
+    _, path = detector_file
+    bomb = png_header(tmp_path / "huge.png", 30000, 30000)
+    assert _predict(path, bomb, "--out", tmp_path / "out") == 2
+    _one_line(capsys, "cannot read image", "huge.png", "decompression bombs")

@@ -254,7 +254,8 @@ def test_postprocess_drops_boxes_in_the_padding_before_the_cap() -> None:
     # the reference: torchvision's box_area on each box mapped into the image and clipped, then batched_nms
     scores, labels = (rows[:, 4:5] * rows[:, 5:]).max(1)
     xyxy = torch.cat([rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2], 1)
-    offset, scale = torch.tensor([box.left, box.top] * 2), torch.tensor([box.width / box.new_w, box.height / box.new_h] * 2)
+    offset = torch.tensor([box.left, box.top] * 2)
+    scale = torch.tensor([box.width / box.new_w, box.height / box.new_h] * 2)
     in_image = clip_boxes_to_image((xyxy - offset) * scale, (16, 64))
     has_area = (box_area(in_image) > 0).nonzero().flatten()
     assert has_area.tolist() == [3, 4, 5]

@@ -104,9 +104,11 @@ def test_onnx_nms_drops_boxes_without_area_and_caps_each_image(tmp_path) -> None
         scale = torch.tensor([place.width / place.new_w, place.height / place.new_h] * 2)
         with_area = box_area(clip_boxes_to_image((xyxy - offset) * scale, (place.height, place.width))) > 0
         dropped_any |= not bool(with_area.all())
-        for chosen, found, kept in ((selected, boxes, with_area), (plain_selected, plain_boxes, torch.ones_like(with_area))):
+        everything = torch.ones_like(with_area)  # without image_regions: the whole input is the image
+        for chosen, found, kept in ((selected, boxes, with_area), (plain_selected, plain_boxes, everything)):
             keep = batched_nms(xyxy[kept], scores[kept], labels[kept], 0.45)[:4]  # best 4 of the image, any class
-            expected = {(int(c), *np.round(b.numpy(), 2).tolist()) for c, b in zip(labels[kept][keep], xyxy[kept][keep])}
+            expected = {(int(c), *np.round(b.numpy(), 2).tolist())
+                        for c, b in zip(labels[kept][keep], xyxy[kept][keep])}
             mine = chosen[:, 0] == n
             assert {(int(c), *np.round(b, 2).tolist()) for c, b in zip(chosen[mine, 1], found[mine])} == expected
             assert len(expected) == 4
