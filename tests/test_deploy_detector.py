@@ -110,6 +110,38 @@ def test_runtime_boxes_equal_model_detect(det, tmp_path):
     assert isinstance(int8, Detector) and int8.detect([image])[0]["boxes"].shape[1] == 4
 
 
+def test_runtime_returns_no_box_without_area_and_keeps_the_files_cap(det, tmp_path):
+    from backbonekit.onnx_meta import write_metadata
+
+    wide = np.random.default_rng(5).integers(0, 256, (6, 80, 3), dtype=np.uint8)  # mostly letterbox padding
+    with torch.no_grad():
+        ref = det["model"].detect([torch.from_numpy(wide).permute(2, 0, 1).float() / 255], score_thresh=SCORE)[0]
+    got = load(det["fp32"]).detect([wide])[0]
+    assert len(got["boxes"]) == len(ref["boxes"]) > 3  # all of them, not only the best
+    np.testing.assert_allclose(got["scores"], ref["scores"].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["boxes"], ref["boxes"].numpy(), atol=1e-2)
+    # a file exported before the graph took each image's region: the runtime drops the padding's boxes itself,
+    # and caps each image at the file's detections_per_img (ONNX's NonMaxSuppression caps each class)
+    proto = onnx.load(str(det["fp32"]))
+    proto.graph.input.remove([i for i in proto.graph.input if i.name == "image_regions"][0])
+    onnx.save(proto, str(tmp_path / "older.onnx"))
+    older = load(tmp_path / "older.onnx")
+    assert not older.takes_regions
+    canvas, place = letterbox_input(wide, older.meta)
+    scores, boxes = older.session.run(["scores", "boxes"], {"images": canvas[None]})
+    order = np.argsort(-scores, kind="stable")
+    mapped = place.to_original(boxes[order])
+    empty = (mapped[:, 2:] <= mapped[:, :2]).any(1)
+    assert empty.any()  # the check can fail: the graph alone keeps boxes in the padding
+    cap = int(np.flatnonzero(empty)[0]) + 1  # the cap reaches the first empty box
+    write_metadata(tmp_path / "older.onnx", {**read_metadata(det["fp32"]), "detections_per_img": cap})
+    found = load(tmp_path / "older.onnx").detect([wide])[0]
+    assert len(found["boxes"]) == cap and (found["boxes"][:, 2:] > found["boxes"][:, :2]).all()
+    np.testing.assert_allclose(found["scores"], scores[order][~empty][:cap])
+    for result in (got, load(det["int8"]).detect([wide])[0]):
+        assert (result["boxes"][:, 2:] > result["boxes"][:, :2]).all()
+
+
 def test_detector_prediction_without_torch(det, tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8), "RGB").save(image)

@@ -180,6 +180,25 @@ def test_one_stage_detectors_have_no_background_slot(kind):
     assert model.head.classification_head.num_classes == 3 and model.num_classes == 3
 
 
+@pytest.mark.parametrize("kind", ["retinanet", "fcos"])
+def test_detect_drops_boxes_without_area_before_the_cap(kind):
+    from torchvision.ops import box_area
+
+    torch.manual_seed(0)
+    model = small_detector(kind).eval()
+    image = torch.rand(3, 8, 128)  # a thin image: most anchors lie over the batch's padding
+    with torch.no_grad():
+        model.score_thresh, model.detections_per_img = 0.0, 10_000
+        everything = model([image])[0]  # torchvision's own post-processing, clipped boxes and all
+        model.detections_per_img = 100
+        found = model.detect([image], detections_per_img=20)[0]
+    with_area = (box_area(everything["boxes"]) > 0).nonzero().flatten()
+    assert len(with_area) < len(everything["boxes"])  # the check can fail: torchvision keeps empty boxes
+    assert len(with_area) >= 20
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(found[key], everything[key][with_area[:20]])
+
+
 # -- torchvision interop ---------------------------------------------------------------------------------
 INTEROP = {  # torchvision's builder, its class, the extra pyramid level, test options, label offset
     "fasterrcnn": (tvd.fasterrcnn_resnet50_fpn, tvd.FasterRCNN, None,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.ops import nms
+from torchvision.ops import box_area, clip_boxes_to_image, nms
 
 import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
@@ -240,22 +240,54 @@ def _reference_detections(model, image, score_thresh, nms_thresh, max_det):
     canvas[0, :, top:top + nh, left:left + nw] = torch.nn.functional.interpolate(image[None], (nh, nw),
                                                                                  mode="bilinear")[0]
     pred = model.forward_raw(canvas)[0]
+    sx, sy = w / nw, h / nh
     found = []
     for c in range(model.num_classes):
         score = pred[:, 4] * pred[:, 5 + c]
-        keep = score > score_thresh
-        cx, cy, bw, bh = pred[keep, :4].unbind(1)
+        cx, cy, bw, bh = pred[:, :4].unbind(1)
         boxes = torch.stack((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), 1)
+        in_image = clip_boxes_to_image((boxes - torch.tensor([left, top] * 2)) * torch.tensor([sx, sy] * 2), (h, w))
+        keep = (score > score_thresh) & (box_area(in_image) > 0)  # nothing of a box in the padding is left
+        boxes = boxes[keep]
         for i in nms(boxes, score[keep], nms_thresh).tolist():
             found.append((score[keep][i].item(), c, boxes[i]))
     found.sort(key=lambda t: -t[0])
     out = []
     for sc, c, b in found[:max_det]:
         x1, y1, x2, y2 = b.tolist()
-        sx, sy = w / nw, h / nh
         out.append((c, sc, [min(max((x1 - left) * sx, 0), w), min(max((y1 - top) * sy, 0), h),
                             min(max((x2 - left) * sx, 0), w), min(max((y2 - top) * sy, 0), h)]))
     return out
+
+
+def test_postprocess_drops_boxes_in_the_padding_before_the_cap() -> None:
+    from torchvision.ops import batched_nms
+
+    from backbonekit.detection.yolov3 import postprocess
+
+    box = letterbox_geometry(16, 64, 64)  # a 64 x 16 image fills rows 24..40 of the 64 x 64 input
+    assert (box.top, box.new_h) == (24, 16)
+    rows = torch.tensor([  # cx, cy, w, h, objectness, p(class 0), p(class 1)
+        [10.0, 8.0, 12.0, 10.0, 1.0, 0.95, 0.0],   # in the padding above the image: best score, no area left
+        [30.0, 56.0, 20.0, 12.0, 1.0, 0.0, 0.9],   # in the padding below
+        [50.0, 22.0, 10.0, 4.0, 1.0, 0.85, 0.0],   # ends on the image's top edge (y 20..24): no area
+        [10.0, 30.0, 8.0, 8.0, 1.0, 0.7, 0.0],     # inside
+        [40.0, 22.0, 10.0, 6.0, 1.0, 0.0, 0.6],    # straddles the top edge (y 19..25): one row inside
+        [54.0, 34.0, 6.0, 6.0, 1.0, 0.5, 0.0],     # inside, fourth best in the image
+    ])
+    found = postprocess(rows[None], [box], score_thresh=0.1, nms_thresh=0.45, detections_per_img=2)[0]
+    # the reference: torchvision's box_area on each box mapped into the image and clipped, then batched_nms
+    scores, labels = (rows[:, 4:5] * rows[:, 5:]).max(1)
+    xyxy = torch.cat([rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2], 1)
+    offset = torch.tensor([box.left, box.top] * 2)
+    scale = torch.tensor([box.width / box.new_w, box.height / box.new_h] * 2)
+    in_image = clip_boxes_to_image((xyxy - offset) * scale, (16, 64))
+    has_area = (box_area(in_image) > 0).nonzero().flatten()
+    assert has_area.tolist() == [3, 4, 5]
+    keep = has_area[batched_nms(xyxy[has_area], scores[has_area], labels[has_area], 0.45)][:2]
+    torch.testing.assert_close(found["boxes"], in_image[keep])
+    torch.testing.assert_close(found["scores"], scores[keep])
+    assert found["labels"].tolist() == labels[keep].tolist() == [0, 1]
 
 
 def test_eval_detections_match_a_hand_pipeline() -> None:
@@ -318,7 +350,7 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path) -> Non
     torch.testing.assert_close(read_image(paths[0]), pixels[0])
     expected = model.detect(pixels, score_thresh=0.2)
     assert len(rows) == sum(len(r["boxes"]) for r in expected) > 0
-    assert {r["image_id"] for r in rows} <= {42, 1} and set(rows[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {r["image_id"] for r in rows} <= {0, 1} and set(rows[0]) == {"image_id", "category_id", "bbox", "score"}
     first = expected[0]["boxes"][0].tolist()
     assert rows[0]["bbox"] == pytest.approx([first[0], first[1], first[2] - first[0], first[3] - first[1]], abs=0.01)
     drawn = np.asarray(Image.open(tmp_path / "out" / "000000000042.png"))
@@ -327,7 +359,7 @@ def test_predict_files_writes_annotated_images_and_coco_results(tmp_path) -> Non
     assert names[0] == "person" and names[-1] == "toothbrush" and coco_categories()[-1] == (90, "toothbrush")
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    with pytest.raises(OSError, match="cannot read .*not-an-image.png as an image"):
+    with pytest.raises(OSError, match="cannot read image .*not-an-image.png: UnidentifiedImageError"):
         predict_files(model, [bad], tmp_path / "out2")
 
 

@@ -76,3 +76,40 @@ def test_a_normalising_detector_keeps_its_normalisation_in_onnx(tmp_path) -> Non
     with torch.no_grad():
         np.testing.assert_allclose(pred, model.forward_raw(x).numpy(), rtol=1e-4, atol=1e-3)
         assert not np.allclose(pred, plain.forward_raw(x).numpy(), rtol=1e-4, atol=1e-3)  # the check can fail
+
+
+def test_onnx_nms_drops_boxes_without_area_and_caps_each_image(tmp_path) -> None:
+    from torchvision.ops import box_area, clip_boxes_to_image
+
+    from backbonekit.detection.yolov3 import letterbox
+
+    torch.manual_seed(1)
+    model = with_random_bn_statistics(bk.create_model("yolov3", backbone="resnet18", num_classes=3,
+                                                      neck_channels=(32, 16, 8), input_size=64)).eval()
+    path = export_yolov3_onnx(model, tmp_path / "capped.onnx", nms=True, dynamic_batch=True, score_thresh=0.05,
+                              nms_thresh=0.45, max_detections=4)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]  # image_regions is optional
+    batch, places = letterbox([torch.rand(3, 8, 64), torch.rand(3, 64, 12), torch.rand(3, 40, 40)], 64)
+    regions = np.array([[b.left, b.top, b.left + b.new_w, b.top + b.new_h] for b in places], np.float32)
+    pred, selected, boxes = session.run(["predictions", "selected", "boxes"],
+                                        {"images": batch.numpy(), "image_regions": regions})
+    plain_selected, plain_boxes = session.run(["selected", "boxes"], {"images": batch.numpy()})
+    dropped_any = False
+    for n, (p, place) in enumerate(zip(torch.from_numpy(pred), places)):
+        scores = p[:, 4:5] * p[:, 5:]
+        idx, labels = (scores > 0.05).nonzero(as_tuple=True)
+        xyxy, scores = box_convert(p[idx, :4], "cxcywh", "xyxy"), scores[idx, labels]
+        offset = torch.tensor([place.left, place.top] * 2)
+        scale = torch.tensor([place.width / place.new_w, place.height / place.new_h] * 2)
+        with_area = box_area(clip_boxes_to_image((xyxy - offset) * scale, (place.height, place.width))) > 0
+        dropped_any |= not bool(with_area.all())
+        everything = torch.ones_like(with_area)  # without image_regions: the whole input is the image
+        for chosen, found, kept in ((selected, boxes, with_area), (plain_selected, plain_boxes, everything)):
+            keep = batched_nms(xyxy[kept], scores[kept], labels[kept], 0.45)[:4]  # best 4 of the image, any class
+            expected = {(int(c), *np.round(b.numpy(), 2).tolist())
+                        for c, b in zip(labels[kept][keep], xyxy[kept][keep])}
+            mine = chosen[:, 0] == n
+            assert {(int(c), *np.round(b, 2).tolist()) for c, b in zip(chosen[mine, 1], found[mine])} == expected
+            assert len(expected) == 4
+    assert dropped_any  # the check can fail: some candidate lay in the padding

@@ -26,8 +26,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = commands.add_parser("predict", help="draw boxes on images and write COCO-format detections.json")
     p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, published tag, or detector name "
                                                           "(its default published weights unless --weights)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True, help="folder for the annotated images and detections.json")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
+    p.add_argument("--out", required=True, help="folder for the annotated images, detections.json and images.json")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in --out that detect predict did not write there (never an input image)")
     p.add_argument("--weights", help="weights file, URL or published tag (backbonekit weights) when MODEL_OR_RUN "
                                      "is a detector name")
     p.add_argument("--names", help="class names file, one per line (default: the checkpoint's; COCO's for 80)")
@@ -49,7 +51,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--nms", action="store_true", help="append ONNX NonMaxSuppression (class-aware)")
     e.add_argument("--score-thresh", type=float, default=0.25)
     e.add_argument("--nms-thresh", type=float, default=0.45)
-    e.add_argument("--max-detections", type=int, default=100, help="per class and image (ONNX NMS)")
+    e.add_argument("--max-detections", type=int, default=100, help="per image (ONNX NMS)")
     e.add_argument("--force", action="store_true", help="replace an existing file that backbonekit did not export "
                                                          "(never the checkpoint or weights read)")
     add_int8_arguments(e)
@@ -70,13 +72,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..detection.config import check_postprocess
     from ..detection.loading import load_detector
-    from ..detection.predict import predict_files
+    from ..detection.predict import image_inputs, predict_files
 
+    check_postprocess(args.score_thresh, args.nms_thresh, args.max_detections)  # before the model is read
     model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size, published=True)
     out = predict_files(model, args.images, args.out, names=args.names, score_thresh=args.score_thresh,
-                        nms_thresh=args.nms_thresh, detections_per_img=args.max_detections)
-    print(f"wrote {len(args.images)} annotated images and {out}")
+                        nms_thresh=args.nms_thresh, detections_per_img=args.max_detections, force=args.force)
+    print(f"wrote {len(image_inputs(args.images))} annotated images, {out} and {out.parent / 'images.json'} "
+          f"(each image id's file)")
     return 0
 
 

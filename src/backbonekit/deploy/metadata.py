@@ -25,6 +25,7 @@ FPN_KEY = "backbonekit.fpn"  # detection/fpn_export.py: those files carry their 
 VERSION = 1
 TASKS = ("classification", "detection")
 DETECTION_OUTPUTS = ("selected", "boxes", "scores", "labels")  # the NonMaxSuppression outputs of a detector file
+IMAGE_REGIONS = "image_regions"  # a detector file's optional input: where each image lies in its letterboxed input
 
 
 def classifier_metadata(*, classes: Sequence[str], image_size: int, mean: Sequence[float], std: Sequence[float],

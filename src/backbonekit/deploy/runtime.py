@@ -13,18 +13,23 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .._text import first_line
-from .metadata import DETECTION_OUTPUTS, from_props
+from .metadata import DETECTION_OUTPUTS, IMAGE_REGIONS, from_props
 
 ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821 (PIL.Image, imported lazily)
 
 
 # -- images ---------------------------------------------------------------------------------------
 def read_rgb(image: ImageInput, index: int = 0):
-    """A Pillow RGB image from a file path, a Pillow image or an (H, W, 3) uint8 array; one line otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """A Pillow RGB image from a file path, a Pillow image or an (H, W, 3) uint8 array; one line otherwise.
+
+    Files and Pillow images go through :mod:`backbonekit.images` (EXIF orientation, 16-bit, alpha,
+    CMYK, the decompression-bomb limit): the reader training and evaluation use."""
+    from PIL import Image
+
+    from ..images import open_rgb, to_rgb
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image {index}: expected an (H, W, 3) uint8 RGB array, found {image.dtype} "
@@ -33,15 +38,7 @@ def read_rgb(image: ImageInput, index: int = 0):
     if not isinstance(image, (str, os.PathLike)):
         raise ValueError(f"image {index}: expected a file path, a PIL image or an (H, W, 3) uint8 array, "
                          f"found {type(image).__name__}")
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: expected a file at {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path} as an image: expected a file Pillow can open "
-                         f"({type(exc).__name__})") from None
+    return open_rgb(image)
 
 
 def classifier_input(image: ImageInput, meta: dict[str, Any], index: int = 0) -> np.ndarray:
@@ -94,6 +91,10 @@ class LetterboxBox:
             new_w, new_h = max(1, (width * size) // height), size
         return cls(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
 
+    def region(self) -> np.ndarray:
+        """Where the image lies in the input: float32 ``x1, y1, x2, y2`` in input pixels."""
+        return np.array([self.left, self.top, self.left + self.new_w, self.top + self.new_h], np.float32)
+
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """xyxy boxes in input pixels -> the original image's pixels, clipped to it."""
         offset = np.array([self.left, self.top, self.left, self.top], np.float32)
@@ -121,6 +122,9 @@ def open_session(path: str | os.PathLike, threads: int | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"model not found: expected an ONNX file at {path}")
     options = ort.SessionOptions()
+    # errors only: a detector's optional input (an initializer listed as a graph input, ONNX's way of giving
+    # a default) draws a warning at every load that it cannot be constant-folded, which is the point
+    options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -144,17 +148,26 @@ class _Model:
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
 
-    def _run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
-        """Outputs for ``batch``, run in chunks of the file's batch size when it has a fixed one."""
+    def _run(self, batch: np.ndarray, outputs: Sequence[str] | None = None,
+             per_image: dict[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
+        """Outputs for ``batch`` (and ``per_image`` inputs, one row per image), run in chunks of the file's
+        batch size when it has a fixed one."""
         step = self.fixed_batch or len(batch)
         results = []
         for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            pad = step - len(chunk)
-            if pad:  # a file exported at a fixed batch size takes exactly that many images
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-            results.append(self.session.run(outputs, {self.input_name: np.ascontiguousarray(chunk)}))
+            feed = {name: _padded(array[start:start + step], step)
+                    for name, array in {self.input_name: batch, **(per_image or {})}.items()}
+            results.append(self.session.run(outputs, feed))
         return results
+
+
+def _padded(chunk: np.ndarray, step: int) -> np.ndarray:
+    """``chunk`` with its last row repeated up to ``step`` rows: a file exported at a fixed batch size
+    takes exactly that many images."""
+    pad = step - len(chunk)
+    if pad:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    return np.ascontiguousarray(chunk)
 
 
 class Classifier(_Model):
@@ -192,15 +205,24 @@ class Detector(_Model):
         if not set(DETECTION_OUTPUTS) <= set(names):
             raise ValueError(f"{self.path}: expected a detector exported with NMS (outputs "
                              f"{', '.join(DETECTION_OUTPUTS)}), found outputs {', '.join(names)}")
+        # files exported before the graph took each image's region drop its padding's boxes here only
+        self.takes_regions = IMAGE_REGIONS in {i.name for i in self.session.get_overridable_initializers()} | \
+            {i.name for i in self.session.get_inputs()}
 
     def detect(self, images: Sequence[ImageInput], max_detections: int | None = None) -> list[dict[str, Any]]:
         """One dict per image: ``boxes`` (K, 4) xyxy in the image's own pixels, ``scores``, ``labels``,
-        ``names``, best score first (at most ``max_detections``)."""
+        ``names``, best score first; at most ``max_detections`` (default: the file's ``detections_per_img``).
+        Boxes with no area inside the image (in the letterbox padding) are never returned."""
+        if max_detections is None:
+            max_detections = self.meta.get("detections_per_img")
+        elif isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+            raise ValueError(f"max_detections must be an integer >= 1, found {max_detections!r}")
         prepared = [letterbox_input(image, self.meta, i) for i, image in enumerate(_as_list(images))]
         batch = np.stack([x for x, _ in prepared])
+        regions = {IMAGE_REGIONS: np.stack([box.region() for _, box in prepared])} if self.takes_regions else None
         per_image: list[list[tuple[np.ndarray, float, int]]] = [[] for _ in prepared]
         step = self.fixed_batch or len(batch)
-        for chunk, (selected, boxes, scores, labels) in enumerate(self._run(batch, list(DETECTION_OUTPUTS))):
+        for chunk, (selected, boxes, scores, labels) in enumerate(self._run(batch, list(DETECTION_OUTPUTS), regions)):
             for (image, _, _), box, score, label in zip(selected, boxes, scores, labels):
                 index = chunk * step + int(image)
                 if index < len(prepared):  # not a padding copy
@@ -208,10 +230,11 @@ class Detector(_Model):
         return [self._result(found, box, max_detections) for found, (_, box) in zip(per_image, prepared)]
 
     def _result(self, found: list, box: LetterboxBox, max_detections: int | None) -> dict[str, Any]:
-        found = sorted(found, key=lambda item: -item[1])[:max_detections]
-        boxes = np.array([b for b, _, _ in found], np.float32).reshape(-1, 4)
-        labels = np.array([label for _, _, label in found], np.int64)
-        return {"boxes": box.to_original(boxes), "scores": np.array([s for _, s, _ in found], np.float32),
+        found = sorted(found, key=lambda item: -item[1])
+        boxes = box.to_original(np.array([b for b, _, _ in found], np.float32).reshape(-1, 4))
+        kept = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:max_detections]
+        labels = np.array([found[i][2] for i in kept], np.int64)
+        return {"boxes": boxes[kept], "scores": np.array([found[i][1] for i in kept], np.float32),
                 "labels": labels, "names": [self.classes[i] for i in labels]}
 
 

@@ -19,7 +19,8 @@ from ..train.runs import EXTEND, FIXED, LOCAL
 ANCHOR_CHOICES = ("coco", "auto")
 DETECTORS = ("yolov3", "fasterrcnn", "retinanet", "fcos")  # what ``detect train --model`` trains
 
-__all__ = ["DetectConfig", "resolve_detect_config", "write_config", "parse_anchors", "detect_config_keys"]
+__all__ = ["DetectConfig", "check_fraction", "check_input_size", "check_postprocess", "detect_config_keys",
+           "parse_anchors", "resolve_detect_config", "write_config"]
 
 
 @dataclass
@@ -96,13 +97,11 @@ class DetectConfig:
         _in_range("momentum", self.momentum, 0, high=1)
         for name in ("weight_decay", "warmup", "grad_clip", "workers", "translate", "scale_jitter"):
             _in_range(name, getattr(self, name), 0)
-        if self.input_size < 32 or self.input_size % 32:
-            raise ValueError(f"input_size must be a positive multiple of 32 (YOLOv3's stride), found {self.input_size}")
+        check_input_size(self.input_size)
         if not 0 < self.neck_width <= 4:
             raise ValueError(f"neck_width must be in (0, 4], found {self.neck_width}")
         for name in ("mosaic", "ignore_thresh", "iou_thresh", "score_thresh", "nms_thresh"):
-            if not 0 <= getattr(self, name) <= 1:  # NaN fails too
-                raise ValueError(f"{name} must be in [0, 1], found {getattr(self, name)}")
+            check_fraction(name, getattr(self, name))
         if self.scale_jitter >= 1:
             raise ValueError(f"scale_jitter must be < 1 (scales drawn in [1 - s, 1 + s]), found {self.scale_jitter}")
         if self.freeze is not None and self.freeze < -1:
@@ -165,6 +164,29 @@ def _backbones() -> list[str]:
     from ..models import list_models
 
     return list_models(task="classification")
+
+
+def check_fraction(name: str, value: float) -> None:
+    """``value`` in [0, 1] (thresholds, probabilities); one line otherwise, NaN included."""
+    if not 0 <= value <= 1:  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1], found {value}")
+
+
+def check_input_size(value: int) -> None:
+    """A detector input size: a positive multiple of 32 (YOLOv3's stride; the FPN detectors' largest)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 32 or value % 32:
+        raise ValueError(f"input_size must be a positive multiple of 32 (YOLOv3's stride), found {value}")
+
+
+def check_postprocess(score_thresh: float | None = None, nms_thresh: float | None = None,
+                      detections_per_img: int | None = None) -> None:
+    """The post-processing settings a detector's ``detect`` takes (None: the model's own), checked as
+    ``detect train`` checks its thresholds."""
+    for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
+        if value is not None:
+            check_fraction(name, value)
+    if detections_per_img is not None:
+        _in_range("max_detections (detections per image)", detections_per_img, 1)
 
 
 def parse_anchors(value: str | list) -> str | list[list[float]]:

@@ -39,8 +39,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._text import few, first_line
+from ..images import IMAGE_EXTENSIONS, image_files, image_size, read_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("photodigits", "yolo:PATH", "coco:ANNOTATIONS.json[,VAL.json]", "voc:PATH")
 SPLITS = ("train", "val")
 COCO_VAL_FRACTION = 0.2  # one COCO file given: this fraction of its images (fixed seed) is the val split
@@ -49,7 +49,6 @@ EDGE_TOLERANCE = 0.01  # YOLO rows: a box edge may pass the image edge by 1% of 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
-EXIF_ORIENTATION = 0x0112
 Transform = Callable[[Tensor, dict], "tuple[Tensor, dict]"]
 
 
@@ -139,47 +138,23 @@ class InMemoryDetection(Dataset):
 def probe_image(path: Path, verify: bool = False) -> tuple[int, int]:
     """(height, width) of an image from its header (EXIF rotation applied); ``verify`` decodes it fully.
 
-    One OSError naming the file when it cannot be read.
+    One OSError naming the file when it cannot be read (:mod:`backbonekit.images`' rules).
     """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            if verify:
-                im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"cannot read image {path}: {first_line(exc)}") from None
-    return height, width
+    return tuple(read_rgb(path).shape[:2]) if verify else image_size(path)
 
 
 def read_image(path: Path, expected: tuple[int, int] | None = None) -> Tensor:
-    """Decode an image file with PIL to uint8 RGB (3, H, W), EXIF rotation applied; one OSError naming it on failure.
-
-    (PIL rather than ``torchvision.io``, whose decoders are deprecated since torchvision 0.29.)
-    """
-    image = _read_with_pil(path)
+    """Decode an image file to uint8 RGB (3, H, W) with :func:`backbonekit.images.read_rgb` (EXIF rotation
+    applied, every Pillow mode handled); one OSError naming it on failure."""
+    image = torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).contiguous()
     if expected is not None and tuple(image.shape[-2:]) != tuple(expected):
         raise OSError(f"image {path} decodes to {tuple(image.shape[-2:])} (height, width) but its header "
                       f"said {tuple(expected)} when the dataset was indexed; has the file changed?")
     return image
 
 
-def _read_with_pil(path: Path) -> Tensor:
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"cannot read image {path}: {first_line(exc)}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return image_files(folder)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torch import nn
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, load_file
 from ..train.runs import best_checkpoint
+from .config import check_input_size
 
 WHAT = ("a weights file, a run folder or a detector (a best.pt/last.pt of backbonekit detect train, yolov3.weights, "
         "a torchvision fasterrcnn/retinanet/fcos state_dict, a published tag, or a name with --weights)")
@@ -40,8 +41,9 @@ def is_run_checkpoint(ckpt: Any) -> bool:
 
 def size_options(model_name: str, input_size: int | None) -> dict[str, Any]:
     """``input_size`` as the detector takes it: YOLOv3's letterbox side, the others' ``min_size``/``max_size``."""
-    if not input_size:
+    if input_size is None:
         return {}
+    check_input_size(input_size)
     if model_name == "yolov3":
         return {"input_size": input_size}
     return {"min_size": input_size, "max_size": input_size}

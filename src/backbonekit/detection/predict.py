@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,10 +17,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .._text import first_line
+from .._text import few, first_line
 from ..checkpoint import atomic_open
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from ..images import IMAGE_EXTENSIONS, image_files, image_size, read_rgb
+from .config import check_postprocess
 
 
 def coco_categories() -> list[tuple[int, str]]:
@@ -47,27 +50,54 @@ def class_names(num_classes: int, names: Sequence[str] | str | os.PathLike | Non
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file as a float (3, H, W) RGB tensor in [0, 1]; one OSError line if it is not an image.
-
-    Read with Pillow (torchvision's own dependency; its ``torchvision.io`` decoders are deprecated)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"image not found: expected a file at {path}")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise OSError(f"cannot read {path} as an image: expected an image file Pillow can open "
-                      f"({first_line(exc)})") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+    """An image file as a float (3, H, W) RGB tensor in [0, 1], read as training reads it
+    (:func:`backbonekit.images.read_rgb`: EXIF orientation, every Pillow mode); one OSError line if it
+    is not an image."""
+    return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
 
 
-def image_id_for(path: Path, position: int) -> int:
-    """COCO's image id: the file name's number (``000000397133.jpg`` -> 397133), else its position."""
-    return int(path.stem) if path.stem.isdigit() else position
+def image_inputs(images: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named: files as given, folders replaced by the image files under them (any
+    extension case), each file once, in order."""
+    paths: list[Path] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            found = image_files(item)
+            if not found:
+                raise FileNotFoundError(f"expected images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}, "
+                                        f"found none")
+            paths += found
+        else:
+            paths.append(item)
+    seen: set[str] = set()
+    unique = []
+    for path in paths:  # a file named twice is predicted once
+        if os.path.abspath(path) not in seen:
+            seen.add(os.path.abspath(path))
+            unique.append(path)
+    return unique
+
+
+def image_ids(paths: Sequence[Path]) -> list[int]:
+    """COCO image ids: the file names' numbers when every name is a distinct number (``000000397133.jpg`` ->
+    397133), else the positions 0, 1, ... (so ids never repeat, whatever the folders)."""
+    numbers = [int(p.stem) if p.stem.isdigit() else None for p in paths]
+    if None not in numbers and len(set(numbers)) == len(numbers):
+        return numbers  # type: ignore[return-value]
+    return list(range(len(paths)))
+
+
+def annotated_names(paths: Sequence[Path]) -> list[Path]:
+    """Where each input's annotated copy goes, relative to the output folder: its path below the inputs'
+    common folder with the extension ``.png`` (``a/x.jpg``, ``b/x.jpg`` -> ``a/x.png``, ``b/x.png``); two
+    inputs that would still share a name (``x.jpg`` and ``x.png`` side by side) keep their extension
+    (``x.jpg.png``, ``x.png.png``). One output per input."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in absolute]))
+    relative = [p.relative_to(root) for p in absolute]
+    plain = [r.with_suffix(".png") for r in relative]
+    taken = Counter(plain)
+    return [r.with_name(r.name + ".png") if taken[n] > 1 else n for r, n in zip(relative, plain)]
 
 
 def to_coco_results(detections: dict[str, Tensor], image_id: int, category_ids: Sequence[int] | None = None
@@ -108,33 +138,97 @@ def draw_detections(image: Tensor, detections: dict[str, Tensor], names: Sequenc
 def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   names: Sequence[str] | str | os.PathLike | None = None, score_thresh: float | None = None,
                   nms_thresh: float | None = None, detections_per_img: int | None = None,
-                  batch_size: int = 8) -> Path:
-    """Detect on image files; write ``out_dir/<name>.png`` (boxes and names drawn) and
-    ``out_dir/detections.json`` (COCO results, category ids by :func:`result_category_ids`). Every
-    image is read first, so a bad file stops before any work. Returns the path of ``detections.json``."""
+                  batch_size: int = 8, force: bool = False) -> Path:
+    """Detect on image files (folders: the images under them); write one annotated copy per input
+    (:func:`annotated_names`: boxes and names drawn), ``detections.json`` (COCO results; category ids by
+    :func:`result_category_ids`, image ids from :func:`image_ids`) and
+    ``images.json`` (each id's file, COCO's ``images`` entries). Every header is read first, so a bad
+    file stops before any work. Never writes over an input; a file in ``out_dir`` that an earlier
+    ``predict_files`` did not write (or that changed since) is replaced only with ``force``.
+    Returns the path of ``detections.json``."""
     from PIL import Image
 
-    paths = [Path(p) for p in images]
+    check_postprocess(score_thresh, nms_thresh, detections_per_img)
+    paths = image_inputs(images)
     if not paths:
         raise ValueError("expected at least one image file, found none")
-    pictures = [read_image(p) for p in paths]
+    sizes = [image_size(p) for p in paths]
+    ids, drawn_names = image_ids(paths), annotated_names(paths)
+    out = Path(out_dir)
+    written = claim_outputs(out, [*drawn_names, Path("detections.json"), Path("images.json")], paths, force)
+    recorded = dict(written)
     labels = class_names(model.num_classes, names if names is not None else getattr(model, "class_names", None))
     category_ids = result_category_ids(model, names)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.eval()
     results: list[dict[str, Any]] = []
-    for start in range(0, len(pictures), batch_size):
-        chunk = pictures[start:start + batch_size]
-        found = model.detect(chunk, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                             detections_per_img=detections_per_img)
-        for k, (picture, detections) in enumerate(zip(chunk, found)):
-            path = paths[start + k]
-            results += to_coco_results(detections, image_id_for(path, start + k), category_ids)
-            drawn = draw_detections(picture, detections, labels).permute(1, 2, 0).numpy()
-            with atomic_open(out / f"{path.stem}.png") as f:
-                Image.fromarray(drawn).save(f, format="PNG")
-    target = out / "detections.json"
-    with atomic_open(target) as f:
-        f.write(json.dumps(results).encode("utf-8"))
-    return target
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = [read_image(p) for p in paths[start:start + batch_size]]
+            found = model.detect(chunk, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                 detections_per_img=detections_per_img)
+            for k, (picture, detections) in enumerate(zip(chunk, found)):
+                results += to_coco_results(detections, ids[start + k], category_ids)
+                png = io.BytesIO()
+                Image.fromarray(draw_detections(picture, detections, labels).permute(1, 2, 0).numpy()).save(png, "PNG")
+                write_output(out, drawn_names[start + k], png.getvalue(), written)
+        listing = [{"id": i, "file_name": str(p), "height": h, "width": w, "annotated": name.as_posix()}
+                   for i, p, (h, w), name in zip(ids, paths, sizes, drawn_names)]
+        write_output(out, Path("images.json"), json.dumps(listing, indent=1).encode("utf-8"), written)
+        write_output(out, Path("detections.json"), json.dumps(results).encode("utf-8"), written)
+    finally:  # what was written, even when a later image failed, so that a rerun may replace it
+        if written != recorded:
+            with atomic_open(out / WRITTEN_RECORD) as f:
+                f.write(json.dumps(written, indent=1, sort_keys=True).encode("utf-8"))
+    return out / "detections.json"
+
+
+# -- the output folder: never an input, never a file predict did not write (without force) ----------------
+WRITTEN_RECORD = ".backbonekit-predict.json"  # in the output folder: each file predict wrote -> its sha256
+
+
+def claim_outputs(out: Path, names: Sequence[Path], inputs: Sequence[Path], force: bool) -> dict[str, str]:
+    """Check that ``out`` can take ``names``; the record of what predict wrote there before."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: expected a folder, found a file")
+    written = _read_record(out / WRITTEN_RECORD)
+    input_files = {_file_key(p) for p in inputs}
+    foreign = []
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            raise ValueError(f"--out {out}: expected room for the file {name.as_posix()}, found a folder there")
+        if not target.exists():
+            continue
+        if _file_key(target) in input_files:
+            raise ValueError(f"--out {out}: {name.as_posix()} there is an input image; its annotated copy would "
+                             f"replace it: choose another --out")
+        if written.get(name.as_posix()) != _digest(target.read_bytes()):
+            foreign.append(name.as_posix())
+    if foreign and not force:
+        raise ValueError(f"--out {out} already holds {len(foreign)} file(s) that detect predict did not write "
+                         f"there ({few(foreign)}): choose another --out, or pass --force to replace them")
+    return written
+
+
+def write_output(out: Path, name: Path, data: bytes, written: dict[str, str]) -> None:
+    """Write ``out/name`` atomically and record it as predict's."""
+    with atomic_open(out / name) as f:
+        f.write(data)
+    written[name.as_posix()] = _digest(data)
+
+
+def _read_record(path: Path) -> dict[str, str]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: nothing there counts as predict's
+        return {}
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else {}
+
+
+def _file_key(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import box_area
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .._text import few
@@ -95,14 +97,24 @@ class _ZeroBasedLabels:
     def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
                nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
         """One ``{boxes, scores, labels}`` dict per image (eval mode), with YOLOv3's threshold arguments:
-        each given one replaces torchvision's setting for this call only."""
+        each given one replaces torchvision's setting for this call only. Boxes left with no area by
+        torchvision's clipping (RetinaNet and FCOS keep them; anchors lie over the batch padding too) are
+        dropped before the ``detections_per_img`` cap, which torchvision applies after its NMS."""
+        cap = self.postprocess_owner().detections_per_img if detections_per_img is None else detections_per_img
         was_training = self.training  # type: ignore[attr-defined]
         try:
-            with postprocess_settings(self, score_thresh, nms_thresh, detections_per_img):  # type: ignore[arg-type]
+            with postprocess_settings(self, score_thresh, nms_thresh, sys.maxsize):  # type: ignore[arg-type]
                 self.eval()  # type: ignore[attr-defined]
-                return self(images)  # type: ignore[operator]
+                found = self(images)  # type: ignore[operator]
         finally:
             self.train(was_training)  # type: ignore[attr-defined]
+        return [_best_with_area(d, cap) for d in found]
+
+
+def _best_with_area(found: dict[str, Tensor], cap: int) -> dict[str, Tensor]:
+    """The first ``cap`` detections (best first, as torchvision sorts them) whose box has an area."""
+    keep = (box_area(found["boxes"]) > 0).nonzero().flatten()[:cap]
+    return {key: value[keep] for key, value in found.items()}
 
 
 @contextlib.contextmanager

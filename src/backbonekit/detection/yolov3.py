@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import batched_nms, box_area, box_convert
 
 from ..models import Backbone
 from ..models._registry import ModelInfo, register_model
@@ -180,17 +180,32 @@ class YOLOv3(nn.Module):
 def postprocess(decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thresh: float, nms_thresh: float,
                 detections_per_img: int) -> list[dict[str, Tensor]]:
     """Darknet's decoded predictions (N, K, 5 + C) -> one ``{boxes, scores, labels}`` dict per image: score =
-    objectness x class probability (each class its own candidate, as Darknet), drop scores <= ``score_thresh``,
-    class-aware NMS, keep the best ``detections_per_img``, map boxes back into the original image."""
+    objectness x class probability (each class its own candidate, as Darknet), drop scores <= ``score_thresh``
+    and boxes with no area inside the image (those in the letterbox padding: clipped, nothing is left),
+    class-aware NMS, keep the best ``detections_per_img``, map boxes back into the original image.
+    The exported graph (:func:`.export.append_nms`) does the same, operation for operation."""
     results = []
     for pred, box in zip(decoded, boxes):
         scores = pred[:, 4:5] * pred[:, 5:]
         index, labels = (scores > score_thresh).nonzero(as_tuple=True)
         xyxy = box_convert(pred[index, :4], "cxcywh", "xyxy")
         scores = scores[index, labels]
+        inside = has_area_in_image(xyxy, box)
+        xyxy, scores, labels = xyxy[inside], scores[inside], labels[inside]
         keep = batched_nms(xyxy, scores, labels, nms_thresh)[:detections_per_img]
-        results.append({"boxes": box.to_original(xyxy[keep]), "scores": scores[keep], "labels": labels[keep]})
+        original = box.to_original(xyxy[keep])
+        kept = box_area(original) > 0  # float rounding at the image's edge, after the rescale
+        results.append({"boxes": original[kept], "scores": scores[keep][kept], "labels": labels[keep][kept]})
     return results
+
+
+def has_area_in_image(xyxy: Tensor, box: LetterboxGeometry) -> Tensor:
+    """Which boxes (xyxy, letterboxed canvas pixels) keep a positive width and height once clipped to the
+    part of the canvas the image fills."""
+    low = xyxy.new_tensor([box.left, box.top])
+    high = low + xyxy.new_tensor([box.new_w, box.new_h])
+    sides = torch.minimum(xyxy[:, 2:], high) - torch.maximum(xyxy[:, :2], low)
+    return (sides > 0).all(1)
 
 
 def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Tensor | None, Tensor | None]:

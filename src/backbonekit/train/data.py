@@ -246,15 +246,14 @@ class BadImageError(ValueError):
 
 
 def load_rgb(path: str):
-    """torchvision's default loader (PIL, converted to RGB), failing with a one-line BadImageError."""
-    from PIL import Image
+    """A Pillow RGB image read by :func:`backbonekit.images.open_rgb` (EXIF orientation, every mode, the
+    decompression-bomb limit), failing with a one-line BadImageError."""
+    from ..images import open_rgb
 
     try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
-        raise BadImageError(f"cannot read image {path}: {type(exc).__name__}: {first_line(exc)} "
-                            f"(damaged past its header, or changed after the folder was checked)") from None
+        return open_rgb(path)
+    except OSError as exc:
+        raise BadImageError(f"{exc} (damaged past its header, or changed after the folder was checked)") from None
 
 
 def probe_image(path: str) -> str | None:

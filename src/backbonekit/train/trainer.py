@@ -389,20 +389,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
 
 
 def load_image(path: str | os.PathLike, size: int) -> Tensor:
-    """An image file as uint8 (3, size, size): RGB (grayscale/RGBA converted), resized like training."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import pil_to_tensor, resize
+    """An image file as uint8 (3, size, size): read by :func:`backbonekit.images.read_rgb` (RGB, upright),
+    resized like training."""
+    from torchvision.transforms.functional import resize
 
-    try:
-        with Image.open(path) as img:
-            tensor = pil_to_tensor(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against huge images
-        raise ValueError(f"cannot read image {path}: {first_line(exc, 300)} (PIL's limit against decompression "
-                         f"bombs; shrink the image first)") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read image {path}: expected a PNG or JPEG file ({type(exc).__name__})") from None
+    from ..images import read_rgb
+
+    tensor = torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1)
     return resize(tensor, [size, size], antialias=True)
 
 
