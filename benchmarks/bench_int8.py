@@ -13,7 +13,12 @@ operation count in fp32 and int8) is shown against both peaks.
   channels_last where faster) vs ONNX Runtime fp32 (target: 2x the fused path).
 
 The int8 models are :func:`backbonekit.quantize.export_int8` (QDQ, per-channel int8 weights, uint8
-activations) calibrated on random images: speed does not depend on the weights. Accuracy columns come
+activations) calibrated on random images: speed does not depend on the weights. ``--schemes`` gives one
+Darknet-53 int8 row (and one accuracy cell) per choice of 8-bit types and weight range, ``NAME`` of
+:data:`SCHEMES`: ``u8s8-7bit`` (the default: uint8 activations, int8 weights in [-64, 64], no saturation on
+x86 CPUs without VNNI), ``u8s8`` (8-bit weights: the old default, may saturate there), ``s8s8``,
+``s8s8-7bit`` and ``u8u8`` (ONNX Runtime's other formats). Only the CPU this runs on is measured: rows for
+a CPU without VNNI need such a CPU. Accuracy columns come
 from trained runs: ``--classifier-run RUN`` (a ``backbonekit train`` folder or its best.pt; top-1 of its
 fp32 and int8 ONNX files on its test split) and ``--detector-run RUN`` (a ``backbonekit detect train``
 folder or its best.pt; mAP@0.5 of its fp32 and int8 ONNX files on its val split, calibrated on its train
@@ -26,6 +31,10 @@ to the same rounds. torchao 0.18.0 from PyPI ran it with torch 2.14.1 (see docs/
     PYTHONPATH=src python benchmarks/bench_int8.py --write          # the int8 section of RESULTS.md
     PYTHONPATH=src python benchmarks/bench_int8.py --classifier-run runs/darknet53-digits \
         --detector-run runs/yolov3-photodigits --write
+    PYTHONPATH=src python benchmarks/bench_int8.py --classifier-run runs/resnet18-digits --yolo-size 0 \
+        --schemes u8s8-7bit,u8s8,s8s8,s8s8-7bit,u8u8 --write         # one row per int8 scheme
+    PYTHONPATH=src python benchmarks/bench_int8.py --classifier-run RUN --accuracy-only \
+        --schemes u8s8-7bit,u8s8 --calib-images 128                 # accuracy only, no timing
     PYTHONPATH=src python benchmarks/bench_int8.py --input-size 32 --batch-size 1 --yolo-size 64 \
         --repeats 1 --warmup 1 --matmul-size 128                    # smoke test
 """
@@ -57,6 +66,15 @@ from backbonekit.bench import (  # noqa: E402
 from results_file import CpuWatch, load_note, write_section  # noqa: E402
 
 REFERENCE = "timm:darknet53 eager"
+# export_int8 settings by name: activations+weights, and "-7bit" for weights in [-64, 64] (reduce_range)
+SCHEMES = {
+    "u8s8-7bit": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": True},
+    "u8s8": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False},
+    "s8s8": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False},
+    "s8s8-7bit": {"activation_type": "int8", "weight_type": "int8", "reduce_range": True},
+    "u8u8": {"activation_type": "uint8", "weight_type": "uint8", "reduce_range": False},
+}
+DEFAULT_SCHEME = "u8s8-7bit"  # what export_int8 does without options
 IMAGENET = {"classes": [str(i) for i in range(1000)], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
@@ -113,10 +131,14 @@ def peak_candidates(folder: Path, n: int, threads: int, per_step: int = 4) -> li
     return candidates
 
 
-def model_candidates(folder: Path, input_size: int, batch_size: int, threads: int, pt2e: bool
-                     ) -> tuple[list[Candidate], dict[str, str]]:
+def int8_label(scheme: str) -> str:
+    return f"darknet53 onnxruntime int8 {scheme}"
+
+
+def model_candidates(folder: Path, input_size: int, batch_size: int, threads: int, pt2e: bool,
+                     schemes: list[str]) -> tuple[list[Candidate], dict[str, str]]:
     from backbonekit.onnx_meta import export_onnx
-    from backbonekit.quantize import export_int8
+    from backbonekit.quantize import export_int8, settings_line
 
     torch.manual_seed(0)
     x = torch.randn(batch_size, 3, input_size, input_size)
@@ -126,19 +148,43 @@ def model_candidates(folder: Path, input_size: int, batch_size: int, threads: in
     prep = {**IMAGENET, "image_size": input_size}
     fp32 = export_onnx(ours, folder / "fp32.onnx", preprocessing=prep)
     calib = np.random.default_rng(0).standard_normal((16, 3, input_size, input_size)).astype(np.float32)
-    int8 = export_int8(fp32, folder / "int8.onnx", calibrate=calib, calib_images=16)
     candidates = [infer_candidate(timm_model, REFERENCE, "eager", x, flops),
-                  file_candidate(fp32, "darknet53 onnxruntime fp32", x.numpy(), flops, threads),
-                  file_candidate(int8.path, "darknet53 onnxruntime int8", x.numpy(), flops, threads)]
+                  file_candidate(fp32, "darknet53 onnxruntime fp32", x.numpy(), flops, threads)]
     notes = {REFERENCE: "timm darknet53, eval mode, fp32 (the reference)",
-             "darknet53 onnxruntime fp32": "backbonekit.onnx_meta.export_onnx (BatchNorm folded), ONNX Runtime CPU",
-             "darknet53 onnxruntime int8": f"backbonekit.quantize.export_int8 (QDQ, per-channel int8 weights, uint8 "
-                                           f"activations), ONNX Runtime CPU; {int8.int8_nodes} nodes int8, "
-                                           f"{len(int8.fp32)} fp32 ({', '.join(sorted({n.op_type for n in int8.fp32}))})"}
+             "darknet53 onnxruntime fp32": "backbonekit.onnx_meta.export_onnx (BatchNorm folded), ONNX Runtime CPU"}
+    for scheme in schemes:
+        int8 = export_int8(fp32, folder / f"int8-{scheme}.onnx", calibrate=calib, calib_images=16, **SCHEMES[scheme])
+        candidates.append(file_candidate(int8.path, int8_label(scheme), x.numpy(), flops, threads))
+        notes[int8_label(scheme)] = (f"backbonekit.quantize.export_int8({scheme_call(scheme)}), ONNX Runtime CPU; "
+                                     f"{settings_line(int8.settings)}; {int8.int8_nodes} nodes int8, {len(int8.fp32)} "
+                                     f"fp32 ({', '.join(sorted({n.op_type for n in int8.fp32}))}); "
+                                     f"{loaded_convolutions(int8.path, folder)}")
     if pt2e:
         candidates.append(pt2e_candidate(ours, x, flops))
         notes[candidates[-1].label] = "torchao PT2E (X86InductorQuantizer defaults) on the BatchNorm-folded model, torch.compile (Inductor)"
     return candidates, notes
+
+
+def loaded_convolutions(path: Path, folder: Path) -> str:
+    """How ONNX Runtime runs a QDQ file's convolutions once loaded here: integer kernels (``QLinearConv``) or
+    fp32 ``Conv`` between DequantizeLinear/QuantizeLinear (where it cannot fuse the group on this CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / f"{path.stem}-loaded.onnx")
+    options.log_severity_level = 3  # the warning that the saved graph is specific to this CPU: known
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
+    integer = sum(op.endswith("QLinearConv") for op in ops)
+    fp32 = sum(op in ("Conv", "FusedConv") or op.endswith("NchwcConv") for op in ops)
+    return f"loaded here: {integer} QLinearConv, {fp32} fp32 Conv"
+
+
+def scheme_call(scheme: str) -> str:
+    """The export_int8 keyword arguments of a scheme, as a user would write them (defaults left out)."""
+    options = {k: v for k, v in SCHEMES[scheme].items() if v != SCHEMES[DEFAULT_SCHEME][k]}
+    return ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
 
 
 def pt2e_candidate(model: torch.nn.Module, x: torch.Tensor, flops: float) -> Candidate:
@@ -201,8 +247,9 @@ def run_file(run: Path) -> Path:
     return path
 
 
-def classifier_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, str]:
-    """fp32 and int8 top-1 of a trained classifier on its test split, as table cells."""
+def classifier_accuracy(run: Path, folder: Path, calib_images: int, schemes: list[str]) -> dict[str, str]:
+    """fp32 and int8 top-1 of a trained classifier on its test split, as table cells (one per int8 scheme),
+    with how closely each int8 file follows the fp32 one on every image of the dataset (:func:`agreement`)."""
     from backbonekit.onnx_meta import export_onnx, read_metadata
     from backbonekit.quantize import export_int8
     from backbonekit.train.onnx_eval import evaluate_onnx
@@ -212,13 +259,41 @@ def classifier_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str,
     fp32_path = export_onnx(checkpoint, folder / "acc-fp32.onnx")
     meta = read_metadata(fp32_path)
     fp32 = evaluate_onnx(fp32_path, out=folder / "e32", **quiet)
-    int8_path = export_int8(checkpoint, folder / "acc-int8.onnx", calibrate=meta["dataset"],
-                            calib_images=calib_images, log=None).path
-    int8 = evaluate_onnx(int8_path, out=folder / "e8", **quiet)
-    delta = 100 * (int8.top1 - fp32.top1)
-    return {"fp32": f"top-1 {100 * fp32.top1:.2f}%", "int8": f"top-1 {100 * int8.top1:.2f}% ({delta:+.2f})",
-            "where": f"top-1: {checkpoint} ({meta['model']}) on {meta['dataset']} test ({fp32.count} images), int8 "
-                     f"calibrated on {calib_images} training images"}
+    cells = {"fp32": f"top-1 {100 * fp32.top1:.2f}%"}
+    for scheme in schemes:
+        int8_path = export_int8(checkpoint, folder / f"acc-int8-{scheme}.onnx", calibrate=meta["dataset"],
+                                calib_images=calib_images, **SCHEMES[scheme]).path
+        int8 = evaluate_onnx(int8_path, out=folder / f"e8-{scheme}", **quiet)
+        same, error, count = agreement(fp32_path, int8_path, meta)
+        cells[int8_label(scheme)] = (f"top-1 {100 * int8.top1:.2f}% ({100 * (int8.top1 - fp32.top1):+.2f}); "
+                                     f"{100 * same:.2f}% same top-1 as fp32, logit error {100 * error:.1f}%")
+    cells["where"] = (f"top-1: {checkpoint} ({meta['model']}) on {meta['dataset']} test ({fp32.count} images), int8 "
+                      f"calibrated on {calib_images} training images. Same top-1 as fp32 and logit error (median "
+                      f"over images of |int8 - fp32| / |fp32|, L2 over the classes) on all {count} images of "
+                      f"{meta['dataset']}, train and test: more images than the test split alone")
+    return cells
+
+
+def agreement(fp32_path: Path, int8_path: Path, meta: dict) -> tuple[float, float, int]:
+    """(share of images whose int8 top-1 is the fp32 file's, median relative L2 error of the logits, images)
+    over both splits of the file's dataset, prepared as evaluation prepares them."""
+    import onnxruntime as ort
+
+    from backbonekit.quantize import dataset_calibration
+
+    logits = {}
+    for path in (fp32_path, int8_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name, outs = session.get_inputs()[0].name, []
+        for split in ("train", "test"):
+            count, fetch, _ = dataset_calibration(meta["dataset"], meta, 10**9, split=split)
+            outs += [session.run(None, {name: fetch(np.arange(i, min(i + 256, count)))})[0]
+                     for i in range(0, count, 256)]
+        logits[path] = np.concatenate(outs).astype(np.float64)
+    ref, q = logits[fp32_path], logits[int8_path]
+    same = float((ref.argmax(1) == q.argmax(1)).mean())
+    error = float(np.median(np.linalg.norm(q - ref, axis=1) / np.linalg.norm(ref, axis=1)))
+    return same, error, len(ref)
 
 
 def detector_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, str]:
@@ -238,9 +313,17 @@ def detector_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, s
                             data_dir=data_dir).path
     maps = [evaluate_onnx_detector(p, data_dir=data_dir, out=folder / f"d{i}", log=lambda _: None).summary["map_50"]
             for i, p in enumerate((fp32_path, int8_path))]
-    return {"fp32": f"mAP@.5 {100 * maps[0]:.1f}", "int8": f"mAP@.5 {100 * maps[1]:.1f} ({100 * (maps[1] - maps[0]):+.1f})",
+    return {"fp32": f"mAP@.5 {100 * maps[0]:.1f}", YOLO_INT8: f"mAP@.5 {100 * maps[1]:.1f} ({100 * (maps[1] - maps[0]):+.1f})",
             "where": f"mAP@0.5: {checkpoint} on {dataset} val, int8 calibrated on {calib_images} training images "
                      f"(letterboxed)"}
+
+
+def schemes_argument(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCHEMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected int8 schemes out of {', '.join(SCHEMES)}, found {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def main() -> None:
@@ -254,12 +337,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 peak products")
     parser.add_argument("--pt2e", action="store_true", help="also time PyTorch's PT2E int8 path (needs torchao)")
-    parser.add_argument("--classifier-run", type=Path, help="a darknet53 classification run: top-1 fp32 vs int8")
+    parser.add_argument("--classifier-run", type=Path, help="a classification run: top-1 fp32 vs int8 (each scheme)")
     parser.add_argument("--detector-run", type=Path, help="a YOLOv3 detection run: mAP@0.5 fp32 vs int8")
     parser.add_argument("--calib-images", type=int, default=256, help="calibration images for the accuracy columns")
+    parser.add_argument("--schemes", default=DEFAULT_SCHEME, type=schemes_argument,
+                        help=f"comma-separated int8 schemes, one Darknet-53 row each: {', '.join(SCHEMES)} "
+                             f"(default {DEFAULT_SCHEME}, export_int8's default)")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="only the accuracy cells of --classifier-run, one line per scheme (no timing)")
     parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (busy machines)")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    parser.add_argument("--write", action="store_true", help="write the int8 section of --results (default: print)")
+    parser.add_argument("--write", action="store_true", help="write the int8 section of --results (int8-schemes "
+                        "with --schemes other than the default; default: print)")
     args = parser.parse_args()
     if args.pt2e:
         import importlib.util
@@ -267,15 +356,23 @@ def main() -> None:
         if importlib.util.find_spec("torchao") is None:
             parser.error("--pt2e needs torchao (PyTorch's PT2E quantization moved there): pip install torchao")
     torch.set_num_threads(args.threads)
+    if args.accuracy_only:
+        if not args.classifier_run:
+            parser.error("--accuracy-only needs --classifier-run")
+        with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
+            cells = classifier_accuracy(args.classifier_run, Path(tmp), args.calib_images, args.schemes)
+        print("\n".join(f"{label.removeprefix(int8_label(''))}: {cell}" for label, cell in cells.items()))
+        return
     env_before = environment(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         folder = Path(tmp)
         accuracy = {}
         if args.classifier_run:
-            accuracy["classifier"] = classifier_accuracy(args.classifier_run, folder, args.calib_images)
+            accuracy["classifier"] = classifier_accuracy(args.classifier_run, folder, args.calib_images, args.schemes)
         if args.detector_run:
             accuracy["detector"] = detector_accuracy(args.detector_run, folder, args.calib_images)
-        candidates, notes = model_candidates(folder, args.input_size, args.batch_size, args.threads, args.pt2e)
+        candidates, notes = model_candidates(folder, args.input_size, args.batch_size, args.threads, args.pt2e,
+                                             args.schemes)
         if args.yolo_size:
             more, yolo_notes = yolo_candidates(folder, args.yolo_size, args.yolo_batch, args.threads)
             candidates, notes = candidates + more, {**notes, **yolo_notes}
@@ -289,8 +386,9 @@ def main() -> None:
     text = report(results, notes, env, args, accuracy)
     print(text)
     if args.write:
-        write_section(args.results, "int8", text)
-        print(f"wrote the int8 section of {args.results}")
+        section = "int8" if args.schemes == [DEFAULT_SCHEME] else "int8-schemes"
+        write_section(args.results, section, text)
+        print(f"wrote the {section} section of {args.results}")
 
 
 def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, accuracy: dict) -> str:
@@ -300,7 +398,8 @@ def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, 
     int8_peak = next(r for r in peaks if "int8" in r.label)
     n = args.matmul_size
     lines = [
-        f"## int8 inference: darknet53 {args.input_size}x{args.input_size} batch {args.batch_size}"
+        f"## int8 inference{'' if args.schemes == [DEFAULT_SCHEME] else ', one row per scheme'}: darknet53 "
+        f"{args.input_size}x{args.input_size} batch {args.batch_size}"
         + (f", yolov3 {args.yolo_size}x{args.yolo_size} batch {args.yolo_batch}" if args.yolo_size else "") + ", CPU",
         "",
         f"`PYTHONPATH=src python benchmarks/bench_int8.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
@@ -327,7 +426,7 @@ def report(results, notes: dict[str, str], env: dict, args: argparse.Namespace, 
                 continue
             cell = "-"
             if acc and "onnxruntime" in label:
-                cell = acc["int8" if "int8" in label else "fp32"]
+                cell = acc.get(label if "int8" in label else "fp32", "-")
             speed = (f"{r.images_per_s_median / by_label[base].images_per_s_median:.2f}x {base_name}, "
                      f"{r.images_per_s_median / by_label[ort32].images_per_s_median:.2f}x {ort_name}")
             lines.append(

@@ -137,6 +137,92 @@ def test_a_model_the_quantizer_cannot_handle(tmp_path):
         export_int8(junk, tmp_path / "q.onnx", calibrate="fake")
 
 
+# -- the 8-bit types and the weights' range (x86 CPUs without VNNI) ----------------------------------
+RANDOM_CALIB = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+
+
+def conv_weights(path: Path) -> list[np.ndarray]:
+    """The quantized weight tensor of every Conv of a QDQ file: the initializer its weight's DequantizeLinear reads."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    produced_by = {o: n for n in proto.graph.node for o in n.output}
+    return [numpy_helper.to_array(inits[produced_by[n.input[1]].input[0]]) for n in proto.graph.node
+            if n.op_type == "Conv"]
+
+
+def activation_zero_point_types(path: Path) -> set[int]:
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    return {inits[n.input[2]].data_type for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_default_int8_has_7_bit_weights_and_says_so(random_fp32, tmp_path):
+    report = export_int8(random_fp32, tmp_path / "q.onnx", calibrate=RANDOM_CALIB)
+    weights = conv_weights(report.path)
+    assert len(weights) == 20 and all(w.dtype == np.int8 for w in weights)
+    # symmetric per-channel MinMax maps each output channel's largest |weight| to the top of the range:
+    # 64 for 7 bits, so that 2 x 255 x 64 = 32,640 fits VPMADDUBSW's int16 on x86 CPUs without VNNI
+    assert all((np.abs(w).reshape(len(w), -1).max(1) == 64).all() for w in weights)
+    assert activation_zero_point_types(report.path) == {onnx.TensorProto.UINT8}
+    quantization = read_metadata(report.path)["quantization"]
+    recorded = ("activations", "weights", "weight_range", "reduce_range", "x86_without_vnni")
+    assert {k: quantization[k] for k in recorded} == {
+        "activations": "uint8", "weights": "int8 per-channel", "weight_range": [-64, 64], "reduce_range": True,
+        "x86_without_vnni": "no saturation"}
+    assert ("activations uint8, weights int8 per-channel in [-64, 64] (reduce_range); on x86 CPUs without VNNI: "
+            "no saturation") in report.summary().splitlines()[1]
+
+
+def test_default_int8_weights_equal_onnxruntimes_own_with_reduce_range(random_fp32, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": RANDOM_CALIB}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared, direct = tmp_path / "prepared.onnx", tmp_path / "direct.onnx"
+    quant_pre_process(str(random_fp32), str(prepared))
+    quantize_static(str(prepared), str(direct), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ours = export_int8(random_fp32, tmp_path / "q.onnx", calibrate=RANDOM_CALIB).path
+    assert len(conv_weights(direct)) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(conv_weights(ours), conv_weights(direct), strict=True))
+
+
+@pytest.mark.parametrize("options, weight_dtype, top, activations, verdict", [
+    ({"reduce_range": False}, np.int8, 127, onnx.TensorProto.UINT8, "may saturate"),
+    ({"activation_type": "int8"}, np.int8, 64, onnx.TensorProto.INT8, "no saturation"),
+    ({"weight_type": "uint8", "reduce_range": False}, np.uint8, None, onnx.TensorProto.UINT8, "no saturation"),
+])
+def test_int8_settings_can_be_overridden(random_fp32, tmp_path, options, weight_dtype, top, activations, verdict):
+    report = export_int8(random_fp32, tmp_path / "q.onnx", calibrate=RANDOM_CALIB, **options)
+    weights = conv_weights(report.path)
+    assert all(w.dtype == weight_dtype for w in weights)
+    if top is not None:
+        assert all((np.abs(w).reshape(len(w), -1).max(1) == top).all() for w in weights)
+    assert activation_zero_point_types(report.path) == {activations}
+    quantization = read_metadata(report.path)["quantization"]
+    assert quantization["x86_without_vnni"].startswith(verdict)
+    assert quantization["reduce_range"] == options.get("reduce_range", True)
+    assert verdict in report.summary()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"activation_type": "int16"}, "activation_type must be one of uint8, int8, found 'int16'"),
+    ({"weight_type": "QInt8"}, "weight_type must be one of uint8, int8, found 'QInt8'"),
+])
+def test_unknown_int8_types_one_line(random_fp32, tmp_path, options, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        export_int8(random_fp32, tmp_path / "q.onnx", calibrate=RANDOM_CALIB, **options)
+    assert not (tmp_path / "q.onnx").exists()
+
+
 class TinyDetector(torch.nn.Module):
     """Two convs, then a YOLO-like decoding (sigmoid, scale by a stride, exp) that must stay fp32."""
 
@@ -191,15 +277,28 @@ def test_export_cli_int8_from_a_model_name(tmp_path, capsys):
     out = tmp_path / "r18.onnx"
     assert main(["export", "resnet18", "--num-classes", "10", "--input-size", "32", "--int8", "--calibrate", "fake",
                  "--calib-images", "8", "-o", str(out)]) == 0
-    assert "calibrated on 8 images of fake (train split)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "calibrated on 8 images of fake (train split)" in printed
+    assert "weights int8 per-channel in [-64, 64] (reduce_range); on x86 CPUs without VNNI: no saturation" in printed
     meta = read_metadata(out)
     assert meta["image_size"] == 32 and len(meta["classes"]) == 10 and meta["quantization"]["images"] == 8
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+    assert max(np.abs(w).max() for w in conv_weights(out)) == 64
+
+
+def test_export_cli_int8_no_reduce_range(tmp_path, capsys):
+    out = tmp_path / "r18.onnx"
+    assert main(["export", "resnet18", "--num-classes", "10", "--input-size", "32", "--int8", "--calibrate", "fake",
+                 "--calib-images", "8", "--no-reduce-range", "-o", str(out)]) == 0
+    assert "weights int8 per-channel in [-127, 127]; on x86 CPUs without VNNI: may saturate" in capsys.readouterr().out
+    assert read_metadata(out)["quantization"]["reduce_range"] is False
+    assert max(np.abs(w).max() for w in conv_weights(out)) == 127
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--int8"], "--int8 needs calibration images: expected --calibrate DATASET"),
     (["--calibrate", "fake"], "--calibrate fake is for int8 export: expected --int8 with it"),
+    (["--no-reduce-range"], "--no-reduce-range is for int8 export: expected --int8 with it"),
     (["--int8", "--calibrate", "fake", "--format", "torchscript"], "--int8 writes ONNX: expected --format onnx"),
     (["--int8", "--calibrate", "fake", "--features-only"], "--int8 quantizes classifiers: expected no --features-only"),
     (["--int8", "--calibrate", "fake", "--calib-images", "2"], "calibration set too small: expected --calib-images >= 8"),

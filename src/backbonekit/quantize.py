@@ -2,15 +2,23 @@
 
 The fp32 model is exported to ONNX (:func:`backbonekit.onnx_meta.export_onnx`), prepared with
 ONNX Runtime's recommended ``quant_pre_process`` (symbolic shape inference and graph optimisation),
-then ``quantize_static`` writes a QDQ model: per-channel symmetric int8 weights, uint8 activations
-whose ranges come from calibration images (MinMax). Calibration images go through exactly the
-evaluation preprocessing (the dataset resized to the model's image size, no crop or flip, normalised
-with the training mean/std) and come by default from the dataset's *training* split, so the test
-split that the accuracy is measured on stays unseen.
+then ``quantize_static`` writes a QDQ model: per-channel symmetric int8 weights in the 7-bit range
+[-64, 64] (``reduce_range``), uint8 activations whose ranges come from calibration images (MinMax).
+Calibration images go through exactly the evaluation preprocessing (the dataset resized to the model's
+image size, no crop or flip, normalised with the training mean/std) and come by default from the
+dataset's *training* split, so the test split that the accuracy is measured on stays unseen.
 
 ONNX Runtime then fuses each ``DequantizeLinear -> op -> QuantizeLinear`` group into an integer kernel
 (``QLinearConv`` and friends) when it loads the file. :func:`fp32_nodes` lists the compute nodes with no
 such group around them, and why, from the quantized graph itself.
+
+Why 7-bit weights by default: on x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) those kernels
+multiply uint8 activations by int8 weights with ``VPMADDUBSW``, which adds two products into an int16
+and saturates: 2 x 255 x 127 = 64,770 does not fit, 2 x 255 x 64 = 32,640 does. With 7-bit weights a
+file computes the same on every x86 CPU, whichever machine it was exported on (ONNX Runtime's guide:
+reduce-range "is designed for the U8S8 format on AVX2 and AVX512 (non-VNNI) machines to mitigate
+saturation issues"). int8 activations would not avoid it: on x86, ONNX Runtime turns them back into
+uint8 when it loads the file (its ``QDQS8ToU8Transformer``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ CALIB_SEED = 0
 SHAPE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Range", "Size", "Identity", "Expand",
                        "Equal", "Less", "Greater", "Not", "And", "Or"})
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+INT8_TYPES = ("uint8", "int8")  # activation_type / weight_type: ONNX Runtime's QUInt8 / QInt8
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,14 @@ class Int8Report:
     calib_source: str
     int8_nodes: int
     fp32: list[Fp32Node] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the file's metadata["quantization"]
 
     def summary(self) -> str:
-        """One line per reason: ``fp32: 2 nodes (Flatten x1, ...): reason``."""
+        """The file, its int8 settings, then one line per reason: ``fp32: 2 nodes (Flatten x1, ...): reason``."""
         lines = [f"wrote {self.path}: {self.int8_nodes} nodes in int8 (QDQ), {len(self.fp32)} in fp32; calibrated on "
                  f"{self.calib_images} images of {self.calib_source}"]
+        if self.settings:
+            lines.append(f"  {settings_line(self.settings)}")
         by_reason: dict[str, list[Fp32Node]] = {}
         for node in self.fp32:
             by_reason.setdefault(node.reason, []).append(node)
@@ -192,12 +204,75 @@ def check_calibration(sample: np.ndarray, count: int, input_shape: Sequence[Any]
 
 
 # -- quantization ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Int8Settings:
+    """What ``quantize_static`` is asked for besides the calibration: the 8-bit types, and 7-bit weights
+    (``reduce_range``) or not."""
+
+    per_channel: bool = True
+    reduce_range: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+
+    def __post_init__(self) -> None:
+        from .train.config import _choice
+
+        _choice("activation_type", self.activation_type, INT8_TYPES)
+        _choice("weight_type", self.weight_type, INT8_TYPES)
+
+    def metadata(self, proto) -> dict[str, Any]:
+        """The ``quantization`` metadata of the quantized graph ``proto``, less the calibration: the settings,
+        the integers its weights take and whether x86 CPUs without VNNI compute it without saturating."""
+        low, high = weight_range(proto)
+        return {"format": "QDQ", "method": "MinMax", "activations": self.activation_type,
+                "weights": f"{self.weight_type} {'per-channel' if self.per_channel else 'per-tensor'}",
+                "weight_range": [low, high], "reduce_range": self.reduce_range,
+                "x86_without_vnni": "no saturation" if self._fits_int16_pairs(low, high) else
+                                    "may saturate (pairs of uint8 x int8 products overflow int16)"}
+
+    def _fits_int16_pairs(self, low: int, high: int) -> bool:
+        """uint8 weights run on ONNX Runtime's U8U8 kernels (no int16 step); int8 weights on its U8S8 ones,
+        whose two uint8 x int8 products must fit one int16 (int8 activations are made uint8 at load)."""
+        return self.weight_type == "uint8" or 2 * 255 * max(-low, high) <= np.iinfo(np.int16).max
+
+    def quantize_static_options(self) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType
+
+        types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        return {"per_channel": self.per_channel, "reduce_range": self.reduce_range,
+                "activation_type": types[self.activation_type], "weight_type": types[self.weight_type]}
+
+
+def weight_range(proto) -> tuple[int, int]:
+    """(lowest, highest) integer of the quantized weights of a QDQ graph: the 8-bit initializers that a
+    DequantizeLinear reads (activations are computed, biases are int32)."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in proto.graph.initializer}
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    weights = [numpy_helper.to_array(inits[n.input[0]]) for n in proto.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type in eight_bit]
+    if not weights:
+        return 0, 0
+    return int(min(w.min() for w in weights)), int(max(w.max() for w in weights))
+
+
+def settings_line(quantization: Mapping[str, Any]) -> str:
+    """A file's ``quantization`` metadata in one line (the report shows it)."""
+    low, high = quantization["weight_range"]
+    return (f"activations {quantization['activations']}, weights {quantization['weights']} in [{low}, {high}]"
+            f"{' (reduce_range)' if quantization['reduce_range'] else ''}; on x86 CPUs without VNNI: "
+            f"{quantization['x86_without_vnni']}")
+
+
 def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: str | os.PathLike, *,
                 force: bool = False,
                 calibrate: str | np.ndarray, calib_images: int = 256, split: str = "train",
                 data_dir: str | os.PathLike | None = None, download: bool = True,
                 preprocessing: Mapping[str, Any] | None = None, input_size: int | None = None,
-                nodes_to_exclude: Sequence[str] = (), per_channel: bool = True, reduce_range: bool = False,
+                nodes_to_exclude: Sequence[str] = (), per_channel: bool = True, reduce_range: bool = True,
+                activation_type: str = "uint8", weight_type: str = "int8",
                 log: Callable[[str], None] | None = None) -> Int8Report:
     """Quantize a classifier to int8 (QDQ) with ONNX Runtime, calibrated on ``calib_images`` images.
 
@@ -216,8 +291,15 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
             std); default: the calibration dataset's own, at ``input_size``.
         nodes_to_exclude: node names to keep in fp32.
         per_channel: one weight scale per output channel (``False``: per tensor).
-        reduce_range: 7-bit weights, for CPUs whose int8 kernels can saturate (AVX2 without VNNI).
+        reduce_range: weights in 7 bits ([-64, 64]; default), so that no x86 CPU saturates (see the module
+            docstring). ``False``: the full 8 bits, for files that only run on CPUs with VNNI or on ARM.
+        activation_type, weight_type: ``"uint8"`` or ``"int8"`` (default uint8 activations, int8 weights).
+            uint8 weights run on ONNX Runtime's U8U8 kernels, which do not saturate either.
+
+    The settings, and whether they are safe on x86 CPUs without VNNI, go into the file's metadata
+    (``quantization``) and the report.
     """
+    settings = Int8Settings(per_channel, reduce_range, activation_type, weight_type)
     check_calib_images(calib_images)
     out_path = export_destination(out_path, inputs=[model_or_checkpoint], force=force)  # never the input
     with tempfile.TemporaryDirectory(prefix="backbonekit-int8-") as tmp:
@@ -235,15 +317,13 @@ def export_int8(model_or_checkpoint: nn.Module | str | os.PathLike, out_path: st
         else:
             count, fetch, source = array_calibration(calibrate)
         reader = _reader(proto, min(count, calib_images), fetch, source)
-        int8 = _quantize(fp32, Path(tmp), reader, nodes_to_exclude, per_channel, reduce_range)
-        meta["quantization"] = {"format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
-                                "activations": "uint8", "calibration": source, "images": reader.count,
-                                "method": "MinMax", "reduce_range": reduce_range}
+        int8 = _quantize(fp32, Path(tmp), reader, nodes_to_exclude, settings)
+        meta["quantization"] = {**settings.metadata(int8), "calibration": source, "images": reader.count}
         with atomic_path(out_path) as dst:
             import onnx
 
             onnx.save(set_metadata(int8, meta), str(dst))
-    report = Int8Report(out_path, reader.count, source, *_count_nodes(int8, nodes_to_exclude))
+    report = Int8Report(out_path, reader.count, source, *_count_nodes(int8, nodes_to_exclude), meta["quantization"])
     if log:
         log(report.summary())
     return report
@@ -267,19 +347,19 @@ def _reader(proto, count: int, fetch: Callable[[np.ndarray], np.ndarray], source
     return CalibrationData(graph_input.name, count, fetch, fixed_batch or CALIB_BATCH)
 
 
-def _quantize(fp32: Path, folder: Path, reader: CalibrationData, nodes_to_exclude: Sequence[str], per_channel: bool,
-              reduce_range: bool):
-    """``quant_pre_process`` then ``quantize_static`` (QDQ, int8 weights, uint8 activations, MinMax): the
-    quantized ``ModelProto``. The calibrator keeps one ReduceMin/ReduceMax per tensor and batch, not the
+def _quantize(fp32: Path, folder: Path, reader: CalibrationData, nodes_to_exclude: Sequence[str],
+              settings: Int8Settings):
+    """``quant_pre_process`` then ``quantize_static`` (QDQ, MinMax, the types and range of ``settings``):
+    the quantized ``ModelProto``. The calibrator keeps one ReduceMin/ReduceMax per tensor and batch, not the
     activations, so memory stays small whatever the number of images."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
     try:
         _pre_process(fp32, prepared)
-        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude) or None)
+        quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                        **settings.quantize_static_options(), calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=list(nodes_to_exclude) or None)
     except Exception as exc:  # onnxruntime and onnx raise their own types (Fail, InvalidGraph, bare Exception)
         if reader.error is not None:
             raise reader.error from None

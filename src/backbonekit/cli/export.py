@@ -38,6 +38,9 @@ def add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibrate", metavar="DATASET", help="with --int8: dataset whose train split calibrates "
                    "(prepared as evaluation prepares it)")
     p.add_argument("--calib-images", type=int, default=256, metavar="N", help="calibration images (default 256)")
+    p.add_argument("--no-reduce-range", dest="reduce_range", action="store_false", default=None,
+                   help="with --int8: 8-bit weights instead of 7-bit ones, for files that run only on CPUs with VNNI "
+                        "or on ARM (7 bits, the default, do not saturate on x86 CPUs without VNNI)")
 
 
 def check_int8_arguments(args: argparse.Namespace) -> bool:
@@ -45,6 +48,8 @@ def check_int8_arguments(args: argparse.Namespace) -> bool:
     if not args.int8:
         if args.calibrate:
             raise ValueError(f"--calibrate {args.calibrate} is for int8 export: expected --int8 with it")
+        if getattr(args, "reduce_range", None) is False:
+            raise ValueError("--no-reduce-range is for int8 export: expected --int8 with it")
         return False
     if not args.calibrate:
         raise ValueError("--int8 needs calibration images: expected --calibrate DATASET (e.g. digits, photodigits)")
@@ -61,7 +66,8 @@ def export_int8_file(model, args: argparse.Namespace, **options) -> int:
     from ..quantize import export_int8
 
     report = export_int8(model, args.output, calibrate=args.calibrate, calib_images=args.calib_images,
-                         force=getattr(args, "force", False), **options)
+                         force=getattr(args, "force", False),
+                         reduce_range=getattr(args, "reduce_range", None) is not False, **options)
     print(report.summary())
     return 0
 
@@ -103,7 +109,7 @@ def _export_detector(args: argparse.Namespace) -> int:
                                      input_size=args.input_size, batch_size=args.batch_size,
                                      dynamic_batch=args.dynamic_batch, nms=args.nms, score_thresh=0.25,
                                      nms_thresh=0.45, max_detections=100, int8=args.int8, calibrate=args.calibrate,
-                                     calib_images=args.calib_images, force=args.force)
+                                     calib_images=args.calib_images, force=args.force, reduce_range=args.reduce_range)
     return run_export(detect_args)
 
 
