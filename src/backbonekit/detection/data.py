@@ -732,7 +732,7 @@ def load_detection_dataset(spec: str = "photodigits", data_dir: str | os.PathLik
     if kind == "coco":
         if split == "test":
             raise ValueError(f"a COCO dataset has 'train' and 'val' (coco:TRAIN.json,VAL.json) or 'all', found "
-                             f"split 'test'; give the test file as the val one (coco:TRAIN.json,TEST.json)")
+                             "split 'test'; give the test file as the val one (coco:TRAIN.json,TEST.json)")
         return _coco_split(path, data_dir, split, **options)
     if split == "all":
         raise ValueError(f"split 'all' is for a single COCO file, found '{spec}'")
