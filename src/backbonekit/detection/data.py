@@ -731,7 +731,7 @@ def load_detection_dataset(spec: str = "photodigits", data_dir: str | os.PathLik
         raise ValueError(f"expected a dataset as one of {', '.join(FORMATS)}, found '{spec}'")
     if kind == "coco":
         if split == "test":
-            raise ValueError(f"a COCO dataset has 'train' and 'val' (coco:TRAIN.json,VAL.json) or 'all', found "
+            raise ValueError("a COCO dataset has 'train' and 'val' (coco:TRAIN.json,VAL.json) or 'all', found "
                              "split 'test'; give the test file as the val one (coco:TRAIN.json,TEST.json)")
         return _coco_split(path, data_dir, split, **options)
     if split == "all":
