@@ -20,6 +20,8 @@ FLAG_HELP = {
     "dataset": "photodigits (built in), yolo:PATH, coco:ANNOTATIONS.json[,VAL.json] or voc:PATH",
     "data_dir": "images folder for coco:",
     "epochs": "number of epochs",
+    "time": "wall-clock budget (90s, 10m, 1.5h, or minutes): after each epoch the total epochs and the "
+            "learning-rate schedule are fitted to the time left, and training stops when it is spent",
     "batch_size": "images per step per process",
     "lr": "peak learning rate (cosine schedule after the warm-up)",
     "optimizer": "/".join(OPTIMIZERS),

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from ..train.budget import parse_duration
 from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
 from ..train.runs import EXTEND, FIXED, LOCAL
 
@@ -37,6 +38,9 @@ class DetectConfig:
     two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
     ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
     widths (512, 256, 128) times this.
+    ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes) that the epochs and the schedule
+    are fitted to after each epoch (:mod:`backbonekit.train.budget`); ``epochs`` then only sizes the first
+    epoch's schedule.
     """
 
     model: str = "yolov3"
@@ -44,6 +48,7 @@ class DetectConfig:
     dataset: str = "photodigits"
     data_dir: str | None = None
     epochs: int = 24
+    time: str | None = None
     batch_size: int = 16
     lr: float = 1e-3
     optimizer: str = "adamw"
@@ -88,6 +93,7 @@ class DetectConfig:
         _choice("amp", self.amp, AMP_MODES)
         for name in ("epochs", "nproc"):
             _in_range(name, getattr(self, name), 1)
+        parse_duration(self.time)
         _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
         _in_range("lr", self.lr, 0, low_open=True)
         _in_range("momentum", self.momentum, 0, high=1)
@@ -145,7 +151,7 @@ DETECT_LEGACY_VALUES: dict[str, Any] = {"ignore_thresh": 0.7, "iou_thresh": 1.0}
 # the run's content is fixed, where it runs is local, epochs may be extended.
 DETECT_RESUME_RULES: dict[str, str] = {
     **{f.name: FIXED for f in fields(DetectConfig)},
-    "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
+    "epochs": EXTEND, "time": LOCAL, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
     "out": LOCAL, "resume": LOCAL,
 }
 
