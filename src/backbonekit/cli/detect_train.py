@@ -54,6 +54,10 @@ FLAG_HELP = {
     "pretrained": "darknet53.conv.74, a classification run's best.pt, or a detector file",
     "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
     "nproc": "launch N processes on this machine (DistributedDataParallel)",
+    "rpn_pre_nms_top_n_train": "Faster R-CNN: proposals per image before the RPN's NMS in training (torchvision: 2000)",
+    "rpn_post_nms_top_n_train": "Faster R-CNN: proposals per image kept after the RPN's NMS in training (torchvision: 2000)",
+    "rpn_pre_nms_top_n_test": "Faster R-CNN: proposals per image before the RPN's NMS in evaluation (torchvision: 1000)",
+    "rpn_post_nms_top_n_test": "Faster R-CNN: proposals per image kept after the RPN's NMS in evaluation (torchvision: 1000)",
 }
 
 

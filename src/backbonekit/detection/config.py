@@ -18,6 +18,8 @@ from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, r
 from ..train.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
+RPN_PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                       "rpn_post_nms_top_n_test")
 DETECTORS = ("yolov3", "fasterrcnn", "retinanet", "fcos")  # what ``detect train --model`` trains
 
 __all__ = ["DetectConfig", "resolve_detect_config", "write_config", "parse_anchors", "detect_config_keys"]
@@ -38,6 +40,9 @@ class DetectConfig:
     two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
     ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
     widths (512, 256, 128) times this.
+    ``rpn_*_nms_top_n_*``: Faster R-CNN's region proposals per image kept before and after the RPN's NMS,
+    in training and in evaluation (torchvision's arguments; None: torchvision's 2000, 2000, 1000, 1000).
+    Fewer make Faster R-CNN several times cheaper on a CPU (``docs/detection-compare.md``).
     ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes) that the epochs and the schedule
     are fitted to after each epoch (:mod:`backbonekit.train.budget`); ``epochs`` then only sizes the first
     epoch's schedule.
@@ -80,6 +85,10 @@ class DetectConfig:
     pretrained: str | None = None
     skip_bad_labels: bool = False
     nproc: int = 1
+    rpn_pre_nms_top_n_train: int | None = None
+    rpn_post_nms_top_n_train: int | None = None
+    rpn_pre_nms_top_n_test: int | None = None
+    rpn_post_nms_top_n_test: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -111,6 +120,9 @@ class DetectConfig:
         if self.freeze is not None and self.freeze < -1:
             raise ValueError(f"freeze must be >= -1 (-1: nothing frozen, 0: the stem), found {self.freeze}")
         parse_anchors(self.anchors)
+        for name in RPN_PROPOSAL_FIELDS:
+            if getattr(self, name) is not None:
+                _in_range(name, getattr(self, name), 1)
 
     def _check_yolo_only(self) -> None:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
@@ -126,6 +138,16 @@ class DetectConfig:
         if self.anchors != "auto":
             raise ValueError(f"anchors is a YOLOv3 option: expected it unset for {self.model} (its anchors are "
                              f"torchvision's, 32-512 px), found {self.anchors!r}")
+        if self.model != "fasterrcnn":
+            for name in RPN_PROPOSAL_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is a Faster R-CNN option: expected it unset for {self.model}, "
+                                     f"found {getattr(self, name)!r}")
+
+    @property
+    def rpn_proposals(self) -> dict[str, int]:
+        """The proposal counts set for Faster R-CNN, as torchvision's keyword arguments."""
+        return {name: getattr(self, name) for name in RPN_PROPOSAL_FIELDS if getattr(self, name) is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -176,6 +176,7 @@ def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: 
                     "image_mean": mean, "image_std": std, "frozen_bn": bool(cfg.pretrained)}
     if cfg.model == "retinanet":
         model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
+    model_kwargs.update(cfg.rpn_proposals)  # Faster R-CNN's proposal counts, when set
     pretrained = cfg.pretrained if load_pretrained else None
     model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
     return model, model_kwargs
