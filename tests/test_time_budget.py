@@ -91,7 +91,7 @@ def test_cli_refuses_a_bad_time_before_writing_anything(command, tmp_path, capsy
 
 # -- detect train --------------------------------------------------------------------------------------
 
-def test_detect_budget_fits_epochs_and_cosine_and_survives_a_kill(yolo_dir, tmp_path, monkeypatch):
+def test_detect_budget_fits_epochs_and_cosine_survives_a_kill_and_takes_more_time(yolo_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=100, time="3.5s", out=str(run))
     EpochClock(monkeypatch, detect_trainer, stop_at=2)
@@ -116,6 +116,14 @@ def test_detect_budget_fits_epochs_and_cosine_and_survives_a_kill(yolo_dir, tmp_
     expected += [1e-3 * cosine(e * steps, warmup, 3 * steps) for e in (1, 2)]
     assert lr_column(run) == pytest.approx(expected, rel=1e-6)
     assert all(group["lr"] == pytest.approx(0.0, abs=1e-12) for group in last["optimizer"]["param_groups"])
+
+    # a finished run given more time: 3 s spent of 5.5, two more epochs, the schedule refitted to 5
+    EpochClock(monkeypatch, detect_trainer)
+    longer = detect_trainer.train(DetectConfig(resume=str(run), device="cpu", time="5.5s"), log=lambda _: None)
+    assert len(longer.history) == 5 and load_file(run / "last.pt")["config"]["epochs"] == 5
+    expected += [1e-3 * cosine(e * steps, warmup, 5 * steps) for e in (3, 4)]
+    assert lr_column(run) == pytest.approx(expected, rel=1e-6)
+    assert load_file(run / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_detect_budget_stops_a_long_run_on_the_real_clock(yolo_dir, tmp_path):

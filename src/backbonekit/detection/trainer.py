@@ -339,6 +339,10 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
 
+    # a resumed run with a budget: the epochs the time left allows (a new --time may give more, or none)
+    epochs, scheduler = refit_schedule(budget, cfg.epochs, start_epoch, scheduler, schedule, epoch_ended=False)
+    cfg = dataclasses.replace(cfg, epochs=epochs)
+
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else unwrap(model)
 

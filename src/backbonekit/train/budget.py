@@ -78,10 +78,15 @@ class TimeBudget:
     def begin_epoch(self) -> None:
         self.epoch_started = clock()
 
-    def epochs_that_fit(self, epochs_done: int) -> int:
-        """Close the epoch that just ended; the total epochs that fit the budget (``epochs_done``: stop)."""
+    def close_epoch(self) -> None:
+        """Count the epoch that just ended (since :meth:`begin_epoch`) in the mean epoch time."""
         self.epoch_seconds += dist.sum_values(clock() - self.epoch_started)[0] / dist.world_size()
         self.epochs_timed += 1
+
+    def epochs_that_fit(self, epochs_done: int) -> int | None:
+        """The total epochs that fit the budget (``epochs_done``: stop now); None before any epoch was timed."""
+        if not self.epochs_timed:
+            return None
         mean = self.epoch_seconds / self.epochs_timed
         left = self.seconds - self.spent()
         return epochs_done + max(0, math.floor(left / mean)) if mean > 0 else epochs_done
@@ -121,14 +126,20 @@ def fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) ->
 
 def refit_schedule(budget: TimeBudget | None, epochs: int, epochs_done: int,
                    scheduler: torch.optim.lr_scheduler.LRScheduler,
-                   build: Callable[[int], torch.optim.lr_scheduler.LRScheduler]
+                   build: Callable[[int], torch.optim.lr_scheduler.LRScheduler], *, epoch_ended: bool = True
                    ) -> tuple[int, torch.optim.lr_scheduler.LRScheduler]:
-    """After epoch ``epochs_done`` of a run planned for ``epochs``: ``(epochs, scheduler)`` fitted to the
-    budget. When the plan changes, the schedule is ``build(new_epochs)`` put at the step ``scheduler``
-    reached; unchanged (or stopping now) it is ``scheduler`` itself. Without a budget nothing changes."""
+    """``(epochs, scheduler)`` of a run planned for ``epochs``, fitted to the budget after ``epochs_done``
+    epochs: after an epoch (``epoch_ended``, which is timed), or when a run resumes (a new ``--time`` may
+    allow more epochs, or none). When the plan changes, the schedule is ``build(new_epochs)`` put at the step
+    ``scheduler`` reached; unchanged (or stopping now) it is ``scheduler`` itself. Without a budget, or
+    before any epoch was timed, nothing changes."""
     if budget is None:
         return epochs, scheduler
+    if epoch_ended:
+        budget.close_epoch()
     fitted = budget.epochs_that_fit(epochs_done)
+    if fitted is None:
+        return epochs, scheduler
     if fitted in (epochs, epochs_done):  # unchanged, or stopping now: the schedule that ran stays
         return fitted, scheduler
     rebuilt = build(fitted)

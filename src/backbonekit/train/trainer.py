@@ -202,6 +202,9 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
             fast_forward(scheduler, start_epoch * steps)
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    # a resumed run with a budget: the epochs the time left allows (a new --time may give more, or none)
+    epochs, scheduler = refit_schedule(budget, cfg.epochs, start_epoch, scheduler, schedule, epoch_ended=False)
+    cfg = dataclasses.replace(cfg, epochs=epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
 
