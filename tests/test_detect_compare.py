@@ -151,6 +151,8 @@ def test_pareto_front_by_hand():
     (["ssd:resnet18"], r"pair ssd:resnet18: unknown detector 'ssd', expected one of yolov3, fasterrcnn"),
     (["fcos"], r"expected each pair as DETECTOR:BACKBONE .*found 'fcos'"),
     (["fcos:resnet18", "fcos:resnet18"], r"each pair once: found fcos:resnet18 more than once"),
+    (["fcos:resnet18", "--rpn-pre-nms-top-n-train", "100"],
+     r"options of fasterrcnn \(rpn_pre_nms_top_n_train\) given, but no fasterrcnn pair among fcos:resnet18"),
 ])
 def test_a_bad_pair_is_refused_in_one_line_before_anything_trains(pairs, message, yolo_dir, tmp_path, capsys,
                                                                   monkeypatch):
@@ -159,7 +161,7 @@ def test_a_bad_pair_is_refused_in_one_line_before_anything_trains(pairs, message
 
     monkeypatch.setattr(detect_trainer, "train", no_training)
     out = tmp_path / "cmp"
-    code = main(["detect", "compare", "--pairs", *pairs, "--dataset", f"yolo:{yolo_dir}", "--out", str(out)])
+    code = main(["detect", "compare", "--dataset", f"yolo:{yolo_dir}", "--out", str(out), "--pairs", *pairs])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
@@ -193,3 +195,4 @@ def test_the_cpu_preset_compares_the_issue_pairs_and_every_pair_builds(tmp_path)
     assert configs["fasterrcnn:detnet59"].rpn_post_nms_top_n_train == 300
     assert configs["retinanet:resnet50"].rpn_post_nms_top_n_train is None
     assert not list(tmp_path.iterdir())
+    assert make_plan(["retinanet:resnet50"], preset="cpu-hour").model_options == {}  # no pair for the preset's

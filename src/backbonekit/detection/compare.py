@@ -149,9 +149,14 @@ def make_plan(pairs: Sequence[str] | None = None, *, preset: str | None = None,
     if config_file is not None:
         plan.settings.update(read_config_file(config_file, DetectConfig))
     plan.settings.update(settings or {})
+    models = {pair.model for pair in plan.pairs}
     for model, options in (model_options or {}).items():
+        if options and model not in models:
+            raise ValueError(f"options of {model} ({', '.join(options)}) given, but no {model} pair among "
+                             f"{', '.join(map(str, plan.pairs))}")
         plan.model_options.setdefault(model, {}).update(options)
-    plan.model_options = {k: v for k, v in plan.model_options.items() if v}
+    # a preset's options for a detector its pairs no longer include have nothing to apply to
+    plan.model_options = {k: v for k, v in plan.model_options.items() if v and k in models}
     if speed_images is not None:
         plan.speed_images = speed_images
     if speed_repeats is not None:
