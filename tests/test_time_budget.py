@@ -126,6 +126,19 @@ def test_detect_budget_fits_epochs_and_cosine_survives_a_kill_and_takes_more_tim
     assert load_file(run / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_detect_resume_with_more_epochs_stretches_the_cosine(yolo_dir, tmp_path):
+    run = tmp_path / "run"
+    detect_trainer.train(DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=1, out=str(run)),
+                         log=lambda _: None)
+    detect_trainer.train(DetectConfig(resume=str(run), device="cpu", epochs=2), given={"resume", "device", "epochs"},
+                         log=lambda _: None)
+    steps = 2
+    # the 1-epoch run warms up over 1 step (the warm-up leaves one step of decay), its cosine ended at 0;
+    # epoch 2 starts at the top of a 2-epoch cosine, not at the old schedule's 0
+    assert lr_column(run) == pytest.approx([1e-3 * cosine(0, 1, 1 * steps),
+                                            1e-3 * cosine(steps, 2, 2 * steps)], rel=1e-6)
+
+
 def test_detect_budget_stops_a_long_run_on_the_real_clock(yolo_dir, tmp_path):
     run = tmp_path / "run"
     seconds = 4.0

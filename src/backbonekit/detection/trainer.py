@@ -24,7 +24,7 @@ from .. import create_model
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..train import dist
-from ..train.budget import TimeBudget, refit_schedule
+from ..train.budget import TimeBudget, fast_forward, refit_schedule
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ..train.runs import check_resumed_world, evaluation_folder, resume_checkpoint, resumed_config, run_in_folder
 from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
@@ -336,6 +336,9 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     best_map, start_epoch = -1.0, 0
     if resumed:
         start_epoch, history, best_map = _restore(resumed, model, optimizer, scheduler, scaler, ema)
+        if cfg.epochs != resumed["config"]["epochs"]:  # --epochs changed: the schedule for the new length
+            scheduler = schedule(cfg.epochs)
+            fast_forward(scheduler, start_epoch * steps)
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
 
