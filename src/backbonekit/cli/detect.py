@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import detect_train
+from . import detect_compare, detect_train
 from .export import add_int8_arguments, check_int8_arguments, export_int8_file
 
 DEFAULT_DETECTOR = "yolov3"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("detect", help="object detectors (YOLOv3, Faster R-CNN, RetinaNet, FCOS): train, evaluate, predict, export, convert, make-data")
+    parser = subparsers.add_parser("detect", help="object detectors (YOLOv3, Faster R-CNN, RetinaNet, FCOS): train, evaluate, compare, predict, export, convert, make-data")
     commands = parser.add_subparsers(dest="detect_command", metavar="COMMAND")
     parser.set_defaults(func=run, detect_parser=parser)
     detect_train.register(commands)  # train, evaluate, make-data
+    detect_compare.register(commands)  # compare
 
     p = commands.add_parser("predict", help="draw boxes on images and write COCO-format detections.json")
     p.add_argument("model", metavar="MODEL_OR_RUN", help="weights file, run folder, published tag, or detector name "

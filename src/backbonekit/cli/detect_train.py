@@ -20,6 +20,8 @@ FLAG_HELP = {
     "dataset": "photodigits (built in), yolo:PATH, coco:ANNOTATIONS.json[,VAL.json] or voc:PATH",
     "data_dir": "images folder for coco:",
     "epochs": "number of epochs",
+    "time": "wall-clock budget (90s, 10m, 1.5h, or minutes): after each epoch the total epochs and the "
+            "learning-rate schedule are fitted to the time left, and training stops when it is spent",
     "batch_size": "images per step per process",
     "lr": "peak learning rate (cosine schedule after the warm-up)",
     "optimizer": "/".join(OPTIMIZERS),
@@ -54,6 +56,10 @@ FLAG_HELP = {
     "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
     "count_difficult": "evaluate VOC's difficult objects as ordinary ones (default: ignored, as VOC's protocol)",
     "nproc": "launch N processes on this machine (DistributedDataParallel)",
+    "rpn_pre_nms_top_n_train": "Faster R-CNN: proposals per image before the RPN's NMS in training (torchvision: 2000)",
+    "rpn_post_nms_top_n_train": "Faster R-CNN: proposals per image kept after the RPN's NMS in training (torchvision: 2000)",
+    "rpn_pre_nms_top_n_test": "Faster R-CNN: proposals per image before the RPN's NMS in evaluation (torchvision: 1000)",
+    "rpn_post_nms_top_n_test": "Faster R-CNN: proposals per image kept after the RPN's NMS in evaluation (torchvision: 1000)",
 }
 
 

@@ -14,6 +14,8 @@ FLAG_HELP = {
     "data_dir": "where cifar10/cifar100 archives are (or are downloaded to)",
     "download": "download CIFAR when absent (--no-download: fail with the list of expected files)",
     "epochs": "number of epochs",
+    "time": "wall-clock budget (90s, 10m, 1.5h, or minutes): after each epoch the total epochs and the "
+            "learning-rate schedule are fitted to the time left, and training stops when it is spent",
     "batch_size": "images per step per process",
     "lr": "peak learning rate",
     "optimizer": "/".join(OPTIMIZERS),

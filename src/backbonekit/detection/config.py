@@ -13,10 +13,13 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from ..train.budget import parse_duration
 from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
 from ..train.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
+RPN_PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                       "rpn_post_nms_top_n_test")
 DETECTORS = ("yolov3", "fasterrcnn", "retinanet", "fcos")  # what ``detect train --model`` trains
 
 __all__ = ["DetectConfig", "check_fraction", "check_input_size", "check_postprocess", "detect_config_keys",
@@ -39,6 +42,13 @@ class DetectConfig:
     ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
     widths (512, 256, 128) times this. ``count_difficult``: evaluate VOC's difficult objects as ordinary
     ones (by default they are ignored, as VOC's protocol does).
+    ``rpn_*_nms_top_n_*``: Faster R-CNN's region proposals per image kept before and after the RPN's NMS,
+    in training and in evaluation (torchvision's arguments; None: torchvision's 2000, 2000, 1000, 1000).
+    Fewer make Faster R-CNN cheaper on a CPU (by about 1.3x a training step at ``detect compare``'s preset
+    counts; ``docs/detection-compare.md``).
+    ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes) that the epochs and the schedule
+    are fitted to after each epoch (:mod:`backbonekit.train.budget`); ``epochs`` then only sizes the first
+    epoch's schedule.
     """
 
     model: str = "yolov3"
@@ -46,6 +56,7 @@ class DetectConfig:
     dataset: str = "photodigits"
     data_dir: str | None = None
     epochs: int = 24
+    time: str | None = None
     batch_size: int = 16
     lr: float = 1e-3
     optimizer: str = "adamw"
@@ -78,6 +89,10 @@ class DetectConfig:
     skip_bad_labels: bool = False
     count_difficult: bool = False
     nproc: int = 1
+    rpn_pre_nms_top_n_train: int | None = None
+    rpn_post_nms_top_n_train: int | None = None
+    rpn_pre_nms_top_n_test: int | None = None
+    rpn_post_nms_top_n_test: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +107,7 @@ class DetectConfig:
         _choice("amp", self.amp, AMP_MODES)
         for name in ("epochs", "nproc"):
             _in_range(name, getattr(self, name), 1)
+        parse_duration(self.time)
         _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
         _in_range("lr", self.lr, 0, low_open=True)
         _in_range("momentum", self.momentum, 0, high=1)
@@ -107,6 +123,9 @@ class DetectConfig:
         if self.freeze is not None and self.freeze < -1:
             raise ValueError(f"freeze must be >= -1 (-1: nothing frozen, 0: the stem), found {self.freeze}")
         parse_anchors(self.anchors)
+        for name in RPN_PROPOSAL_FIELDS:
+            if getattr(self, name) is not None:
+                _in_range(name, getattr(self, name), 1)
 
     def _check_yolo_only(self) -> None:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
@@ -122,6 +141,16 @@ class DetectConfig:
         if self.anchors != "auto":
             raise ValueError(f"anchors is a YOLOv3 option: expected it unset for {self.model} (its anchors are "
                              f"torchvision's, 32-512 px), found {self.anchors!r}")
+        if self.model != "fasterrcnn":
+            for name in RPN_PROPOSAL_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is a Faster R-CNN option: expected it unset for {self.model}, "
+                                     f"found {getattr(self, name)!r}")
+
+    @property
+    def rpn_proposals(self) -> dict[str, int]:
+        """The proposal counts set for Faster R-CNN, as torchvision's keyword arguments."""
+        return {name: getattr(self, name) for name in RPN_PROPOSAL_FIELDS if getattr(self, name) is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,7 +184,7 @@ def legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:
 # the run's content is fixed, where it runs is local, epochs may be extended.
 DETECT_RESUME_RULES: dict[str, str] = {
     **{f.name: FIXED for f in fields(DetectConfig)},
-    "epochs": EXTEND, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
+    "epochs": EXTEND, "time": LOCAL, "device": LOCAL, "workers": LOCAL, "nproc": LOCAL, "data_dir": LOCAL,
     "out": LOCAL, "resume": LOCAL,
 }
 

@@ -25,6 +25,7 @@ from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..pretrained import weights_file
 from ..train import dist
+from ..train.budget import TimeBudget, fast_forward, refit_schedule
 from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ..train.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
                           resumed_config, run_in_folder)
@@ -187,6 +188,7 @@ def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: 
                     "image_mean": mean, "image_std": std, "frozen_bn": bool(cfg.pretrained)}
     if cfg.model == "retinanet":
         model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
+    model_kwargs.update(cfg.rpn_proposals)  # Faster R-CNN's proposal counts, when set
     pretrained = cfg.pretrained if load_pretrained else None
     model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
     return model, model_kwargs
@@ -314,6 +316,7 @@ def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
 
 def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device: torch.device,
            log: Callable[[str], None]) -> DetectResult:
+    budget = TimeBudget.start(cfg.time, resumed.get("time_budget") if resumed else None)
     amp_dtype = resolve_amp(cfg.amp, device)
     set_determinism(cfg.seed, False, device)
     train_set, val_set = load_splits(cfg)  # every label is checked before anything is written
@@ -339,15 +342,26 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
 
     steps = len(batches(0, 0))
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.momentum)
-    scheduler = build_scheduler("cosine", optimizer, cfg.lr, cfg.epochs, steps, cfg.warmup)
+
+    def schedule(epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup)
+
+    scheduler = schedule(cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ema = _ema(model).to(device) if cfg.ema else None
     history: list[dict[str, float]] = []
     best_map, start_epoch = -1.0, 0
     if resumed:
         start_epoch, history, best_map = _restore(resumed, model, optimizer, scheduler, scaler, ema)
+        if cfg.epochs != resumed["config"]["epochs"]:  # --epochs changed: the schedule for the new length
+            scheduler = schedule(cfg.epochs)
+            fast_forward(scheduler, start_epoch * steps)
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+
+    # a resumed run with a budget: the epochs the time left allows (a new --time may give more, or none)
+    epochs, scheduler = refit_schedule(budget, cfg.epochs, start_epoch, scheduler, schedule, epoch_ended=False)
+    cfg = dataclasses.replace(cfg, epochs=epochs)
 
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else unwrap(model)
@@ -361,15 +375,21 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         state = {"model_state": unwrap(model).state_dict() if ema is not None else None,
                  "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                 "ema": ema.state_dict() if ema is not None else None}
+                 "ema": ema.state_dict() if ema is not None else None,
+                 "time_budget": budget.state() if budget is not None else None}
         atomic_save(checkpoint_dict(evaluated(), cfg, classes, model_kwargs, **common, training_state=state),
                     out / "last.pt")
         write_metrics(out / "metrics.csv", history, metric_fields(cfg.model))
 
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while epoch < cfg.epochs and not (budget is not None and budget.expired()):
         lr = optimizer.param_groups[0]["lr"]
-        losses = _train_epoch(model, batches(epoch, epoch * steps), optimizer, scheduler, cfg, device, amp_dtype,
-                              scaler, ema, epoch, out)
+        train_batches = batches(epoch, epoch * steps)
+        if budget is not None:
+            budget.begin_epoch()
+            train_batches = budget.batches(train_batches)
+        losses = _train_epoch(model, train_batches, optimizer, scheduler, cfg, device, amp_dtype, scaler, ema,
+                              epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates rank 0's BatchNorm statistics
         metrics, _ = evaluate(evaluated(), val_set, classes, device=device, batch_size=cfg.batch_size,
                               score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, workers=cfg.workers,
@@ -380,8 +400,12 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
             history.append(row)
             improved = row["map"] > best_map
             best_map = max(best_map, row["map"])
+        epoch += 1
+        epochs, scheduler = refit_schedule(budget, cfg.epochs, epoch, scheduler, schedule)
+        cfg = dataclasses.replace(cfg, epochs=epochs)  # the checkpoint records the plan a resume continues
+        if dist.is_main():
             log(epoch_line(row, cfg.epochs))
-        save(epoch + 1, improved)
+        save(epoch, improved)
     final = _final_report(out, model, val_set, classes, cfg, device, log) if dist.is_main() else None
     dist.barrier()
     return DetectResult(out, history, best_map, final, unwrap(model))

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from .._text import first_line
 from ..checkpoint import atomic_open
+from .budget import parse_duration
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine")
@@ -28,6 +29,8 @@ class TrainConfig:
     ``zero_init_residual`` (from scratch only) starts each residual branch at zero: without it
     Darknet-53 diverges within a few SGD steps at this learning rate.
     ``None`` means "the dataset's default" (image size, crop padding, flip).
+    ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes): the epochs and the schedule are
+    fitted to it after each epoch (:mod:`.budget`); ``epochs`` then only sizes the first epoch's schedule.
     """
 
     model: str = "darknet53"
@@ -35,6 +38,7 @@ class TrainConfig:
     data_dir: str = "data"
     download: bool = True
     epochs: int = 4
+    time: str | None = None
     batch_size: int = 64
     lr: float = 0.05
     optimizer: str = "sgd"
@@ -73,6 +77,7 @@ class TrainConfig:
         _choice("amp", self.amp, AMP_MODES)
         for name in ("epochs", "nproc"):
             _in_range(name, getattr(self, name), 1)
+        parse_duration(self.time)
         _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
         _in_range("lr", self.lr, 0, low_open=True)
         _in_range("momentum", self.momentum, 0, high=1)  # >= 1: the velocity never decays and SGD diverges

@@ -23,9 +23,10 @@ FAILED_START_FILES = ("config.yaml", "best.pt", "metrics.csv")  # what a run wri
 #            the run that was started (the schedule, the shards, the weights' history all depend on it);
 #   LOCAL  - where or how this process runs, not what it computes: taken from the command line;
 #   EXTEND - epochs: may grow (or shrink to no fewer than the epochs done); the schedule is recomputed.
+# ``time`` (the wall-clock budget) is LOCAL: a new budget replaces the saved one, the time spent still counts.
 FIXED, LOCAL, EXTEND = "fixed", "local", "extend"
 RESUME_RULES: dict[str, str] = {
-    "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND,
+    "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND, "time": LOCAL,
     "batch_size": FIXED, "lr": FIXED, "optimizer": FIXED, "momentum": FIXED, "nesterov": FIXED,
     "weight_decay": FIXED, "schedule": FIXED, "warmup_epochs": FIXED, "label_smoothing": FIXED,
     "grad_clip": FIXED, "image_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,

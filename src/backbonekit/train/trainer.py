@@ -7,7 +7,6 @@ import csv
 import io
 import dataclasses
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
@@ -21,6 +20,7 @@ from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from ..pretrained import weights_file
 from . import dist
+from .budget import TimeBudget, fast_forward, refit_schedule
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
@@ -155,6 +155,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 
 def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: torch.device,
            log: Callable[[str], None]) -> TrainResult:
+    budget = TimeBudget.start(cfg.time, resumed.get("time_budget") if resumed else None)
     amp_dtype = resolve_amp(cfg.amp, device)
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs --device cuda: PyTorch's SyncBatchNorm has no CPU implementation "
@@ -188,7 +189,11 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
     if steps == 0:
         raise ValueError(f"dataset {cfg.dataset} has too few training images ({len(data.train)}) for one step")
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
-    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs)
+
+    def schedule(epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return build_scheduler(cfg.schedule, optimizer, cfg.lr, epochs, steps, cfg.warmup_epochs)
+
+    scheduler = schedule(cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     history: list[dict[str, float]] = []
     best_acc, start_epoch, val_count = -1.0, 0, 0
@@ -197,9 +202,12 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         start_epoch, history, best_acc = _restore(resumed, model, optimizer, scheduler if same_length else None,
                                                   scaler, device)
         if not same_length:  # --epochs changed: the schedule for the new length, at the step the run reached
-            _fast_forward(scheduler, start_epoch * steps)
+            fast_forward(scheduler, start_epoch * steps)
         if dist.is_main():
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    # a resumed run with a budget: the epochs the time left allows (a new --time may give more, or none)
+    epochs, scheduler = refit_schedule(budget, cfg.epochs, start_epoch, scheduler, schedule, epoch_ended=False)
+    cfg = dataclasses.replace(cfg, epochs=epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
 
@@ -210,14 +218,20 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         if improved:
             atomic_save(checkpoint_dict(model, cfg, data, model_kwargs, **common), out / "best.pt")
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(device)}
+                 "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(device),
+                 "time_budget": budget.state() if budget is not None else None}
         atomic_save(checkpoint_dict(model, cfg, data, model_kwargs, **common, training_state=state), out / "last.pt")
         write_metrics(out / "metrics.csv", history)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while epoch < cfg.epochs and not (budget is not None and budget.expired()):
         lr = optimizer.param_groups[0]["lr"]
-        stats = _train_epoch(model, batches("train", epoch), optimizer, scheduler, loss_fn, cfg, device,
-                             amp_dtype, scaler, epoch, out)
+        train_batches = batches("train", epoch)
+        if budget is not None:
+            budget.begin_epoch()
+            train_batches = budget.batches(train_batches)
+        stats = _train_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg, device, amp_dtype, scaler,
+                             epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates (and keeps) rank 0's BatchNorm statistics
         ev = evaluate(unwrap(model), batches("val", epoch), eval_loss, device=device, amp_dtype=amp_dtype)
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": ev.loss,
@@ -226,7 +240,10 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         val_count = ev.count
         improved = ev.top1 > best_acc
         best_acc = max(best_acc, ev.top1)
-        save(epoch + 1, improved)
+        epoch += 1
+        epochs, scheduler = refit_schedule(budget, cfg.epochs, epoch, scheduler, schedule)
+        cfg = dataclasses.replace(cfg, epochs=epochs)  # the checkpoint records the plan a resume continues
+        save(epoch, improved)
         if dist.is_main():
             log(epoch_line(row, cfg.epochs))
     final = None
@@ -251,14 +268,6 @@ def _check_process_count(cfg: TrainConfig, resumed: dict[str, Any] | None) -> No
     if cfg.nproc not in (1, world):  # 1: not set (torchrun decides)
         raise ValueError(f"nproc {cfg.nproc}: expected the number of processes running this training ({world}); "
                          f"start them with backbonekit train --nproc {cfg.nproc} or torchrun")
-
-
-def _fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
-    """Put a freshly built per-step schedule at step ``steps`` (its rate there, as if it had run)."""
-    scheduler.last_epoch = steps - 1
-    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer's steps were restored
-        warnings.simplefilter("ignore", UserWarning)
-        scheduler.step()
 
 
 def _load_data_once(cfg: TrainConfig, log: Callable[[str], None]) -> DataBundle:

@@ -1,0 +1,186 @@
+"""``--time``: a wall-clock budget fitted to the epochs and the schedule of ``train`` and ``detect train``.
+
+The schedule checks run on a fake clock on which every epoch takes exactly one second, so the epochs
+that fit are known in advance; the expected learning rates come from the cosine formula written out
+here and from torch's own OneCycleLR. One run uses the real clock and checks that it stops by the budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from backbonekit.checkpoint import load_file
+from backbonekit.cli import main
+from backbonekit.detection import trainer as detect_trainer
+from backbonekit.detection.config import DetectConfig
+from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.train import TrainConfig, budget, trainer
+from backbonekit.train.budget import parse_duration
+
+TINY_DETECT = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu")
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png", "report.html", "eval.json")
+
+
+@pytest.fixture(scope="module")
+def yolo_dir(tmp_path_factory) -> Path:
+    spec = PhotoDigitsSpec(image_size=64, num_train=8, num_val=4, digits_per_image=(1, 2), digit_height=(20, 32))
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, root)
+    return root
+
+
+class EpochClock:
+    """A clock that moves one second per training epoch and stands still otherwise."""
+
+    def __init__(self, monkeypatch, module, stop_at: int | None = None) -> None:
+        self.now, self.calls, self.stop_at = 0.0, 0, stop_at
+        self.real = module.train_one_epoch
+        monkeypatch.setattr(budget, "clock", lambda: self.now)
+        monkeypatch.setattr(module, "train_one_epoch", self.epoch)
+
+    def epoch(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt  # killed during this epoch
+        result = self.real(*args, **kwargs)
+        self.now += 1.0
+        return result
+
+
+def lr_column(run: Path) -> list[float]:
+    return [float(row["lr"]) for row in csv.DictReader((run / "metrics.csv").open())]
+
+
+def cosine(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then half a cosine to 0 at ``total`` (written out, not imported)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+# -- parsing and refusal ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("10", 600), (2.5, 150),
+                                           (" 3 M ", 180)])
+def test_durations_in_seconds_minutes_hours_or_plain_minutes(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["0", "-5m", "nan", "ten minutes", "10d", "inf"])
+def test_bad_budgets_are_refused_in_one_line_by_both_configs(bad):
+    for config in (TrainConfig, DetectConfig):
+        with pytest.raises(ValueError, match=r"^time must be a positive duration such as 90s, 10m, 1\.5h") as e:
+            config(time=bad)
+        assert "\n" not in str(e.value) and repr(bad) in str(e.value)
+
+
+@pytest.mark.parametrize("command", [["train"], ["detect", "train"]])
+def test_cli_refuses_a_bad_time_before_writing_anything(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*command, "--time", "10d", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "time must be a positive duration" in err and "'10d'" in err
+    assert not out.exists()
+
+
+# -- detect train --------------------------------------------------------------------------------------
+
+def test_detect_budget_fits_epochs_and_cosine_survives_a_kill_and_takes_more_time(yolo_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=100, time="3.5s", out=str(run))
+    EpochClock(monkeypatch, detect_trainer, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        detect_trainer.train(cfg, log=lambda _: None)
+    after_one = load_file(run / "last.pt")
+    # one epoch of one second, 2.5 s left: 1 + 2 epochs; the schedule was rebuilt for 3
+    assert after_one["epoch"] == 1 and after_one["config"]["epochs"] == 3
+    assert after_one["time_budget"]["spent_s"] == pytest.approx(1.0)
+
+    EpochClock(monkeypatch, detect_trainer)  # the clock of the resumed process starts again at 0
+    result = detect_trainer.train(DetectConfig(resume=str(run), device="cpu"), log=lambda _: None)
+    assert [int(r["epoch"]) for r in result.history] == [1, 2, 3]  # the spent second still counted
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["time"] == "3.5s"
+    last = load_file(run / "last.pt")
+    assert last["config"]["time"] == "3.5s" and last["time_budget"]["spent_s"] == pytest.approx(3.0)
+
+    steps, warmup = 2, 2  # 8 images in batches of 4; warm-up 1 epoch
+    expected = [1e-3 * cosine(0, warmup, 100 * steps)]  # epoch 1 ran on the first plan (100 epochs)
+    expected += [1e-3 * cosine(e * steps, warmup, 3 * steps) for e in (1, 2)]
+    assert lr_column(run) == pytest.approx(expected, rel=1e-6)
+    assert all(group["lr"] == pytest.approx(0.0, abs=1e-12) for group in last["optimizer"]["param_groups"])
+
+    # a finished run given more time: 3 s spent of 5.5, two more epochs, the schedule refitted to 5
+    EpochClock(monkeypatch, detect_trainer)
+    longer = detect_trainer.train(DetectConfig(resume=str(run), device="cpu", time="5.5s"), log=lambda _: None)
+    assert len(longer.history) == 5 and load_file(run / "last.pt")["config"]["epochs"] == 5
+    expected += [1e-3 * cosine(e * steps, warmup, 5 * steps) for e in (3, 4)]
+    assert lr_column(run) == pytest.approx(expected, rel=1e-6)
+    assert load_file(run / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_detect_resume_with_more_epochs_stretches_the_cosine(yolo_dir, tmp_path):
+    run = tmp_path / "run"
+    detect_trainer.train(DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=1, out=str(run)),
+                         log=lambda _: None)
+    detect_trainer.train(DetectConfig(resume=str(run), device="cpu", epochs=2), given={"resume", "device", "epochs"},
+                         log=lambda _: None)
+    steps = 2
+    # the 1-epoch run warms up over 1 step (the warm-up leaves one step of decay), its cosine ended at 0;
+    # epoch 2 starts at the top of a 2-epoch cosine, not at the old schedule's 0
+    assert lr_column(run) == pytest.approx([1e-3 * cosine(0, 1, 1 * steps),
+                                            1e-3 * cosine(steps, 2, 2 * steps)], rel=1e-6)
+
+
+def test_detect_budget_stops_a_long_run_on_the_real_clock(yolo_dir, tmp_path):
+    run = tmp_path / "run"
+    seconds = 4.0
+    result = detect_trainer.train(DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=1000,
+                                               time=f"{seconds}s", out=str(run)), log=lambda _: None)
+    assert 1 <= len(result.history) < 1000
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    state = load_file(run / "last.pt")["time_budget"]
+    mean_epoch = state["epochs_s"] / state["epochs_timed"]
+    # it stopped because one more epoch would not fit, and not more than about an epoch late
+    assert state["spent_s"] + mean_epoch > seconds
+    assert state["spent_s"] < seconds + 2 * mean_epoch
+    assert load_file(run / "last.pt")["config"]["epochs"] == len(result.history)
+
+
+# -- train (classification) ----------------------------------------------------------------------------
+
+def test_train_budget_ends_onecycle_at_its_final_rate(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="resnet18", dataset="fake:32", batch_size=8, lr=0.02, workers=0, seed=3, epochs=4,
+                      time="2.5s", out=str(run))
+    EpochClock(monkeypatch, trainer)
+    result = trainer.train(cfg, log=lambda _: None)
+    assert len(result.history) == 2 and yaml.safe_load((run / "config.yaml").read_text())["time"] == "2.5s"
+    steps = 4  # 32 images, batch 8
+
+    def onecycle_rates(epochs: int) -> list[float]:  # torch's schedule for a run of ``epochs``, per step
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
+        total = epochs * steps
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=total,
+                                                    pct_start=max(0.25, 2 / total), cycle_momentum=False)
+        rates = [opt.param_groups[0]["lr"]]
+        for _ in range(total - 1):
+            opt.step()
+            sched.step()
+            rates.append(opt.param_groups[0]["lr"])
+        return rates
+
+    first, fitted = onecycle_rates(4), onecycle_rates(2)  # planned for 4 epochs, fitted to 2 after the first
+    assert lr_column(run) == pytest.approx([first[0], fitted[steps]], rel=1e-6)
+    # the one-cycle's last step is the run's last step: its final rate (max_lr / 25 / 1e4) came last
+    scheduler = load_file(run / "last.pt")["scheduler"]
+    assert scheduler["total_steps"] == scheduler["last_epoch"] == 2 * steps
+    assert fitted[-1] == pytest.approx(0.02 / 25 / 1e4, rel=1e-6)
