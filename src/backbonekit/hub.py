@@ -1,7 +1,8 @@
 """Fetching published weights files the way torchvision and timm do: into torch's hub cache, checked, once.
 
-Files land in ``torch.hub.get_dir()/checkpoints`` under their published names, so a file torchvision or
-timm already fetched is used from there (and one fetched here serves them too). A download goes through
+Files land in ``torch.hub.get_dir()/checkpoints`` under their published names, so a file torchvision
+(or timm, when it fetches by URL rather than from the Hugging Face hub) already fetched is used from there
+(and one fetched here serves them too). A download goes through
 ``torch.hub.download_url_to_file`` (progress bar on stderr) into a temporary name beside the target
 (:func:`backbonekit.checkpoint.atomic_path`); it is checked (exact size, SHA-256 or its published
 prefix, SHA-1, whichever the publisher gives) and only then renamed to its final name, so a killed
