@@ -206,6 +206,39 @@ def test_a_file_failing_its_hash_is_refused_and_removed(server, monkeypatch):
     assert pretrained.fetch_weights(entry) == target and len(server.requests) == requests
 
 
+def test_a_read_only_cache_serves_its_files_and_refuses_a_bad_one(server, monkeypatch):
+    """A shared cache the user cannot write to (torchvision reads its files from one): no lock is needed to
+    use a good file, and a bad one is refused in one line saying it could not be removed."""
+    from backbonekit import hub
+
+    data = darknet_bytes()
+    entry = point_at(monkeypatch, server, "darknet53.darknet_conv74", data, "darknet53.conv.74")
+    target = cache_dir() / "darknet53.conv.74"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    target.parent.chmod(0o555)
+    try:
+        with monkeypatch.context() as read_only:
+            if os.access(target.parent, os.W_OK):  # root writes anyway: refuse what a read-only folder refuses
+
+                def denied(*args, **kwargs):
+                    raise PermissionError(13, "Permission denied", str(target.parent))
+
+                read_only.setattr(hub, "_download_lock", denied)
+                read_only.setattr(Path, "unlink", denied)
+            assert pretrained.fetch_weights(entry) == target and server.requests == []
+            with open(target, "r+b") as f:  # damaged in place (the folder's mode does not protect the file)
+                f.seek(len(data) - 4)
+                f.write(b"\0\0\0\0")
+            with pytest.raises(CheckpointError, match="in the cache failed its check .*could not remove it "
+                                                      "\\(.*Permission denied.*delete it by hand, nothing was "
+                                                      "loaded") as info:
+                pretrained.fetch_weights(entry)
+            assert "\n" not in str(info.value) and server.requests == []
+    finally:
+        target.parent.chmod(0o755)
+
+
 def test_a_killed_download_leaves_nothing_usable(server, torch_home):
     data = darknet_bytes(200_000)
     server.files["big.weights"] = data

@@ -1,13 +1,15 @@
 """Fetching published weights files the way torchvision and timm do: into torch's hub cache, checked, once.
 
-Files land in ``torch.hub.get_dir()/checkpoints`` under their published names, so a file torchvision or
-timm already fetched is used from there (and one fetched here serves them too). A download goes through
+Files land in ``torch.hub.get_dir()/checkpoints`` under their published names, so a file torchvision
+(or timm, when it fetches by URL rather than from the Hugging Face hub) already fetched is used from there
+(and one fetched here serves them too). A download goes through
 ``torch.hub.download_url_to_file`` (progress bar on stderr) into a temporary name beside the target
 (:func:`backbonekit.checkpoint.atomic_path`); it is checked (exact size, SHA-256 or its published
 prefix, SHA-1, whichever the publisher gives) and only then renamed to its final name, so a killed
 download leaves nothing that looks complete. A file lock beside the target makes a second process wait
-for the first instead of downloading the same file again. A file that fails its check, downloaded or
-already in the cache, is removed and refused: never loaded.
+for the first instead of downloading the same file again; a file already there is only read (so a
+read-only cache serves too). A file that fails its check, downloaded or already in the cache, is
+removed and refused: never loaded.
 """
 
 from __future__ import annotations
@@ -76,18 +78,24 @@ def fetch(spec: FileSpec, *, what: str | None = None, progress: bool = True) -> 
     downloaded, and one ``CheckpointError`` line when the file fails its check (the file is removed).
     """
     target = cached_path(spec)
+    if target.is_file():  # complete (files appear only by rename): no lock, so a read-only cache serves too
+        return _checked_cache_hit(target, spec, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _download_lock(target):
-        if target.is_file():
-            check_file(target, spec, f"{what or spec.file_name} in the cache")
-            return target
+        if target.is_file():  # another process fetched it while this one waited
+            return _checked_cache_hit(target, spec, what)
         _download(spec, target, what or spec.file_name, progress)
+    return target
+
+
+def _checked_cache_hit(target: Path, spec: FileSpec, what: str | None) -> Path:
+    check_file(target, spec, f"{what or spec.file_name} in the cache")
     return target
 
 
 @contextmanager
 def _download_lock(target: Path) -> Iterator[None]:
-    """Held while a process looks for, checks or downloads ``target``; a second process waits here."""
+    """Held while a process downloads ``target`` (or finds it there after waiting); a second process waits here."""
     from filelock import FileLock, Timeout
 
     locks = target.parent / ".locks"  # beside the files torchvision and timm list, not among them
@@ -126,8 +134,12 @@ def check_file(path: Path, spec: FileSpec, source: str) -> None:
     """Refuse ``path`` (remove it, raise one CheckpointError line) unless it has ``spec``'s size and hashes."""
     problem = _mismatch(path, spec)
     if problem:
-        path.unlink(missing_ok=True)
-        raise CheckpointError(f"{source} failed its check ({problem}): removed it, nothing was loaded")
+        try:
+            path.unlink(missing_ok=True)
+            removed = "removed it"
+        except OSError as exc:  # a read-only cache
+            removed = f"could not remove it ({first_line(exc, 80)}): delete it by hand"
+        raise CheckpointError(f"{source} failed its check ({problem}): {removed}, nothing was loaded")
 
 
 def _mismatch(path: Path, spec: FileSpec) -> str:
