@@ -116,13 +116,16 @@ def to_coco_results(detections: dict[str, Tensor], image_id: int, category_ids: 
 
 def result_category_ids(model: torch.nn.Module, names: object = None) -> list[int] | None:
     """The category id of each label in written results: the ids the model's training file gave
-    (``model.category_ids``, a COCO file's), else COCO's for an 80-class model given no ``names``,
-    else None (the label is the id)."""
+    (``model.category_ids``, a COCO file's), else COCO's for an 80-class model given no ``names`` whose
+    class names are COCO's or unknown (Darknet's ``yolov3.weights``), else None (the label is the id, as
+    for a model trained on 80 classes of its own: ``detect evaluate`` writes the same)."""
     recorded = getattr(model, "category_ids", None)
     if recorded is not None:
         return list(recorded)
-    if model.num_classes == 80 and names is None:
-        return [i for i, _ in coco_categories()]
+    coco = coco_categories()
+    own = getattr(model, "class_names", None)
+    if model.num_classes == 80 and names is None and (own is None or list(own) == [name for _, name in coco]):
+        return [i for i, _ in coco]
     return None
 
 
