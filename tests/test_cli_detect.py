@@ -260,6 +260,14 @@ def test_detect_predict_takes_folders_with_names_repeated_in_subfolders(detector
     assert all((tmp_path / "out" / e["annotated"]).is_file() for e in listing)
 
 
+def test_detect_predict_ids_take_only_names_that_are_numbers(detector_file, tmp_path):
+    _, path = detector_file
+    inputs = [image_file(tmp_path, "7.png"), image_file(tmp_path, "\u00b2.png")]  # '²' is a digit, not a number
+    assert _predict(path, *inputs, "--out", tmp_path / "out") == 0
+    listing = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [e["id"] for e in listing] == [0, 1]  # positions: not every name is a number
+
+
 def test_detect_predict_returns_no_box_without_area(detector_file, tmp_path):
     model, path = detector_file
     wide = image_file(tmp_path, "wide.png", (6, 80))  # most of the letterboxed input is padding

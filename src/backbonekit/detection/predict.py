@@ -81,7 +81,7 @@ def image_inputs(images: Sequence[str | os.PathLike]) -> list[Path]:
 def image_ids(paths: Sequence[Path]) -> list[int]:
     """COCO image ids: the file names' numbers when every name is a distinct number (``000000397133.jpg`` ->
     397133), else the positions 0, 1, ... (so ids never repeat, whatever the folders)."""
-    numbers = [int(p.stem) if p.stem.isdigit() else None for p in paths]
+    numbers = [int(p.stem) if p.stem.isdecimal() else None for p in paths]  # isdigit() takes '²', int() not
     if None not in numbers and len(set(numbers)) == len(numbers):
         return numbers  # type: ignore[return-value]
     return list(range(len(paths)))
