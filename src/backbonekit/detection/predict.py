@@ -56,13 +56,16 @@ def read_image(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
 
 
-def image_inputs(images: Sequence[str | os.PathLike]) -> list[Path]:
+def image_inputs(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
     """The image files named: files as given, folders replaced by the image files under them (any
-    extension case), each file once, in order."""
+    extension case) except those in ``out_dir`` (predict's annotated copies, when it lies inside a folder
+    given), each file once, in order."""
+    outputs = os.path.abspath(out_dir) if out_dir is not None else None
     paths: list[Path] = []
     for item in map(Path, images):
         if item.is_dir():
-            found = image_files(item)
+            found = [p for p in image_files(item)
+                     if outputs is None or os.path.commonpath([outputs, os.path.abspath(p)]) != outputs]
             if not found:
                 raise FileNotFoundError(f"expected images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}, "
                                         f"found none")
@@ -142,7 +145,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
                   names: Sequence[str] | str | os.PathLike | None = None, score_thresh: float | None = None,
                   nms_thresh: float | None = None, detections_per_img: int | None = None,
                   batch_size: int = 8, force: bool = False) -> Path:
-    """Detect on image files (folders: the images under them); write one annotated copy per input
+    """Detect on image files (folders: the images under them, less ``out_dir``'s); write one annotated copy per input
     (:func:`annotated_names`: boxes and names drawn), ``detections.json`` (COCO results; category ids by
     :func:`result_category_ids`, image ids from :func:`image_ids`) and
     ``images.json`` (each id's file, COCO's ``images`` entries). Every header is read first, so a bad
@@ -152,7 +155,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
     from PIL import Image
 
     check_postprocess(score_thresh, nms_thresh, detections_per_img)
-    paths = image_inputs(images)
+    paths = image_inputs(images, out_dir)
     if not paths:
         raise ValueError("expected at least one image file, found none")
     sizes = [image_size(p) for p in paths]
