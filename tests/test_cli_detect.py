@@ -260,6 +260,32 @@ def test_detect_predict_takes_folders_with_names_repeated_in_subfolders(detector
     assert all((tmp_path / "out" / e["annotated"]).is_file() for e in listing)
 
 
+def test_detect_predict_ids_take_only_names_that_are_numbers(detector_file, tmp_path):
+    _, path = detector_file
+    inputs = [image_file(tmp_path, "7.png"), image_file(tmp_path, "\u00b2.png")]  # '²' is a digit, not a number
+    assert _predict(path, *inputs, "--out", tmp_path / "out") == 0
+    listing = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [e["id"] for e in listing] == [0, 1]  # positions: not every name is a number
+
+
+def test_detect_predict_into_a_folder_inside_its_input_folder_twice(detector_file, tmp_path, capsys):
+    """--out inside a folder given: its annotated copies are not taken for inputs the next time (they were,
+    and the rerun was refused as writing over an input image)."""
+    _, path = detector_file
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("x.jpg", "y.jpg"):
+        image_file(photos, name)
+    for _ in range(2):
+        assert _predict(path, photos, "--out", photos / "out") == 0, capsys.readouterr().err
+        listing = json.loads((photos / "out" / "images.json").read_text())
+        assert [(e["file_name"], e["annotated"]) for e in listing] == [(str(photos / "x.jpg"), "x.png"),
+                                                                       (str(photos / "y.jpg"), "y.png")]
+    assert "wrote 2 annotated images" in capsys.readouterr().out
+    assert sorted(p.name for p in (photos / "out").iterdir()) == [".backbonekit-predict.json", "detections.json",
+                                                                  "images.json", "x.png", "y.png"]
+
+
 def test_detect_predict_returns_no_box_without_area(detector_file, tmp_path):
     model, path = detector_file
     wide = image_file(tmp_path, "wide.png", (6, 80))  # most of the letterboxed input is padding

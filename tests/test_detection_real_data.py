@@ -198,6 +198,35 @@ def test_detect_predict_writes_the_files_category_ids_and_old_checkpoints_still_
     assert sorted(r["category_id"] for r in rows) == sorted(labels)
 
 
+def test_detect_predict_gives_cocos_ids_only_to_a_model_with_cocos_80_names(tmp_path):
+    """A run trained on 80 classes that are not COCO's (category_ids None: the labels are the ids) is not given
+    COCO's ids by detect predict (label 11 became id 13); a model with COCO's 80 names still is."""
+    import backbonekit as bk
+    from backbonekit.checkpoint import atomic_save
+    from backbonekit.detection.config import DetectConfig
+    from backbonekit.detection.predict import coco_categories
+    from backbonekit.detection.trainer import checkpoint_dict
+
+    torch.manual_seed(0)
+    model = bk.create_model("yolov3", num_classes=80, backbone="resnet18", neck_channels=(32, 16, 8),
+                            input_size=64).eval()
+    cfg = DetectConfig(backbone="resnet18", input_size=64, neck_width=0.25, anchors="coco")
+    picture = save_image(tmp_path / "p.png", 48, 80, seed=3)
+    pixels = torch.from_numpy(np.array(Image.open(picture))).permute(2, 0, 1).float() / 255
+    labels = sorted(model.detect([pixels], score_thresh=0.3)[0]["labels"].tolist())
+    coco_ids = [i for i, _ in coco_categories()]
+    assert labels and any(coco_ids[label] != label for label in labels)  # the check can fail
+    for names, expected in (([f"part {i}" for i in range(80)], labels),
+                            ([name for _, name in coco_categories()], sorted(coco_ids[label] for label in labels))):
+        atomic_save(checkpoint_dict(model, cfg, names, model.model_kwargs, epoch=1, history=[], best_map=0.0),
+                    tmp_path / "best.pt")
+        out = tmp_path / names[0].replace(" ", "")
+        assert main(["detect", "predict", str(tmp_path / "best.pt"), str(picture), "--out", str(out),
+                     "--score-thresh", "0.3"]) == 0
+        rows = json.loads((out / "detections.json").read_text())
+        assert sorted(r["category_id"] for r in rows) == expected
+
+
 def test_detect_evaluate_writes_results_that_pycocotools_scores_the_same(coco_run, tmp_path, capsys):
     """Ground truth built from the model's own detections (some moved, some relabelled, one crowd region),
     image ids out of order and not sequential; COCOeval on detections.json gives detect evaluate's figures."""

@@ -327,6 +327,9 @@ def test_convert_round_trip_keeps_the_bytes(reference_file, tmp_path) -> None:
     pt = convert_detector_weights(path, tmp_path / "det.pt")
     back = convert_detector_weights(pt, tmp_path / "back.weights")
     assert back.read_bytes()[20:] == path.read_bytes()[20:]
+    (tmp_path / "back.weights").write_bytes(path.read_bytes()[:20] + bytes(len(path.read_bytes()) - 20))
+    assert convert_detector_weights(pt, back) == back  # a YOLOv3 Darknet file holds nothing the output lacks
+    assert back.read_bytes()[20:] == path.read_bytes()[20:]
     model = bk.create_model("yolov3", pretrained=pt)  # the checkpoint records the architecture
     assert model.num_classes == 2 and model.model_kwargs["backbone"] == "darknet53"
 

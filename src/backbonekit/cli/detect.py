@@ -81,7 +81,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model, _ = load_detector(args.model, weights=args.weights, input_size=args.input_size, published=True)
     out = predict_files(model, args.images, args.out, names=args.names, score_thresh=args.score_thresh,
                         nms_thresh=args.nms_thresh, detections_per_img=args.max_detections, force=args.force)
-    print(f"wrote {len(image_inputs(args.images))} annotated images, {out} and {out.parent / 'images.json'} "
+    print(f"wrote {len(image_inputs(args.images, args.out))} annotated images, {out} and {out.parent / 'images.json'} "
           f"(each image id's file)")
     return 0
 

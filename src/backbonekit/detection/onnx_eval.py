@@ -89,7 +89,6 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
                                   score_thresh=score_thresh, nms_thresh=nms, distributed=False,
                                   count_difficult=bool(count_difficult))
     kind = "int8" if "quantization" in model.meta else "fp32"
-    out = Path(out) if out else evaluation_folder(path, f"{Path(path).stem}-{name}", split)
     report.write_evaluation(out, metrics, [], classes, title=f"{path} ({kind} ONNX) on {name} {split} split "
                                                                f"({len(data)} images)",
                             detections=report.coco_detections(items, getattr(data, "category_ids", None)))

@@ -56,13 +56,16 @@ def read_image(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
 
 
-def image_inputs(images: Sequence[str | os.PathLike]) -> list[Path]:
+def image_inputs(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
     """The image files named: files as given, folders replaced by the image files under them (any
-    extension case), each file once, in order."""
+    extension case) except those in ``out_dir`` (predict's annotated copies, when it lies inside a folder
+    given), each file once, in order."""
+    outputs = os.path.abspath(out_dir) if out_dir is not None else None
     paths: list[Path] = []
     for item in map(Path, images):
         if item.is_dir():
-            found = image_files(item)
+            found = [p for p in image_files(item)
+                     if outputs is None or os.path.commonpath([outputs, os.path.abspath(p)]) != outputs]
             if not found:
                 raise FileNotFoundError(f"expected images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}, "
                                         f"found none")
@@ -81,7 +84,7 @@ def image_inputs(images: Sequence[str | os.PathLike]) -> list[Path]:
 def image_ids(paths: Sequence[Path]) -> list[int]:
     """COCO image ids: the file names' numbers when every name is a distinct number (``000000397133.jpg`` ->
     397133), else the positions 0, 1, ... (so ids never repeat, whatever the folders)."""
-    numbers = [int(p.stem) if p.stem.isdigit() else None for p in paths]
+    numbers = [int(p.stem) if p.stem.isdecimal() else None for p in paths]  # isdigit() takes '²', int() not
     if None not in numbers and len(set(numbers)) == len(numbers):
         return numbers  # type: ignore[return-value]
     return list(range(len(paths)))
@@ -116,13 +119,16 @@ def to_coco_results(detections: dict[str, Tensor], image_id: int, category_ids: 
 
 def result_category_ids(model: torch.nn.Module, names: object = None) -> list[int] | None:
     """The category id of each label in written results: the ids the model's training file gave
-    (``model.category_ids``, a COCO file's), else COCO's for an 80-class model given no ``names``,
-    else None (the label is the id)."""
+    (``model.category_ids``, a COCO file's), else COCO's for an 80-class model given no ``names`` whose
+    class names are COCO's or unknown (Darknet's ``yolov3.weights``), else None (the label is the id, as
+    for a model trained on 80 classes of its own: ``detect evaluate`` writes the same)."""
     recorded = getattr(model, "category_ids", None)
     if recorded is not None:
         return list(recorded)
-    if model.num_classes == 80 and names is None:
-        return [i for i, _ in coco_categories()]
+    coco = coco_categories()
+    own = getattr(model, "class_names", None)
+    if model.num_classes == 80 and names is None and (own is None or list(own) == [name for _, name in coco]):
+        return [i for i, _ in coco]
     return None
 
 
@@ -139,7 +145,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
                   names: Sequence[str] | str | os.PathLike | None = None, score_thresh: float | None = None,
                   nms_thresh: float | None = None, detections_per_img: int | None = None,
                   batch_size: int = 8, force: bool = False) -> Path:
-    """Detect on image files (folders: the images under them); write one annotated copy per input
+    """Detect on image files (folders: the images under them, less ``out_dir``'s); write one annotated copy per input
     (:func:`annotated_names`: boxes and names drawn), ``detections.json`` (COCO results; category ids by
     :func:`result_category_ids`, image ids from :func:`image_ids`) and
     ``images.json`` (each id's file, COCO's ``images`` entries). Every header is read first, so a bad
@@ -149,7 +155,7 @@ def predict_files(model: torch.nn.Module, images: Sequence[str | os.PathLike], o
     from PIL import Image
 
     check_postprocess(score_thresh, nms_thresh, detections_per_img)
-    paths = image_inputs(images)
+    paths = image_inputs(images, out_dir)
     if not paths:
         raise ValueError("expected at least one image file, found none")
     sizes = [image_size(p) for p in paths]

@@ -514,7 +514,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     difficult = bool(saved.get("count_difficult", False)) if count_difficult is None else count_difficult
     metrics, items = evaluate(model, data, ckpt["classes"], device=dev, batch_size=batch_size, score_thresh=score,
                               nms_thresh=nms, distributed=False, count_difficult=difficult)
-    out = Path(out) if out else evaluation_folder(checkpoint, name, split)
     ids = category_ids(data) or ckpt.get("category_ids")
     report.write_evaluation(out, metrics, _samples(data, items), ckpt["classes"],
                             title=f"{checkpoint} on {name} {split} split ({len(data)} images)",

@@ -10,6 +10,7 @@ tells it: ``floats = fixed + 3 * (1024 + 512 + 256 + 3) * (5 + C)`` for the stan
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -297,16 +298,29 @@ def is_detector_file(path: str | os.PathLike) -> bool:
         return False
 
 
+def _lost_by_replacing(dst: Path) -> str | None:
+    """What writing a converted detector over ``dst`` would lose (None: nothing): the backbone files' rule
+    (:func:`backbonekit.weights.lost_by_replacing`), except that a YOLOv3 Darknet file, which that rule cannot
+    read, holds weights alone (an earlier conversion's output)."""
+    from ..weights import detect_file_format, lost_by_replacing
+
+    with contextlib.suppress(CheckpointError, OSError):
+        if detect_file_format(dst) == "darknet" and inspect_yolov3_file(dst).num_classes:
+            return None
+    return lost_by_replacing(dst, has_classifier=True)
+
+
 def convert_detector_weights(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> Path:
     """Convert a YOLOv3 detector file between Darknet ``.weights``, backbonekit ``.pt`` and ``.safetensors``
     (the format from ``dst``'s name); checked against the model it describes before anything is written.
     A Darknet source keeps its header (version and ``seen``) when written back as Darknet. As for backbones,
     ``dst`` may not be ``src``, and an existing ``dst`` holding a training record is kept unless ``force``."""
     from .. import create_model
-    from ..weights import _check_nothing_lost, check_destination, check_fits
+    from ..checkpoint import check_output
+    from ..weights import check_destination, check_fits
 
     check_destination(Path(src), Path(dst))
-    _check_nothing_lost(Path(dst), has_classifier=True, force=force)
+    check_output(Path(dst), force=force, replaceable=_lost_by_replacing)
     source = inspect_pretrained(src)
     if not source.num_classes:
         raise CheckpointError(f"{src} holds a backbone only ({source.description}): expected a whole YOLOv3 detector")

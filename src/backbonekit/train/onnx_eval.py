@@ -69,7 +69,6 @@ def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split:
     dev = torch.device("cpu")
     data, batches = evaluation_batches(prep, name, split, data_dir, download, dev, batch_size)
     ev = evaluate(OnnxModule(session), batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
-    out = Path(out) if out else evaluation_folder(path, f"{Path(path).stem}-{name}", split)
     kind = "int8" if "quantization" in meta else "fp32"
     report.write_evaluation(out, ev, data, title=f"{path} ({kind} ONNX) on {name} {split} split")
     log(f"{path} ({kind} ONNX) on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); "

@@ -389,7 +389,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
     out = evaluation_output(out or evaluation_folder(checkpoint, name, split), force=force)  # before the work
     data, batches = evaluation_batches(ckpt["preprocessing"], name, split, data_dir, download, dev, batch_size)
     ev = evaluate(model, batches, nn.CrossEntropyLoss(), device=dev, reduce=False)
-    out = Path(out) if out else evaluation_folder(checkpoint, name, split)
     report.write_evaluation(out, ev, data, title=f"{checkpoint} on {name} {split} split")
     log(f"{checkpoint} on {name} {split}: loss {ev.loss:.4f} {ev.summary()} ({ev.count} images); report in {out}")
     return ev
