@@ -65,7 +65,7 @@ def test_every_command_module_registers_parsers_that_run_a_function():
     assert set(commands) == {"models", "train", "evaluate", "predict", "profile", "convert", "export", "bench",
                              "detect", "anchors", "weights"}
     detect = commands["detect"]._subparsers._group_actions[0].choices
-    assert set(detect) == {"train", "evaluate", "predict", "export", "convert", "make-data"}
+    assert set(detect) == {"train", "evaluate", "predict", "export", "convert", "make-data", "compare"}
     for parser in [*commands.values(), *detect.values()]:
         assert callable(parser._defaults.get("func")), parser.prog
 
@@ -220,3 +220,9 @@ def test_a_run_folder_without_best_pt_is_one_line(tmp_path, capsys, argv, traine
     assert cli.main([a.format(run=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"run folder {tmp_path} has no best.pt" in err and f"`{trainer}`" in err
+
+
+def test_a_published_tag_given_as_the_model_is_not_called_a_missing_checkpoint(capsys, tmp_path):
+    assert main(["export", "resnet18.tv_in1k", "-o", str(tmp_path / "r.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint not found" not in err and "did you mean resnet18" in err

@@ -73,11 +73,12 @@ def best_checkpoint(spec: str | os.PathLike, command: str = "backbonekit train")
 
 def refuse_missing_checkpoint(spec: str | os.PathLike, names: Collection[str]) -> None:
     """One CheckpointError line for ``spec`` when it names neither a file or folder that exists nor one of
-    ``names`` (registered models) but looks like a path (a folder in it, or a file extension)."""
+    ``names`` (registered models) or a published tag of one, but looks like a path (a folder in it, or a
+    file extension)."""
     from ..checkpoint import CheckpointError
 
     text = str(spec)
-    if text in names or Path(text).exists():
+    if text in names or text.split(".", 1)[0] in names or Path(text).exists():  # a model, a tag (resnet50.tv2_in1k)
         return
     if Path(text).name != text or Path(text).suffix:
         raise CheckpointError(f"checkpoint not found: expected a file or run folder at {text}")
