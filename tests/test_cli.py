@@ -223,6 +223,8 @@ def test_a_run_folder_without_best_pt_is_one_line(tmp_path, capsys, argv, traine
 
 
 def test_a_published_tag_given_as_the_model_is_not_called_a_missing_checkpoint(capsys, tmp_path):
+    from backbonekit.cli import main
+
     assert main(["export", "resnet18.tv_in1k", "-o", str(tmp_path / "r.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint not found" not in err and "did you mean resnet18" in err
