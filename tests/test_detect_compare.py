@@ -196,3 +196,14 @@ def test_the_cpu_preset_compares_the_issue_pairs_and_every_pair_builds(tmp_path)
     assert configs["retinanet:resnet50"].rpn_post_nms_top_n_train is None
     assert not list(tmp_path.iterdir())
     assert make_plan(["retinanet:resnet50"], preset="cpu-hour").model_options == {}  # no pair for the preset's
+
+
+def test_seconds_per_image_count_the_images_an_epoch_cut_by_the_budget_trained_on(tmp_path):
+    from backbonekit.detection.compare import _trained_images
+    from backbonekit.train.report import read_metrics
+
+    assert detect_trainer.metric_fields("retinanet")[-1] == "images"  # the trainer writes the column
+    path = tmp_path / "metrics.csv"  # by hand: epoch 2 was ended by --time after one batch of 4 images
+    path.write_text("epoch,time_s,images\n1,2.0,8\n2,0.5,4\n", encoding="utf-8")
+    assert _trained_images(read_metrics(path), per_epoch=8) == 12  # not 2 x 8
+    assert _trained_images([{"epoch": 1.0, "time_s": 2.0}], per_epoch=8) == 8  # a run written before the column

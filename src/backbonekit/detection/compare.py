@@ -382,11 +382,11 @@ def measure(configs: Sequence[tuple[Pair, DetectConfig]], train_set, val_set, pl
         summary = json.loads((folder / "eval.json").read_text(encoding="utf-8"))["summary"]
         epochs = read_metrics(folder / "metrics.csv")
         train_s = sum(row["time_s"] for row in epochs)
-        per_epoch = _images_per_epoch(len(train_set), cfg.batch_size, cfg.nproc)
+        trained = _trained_images(epochs, _images_per_epoch(len(train_set), cfg.batch_size, cfg.nproc))
         rows.append({"detector": pair.model, "backbone": pair.backbone,
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                      "gmacs": profile_model(model, cfg.input_size).macs / 1e9,
-                     "train_s_per_image": train_s / max(1, len(epochs) * per_epoch),
+                     "train_s_per_image": train_s / max(1, trained),
                      "epochs": len(epochs), "train_min": train_s / 60,
                      **{k: float(summary[k]) for k in MAP_COLUMNS}})
         candidates.append(Candidate(str(pair), functools.partial(_detect, model, images, cfg), len(images)))
@@ -397,6 +397,12 @@ def measure(configs: Sequence[tuple[Pair, DetectConfig]], train_set, val_set, pl
         row["images_per_s"] = result.images_per_s_median
         row["latency_ms"] = 1000.0 / result.images_per_s_median
     return [{key: row[key] for key in COLUMNS} for row in rows]
+
+
+def _trained_images(epochs: Sequence[Mapping[str, float]], per_epoch: int) -> int:
+    """Images the run's epochs trained on: metrics.csv's ``images`` (an epoch a --time budget ended early
+    trained on fewer), else ``per_epoch`` each (runs written before that column)."""
+    return int(sum(row.get("images", per_epoch) for row in epochs))
 
 
 def _images_per_epoch(train_images: int, batch_size: int, processes: int) -> int:

@@ -49,7 +49,7 @@ MAP_FIELDS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
 
 def metric_fields(model: str = "yolov3") -> tuple[str, ...]:
     """The columns of ``metrics.csv`` for detector ``model``: each loss part as ``train_<part>``."""
-    return ("epoch", "train_loss") + tuple(f"train_{p}" for p in LOSS_PARTS[model]) + MAP_FIELDS + ("lr", "time_s")
+    return ("epoch", "train_loss") + tuple(f"train_{p}" for p in LOSS_PARTS[model]) + MAP_FIELDS + ("lr", "time_s", "images")
 
 
 METRIC_FIELDS = metric_fields("yolov3")
@@ -416,7 +416,8 @@ def _row(epoch: int, losses: EpochLosses, metrics: DetectionMetrics, lr: float,
     row: dict[str, float] = {"epoch": epoch, "train_loss": losses.parts["loss"]}
     row.update({f"train_{p}": losses.parts[p] for p in parts})
     row.update({k: metrics.summary[k] for k in MAP_FIELDS})
-    row.update({"lr": lr, "time_s": round(losses.seconds, 3)})
+    # images: those the epoch trained on (fewer when a --time budget ended it early)
+    row.update({"lr": lr, "time_s": round(losses.seconds, 3), "images": losses.images})
     return row
 
 
