@@ -1,6 +1,7 @@
 """``--time``: a wall-clock budget for a training run, shared by ``train`` and ``detect train``.
 
-A run with a budget measures its epochs (training, validation, checkpoint) and, after each one, sets its
+A run with a budget measures its epochs (training and validation; the checkpoint
+writes after them count in the time spent, not in the mean) and, after each one, sets its
 total epochs to what fits in the time left: ``floor(left / mean epoch seconds)`` more. When that total
 changes, the learning-rate schedule is rebuilt for the new length at the step the run has reached
 (:func:`refit_schedule`), so the warm-up and the decay fit the epochs the budget allows and the last
