@@ -153,10 +153,6 @@ def read_image(path: Path, expected: tuple[int, int] | None = None) -> Tensor:
     return image
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return image_files(folder)
-
-
 # ---------------------------------------------------------------------------------------------
 # Bad labels: collected while indexing, then one error line or one warning
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +290,7 @@ def _resolve_entry(root: Path, entry: str) -> Path:
 def _split_images(source: Path, yaml_path: Path | None, split: str) -> list[Path]:
     """The images a split entry names: a folder's (recursively), one image, or a list file's."""
     if source.is_dir():
-        return [_normal(p) for p in _image_files(source)]
+        return [_normal(p) for p in image_files(source)]
     if source.is_file():
         return [source] if source.suffix.lower() in IMAGE_EXTENSIONS else _listed_images(source)
     where = f"{yaml_path}: '{split}'" if yaml_path else split

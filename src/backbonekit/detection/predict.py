@@ -19,8 +19,9 @@ from torch import Tensor
 
 from .._text import few, first_line
 from ..checkpoint import atomic_open
-from ..images import IMAGE_EXTENSIONS, image_files, image_size, read_rgb
+from ..images import IMAGE_EXTENSIONS, image_files, image_size
 from .config import check_postprocess
+from .data import read_image as read_uint8
 
 
 def coco_categories() -> list[tuple[int, str]]:
@@ -51,9 +52,9 @@ def class_names(num_classes: int, names: Sequence[str] | str | os.PathLike | Non
 
 def read_image(path: str | os.PathLike) -> Tensor:
     """An image file as a float (3, H, W) RGB tensor in [0, 1], read as training reads it
-    (:func:`backbonekit.images.read_rgb`: EXIF orientation, every Pillow mode); one OSError line if it
+    (:func:`.data.read_image`, :func:`backbonekit.images.read_rgb`: EXIF orientation, every Pillow mode); one OSError line if it
     is not an image."""
-    return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1).float() / 255
+    return read_uint8(Path(path)).float() / 255
 
 
 def image_inputs(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
