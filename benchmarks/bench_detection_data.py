@@ -4,7 +4,7 @@ Both pipelines produce the same thing from the same uint8 ``photodigits`` images
 scale (0.75-1.25) and translation (10%), horizontal flip (p = 0.5), colour jitter, float images in
 [0, 1] at ``--size``, boxes clipped and small ones dropped, in batches of ``--batch-size``:
 
-- batched: ``backbonekit.detection.augment.augment_batch`` (one ``grid_sample`` and one colour
+- batched: ``backbonekit.detection.data.augment.augment_batch`` (one ``grid_sample`` and one colour
   matrix per batch, boxes of the whole batch at once), as training uses it;
 - per-image: torchvision ``transforms.v2`` on PIL images with ``tv_tensors.BoundingBoxes``
   (``RandomAffine -> RandomHorizontalFlip -> ColorJitter -> Resize -> ToImage -> ToDtype ->
@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from backbonekit.detection.augment import AugmentConfig, augment_batch
-from backbonekit.detection.synthetic import photodigits
+from backbonekit.detection.data.augment import AugmentConfig, augment_batch
+from backbonekit.detection.data.photodigits import photodigits
 
 
 class PerImage(Dataset):

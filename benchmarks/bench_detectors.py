@@ -40,8 +40,8 @@ COLUMNS = ("detector", "params (M)", "GMACs", "img/s", "mAP", "mAP@.5", "mAP@.75
 
 
 def _train(label: str, data: Path, out: Path, args: argparse.Namespace):
-    from backbonekit.detection.config import DetectConfig
-    from backbonekit.detection.trainer import train
+    from backbonekit.detection.training.config import DetectConfig
+    from backbonekit.detection.training.trainer import train
 
     model, backbone, extra = DETECTORS[label]
     cfg = DetectConfig(model=model, backbone=backbone, dataset=f"yolo:{data}", epochs=args.epochs,
@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> int:
-    from backbonekit.detection.data import load_detection_dataset
+    from backbonekit.detection.data.datasets import load_detection_dataset
     from backbonekit.detection.loading import load_detector
-    from backbonekit.detection.trainer import make_data
+    from backbonekit.detection.training.trainer import make_data
     from backbonekit.profiler import profile_model
 
     data = make_data(tmp / "data", num_train=args.train_images, num_val=args.val_images, seed=args.seed)

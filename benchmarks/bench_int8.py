@@ -300,7 +300,7 @@ def detector_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, s
     """fp32 and int8 mAP@0.5 of a trained YOLOv3 on its val split (ONNX files, ``detect evaluate``'s path)."""
     from backbonekit.detection.export import export_yolov3_onnx
     from backbonekit.detection.onnx_eval import evaluate_onnx_detector
-    from backbonekit.detection.trainer import load_detector
+    from backbonekit.detection.training.trainer import load_detector
     from backbonekit.quantize import export_int8
 
     checkpoint = run_file(run)

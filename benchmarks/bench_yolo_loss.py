@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 import backbonekit as bk
 from backbonekit.bench import environment
-from backbonekit.detection.anchors import COCO_ANCHORS, YOLOV3_MASKS, YOLOV3_STRIDES
-from backbonekit.detection.loss import YOLOv3Loss
+from backbonekit.detection.task.anchors import COCO_ANCHORS, YOLOV3_MASKS, YOLOV3_STRIDES
+from backbonekit.detection.task.loss import YOLOv3Loss
 from results_file import CpuWatch, load_note, write_section
 
 

@@ -38,7 +38,7 @@ import os
 import torch
 
 import backbonekit as bk
-from backbonekit.detection.yolov3 import letterbox
+from backbonekit.detection.models.yolov3 import letterbox
 from backbonekit.detection.yolov3_weights import write_yolov3_weights
 
 ROOT = Path(__file__).resolve().parents[1]

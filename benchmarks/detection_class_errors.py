@@ -15,10 +15,10 @@ import argparse
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from backbonekit.detection.assigner import assign_targets, flatten_targets
-from backbonekit.detection.coder import split_level
+from backbonekit.detection.task.assigner import assign_targets, flatten_targets
+from backbonekit.detection.task.coder import split_level
 from backbonekit.detection.loading import load_detector
-from backbonekit.detection.synthetic import photodigits
+from backbonekit.detection.data.photodigits import photodigits
 
 
 def class_errors(run: str, split: str = "val", batch: int = 50) -> dict[str, float]:

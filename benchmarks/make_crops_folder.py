@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from backbonekit.detection.synthetic import photodigits
+from backbonekit.detection.data.photodigits import photodigits
 
 MARGIN = 0.15  # of the box side, on each side: some photo around each digit
 

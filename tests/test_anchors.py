@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backbonekit.detection.anchors import (
+from backbonekit.detection.task.anchors import (
     COCO_ANCHORS, anchors_for_dataset, best_possible_recall, dataset_box_shapes, kmeans_anchors,
 )
 

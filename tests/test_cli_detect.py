@@ -148,7 +148,7 @@ def _one_line(capsys, *fragments):
     ("--input-size", "0", "input_size"), ("--input-size", "100", "input_size"),
 ])
 def test_detect_predict_refuses_what_detect_train_refuses(detector_file, tmp_path, capsys, flag, value, field):
-    from backbonekit.detection.config import DetectConfig
+    from backbonekit.detection.training.config import DetectConfig
 
     _, path = detector_file
     with pytest.raises(ValueError) as trained:  # the message detect train gives for the same value

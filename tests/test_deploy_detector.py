@@ -26,11 +26,11 @@ from PIL import Image  # noqa: E402
 from backbonekit.cli import main  # noqa: E402
 from backbonekit.deploy import Detector, load  # noqa: E402
 from backbonekit.deploy.runtime import letterbox_input  # noqa: E402
-from backbonekit.detection.engine import predict_dataset  # noqa: E402
+from backbonekit.detection.training.engine import predict_dataset  # noqa: E402
 from backbonekit.detection.export import export_yolov3_onnx  # noqa: E402
 from backbonekit.detection.onnx_eval import evaluate_onnx_detector, load_onnx_detector  # noqa: E402
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset  # noqa: E402
-from backbonekit.detection.yolov3 import letterbox, letterbox_geometry  # noqa: E402
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset  # noqa: E402
+from backbonekit.detection.models.yolov3 import letterbox, letterbox_geometry  # noqa: E402
 from backbonekit.detection.yolov3_weights import save_detector  # noqa: E402
 from backbonekit.onnx_meta import read_metadata  # noqa: E402
 from backbonekit.quantize import export_int8  # noqa: E402
@@ -165,8 +165,8 @@ def test_detector_prediction_without_torch(det, tmp_path):
 
 
 def test_onnx_evaluation_equals_pytorch(det, tmp_path):
-    from backbonekit.detection.data import load_detection_dataset
-    from backbonekit.detection.engine import evaluate
+    from backbonekit.detection.data.datasets import load_detection_dataset
+    from backbonekit.detection.training.engine import evaluate
 
     data = load_detection_dataset(f"yolo:{det['data']}", None, "val")
     cpu = torch.device("cpu")

@@ -22,11 +22,11 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
 from backbonekit.detection import trainer as detect_trainer
-from backbonekit.detection.compare import (COLUMNS, PLAN_FILE, check_pairs, compare, make_plan, pareto_front,
+from backbonekit.detection.training.compare import (COLUMNS, PLAN_FILE, check_pairs, compare, make_plan, pareto_front,
                                            run_state)
-from backbonekit.detection.config import DetectConfig
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.train.runs import LOCK_NAME
+from backbonekit.detection.training.config import DetectConfig
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.engine.runs import LOCK_NAME
 
 PAIRS = ["yolov3:resnet18", "retinanet:resnet18"]
 FOLDERS = ["yolov3-resnet18", "retinanet-resnet18"]
@@ -199,7 +199,7 @@ def test_the_cpu_preset_compares_the_issue_pairs_and_every_pair_builds(tmp_path)
 
 
 def test_seconds_per_image_count_the_images_an_epoch_cut_by_the_budget_trained_on(tmp_path):
-    from backbonekit.detection.compare import _trained_images
+    from backbonekit.detection.training.compare import _trained_images
     from backbonekit.train.report import read_metrics
 
     assert detect_trainer.metric_fields("retinanet")[-1] == "images"  # the trainer writes the column

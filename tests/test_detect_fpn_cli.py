@@ -19,10 +19,10 @@ from torchvision.ops import box_area
 
 import backbonekit as bk
 from backbonekit.cli import main
-from backbonekit.detection.config import DetectConfig
+from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.fpn_export import export_fpn_onnx, read_fpn_metadata
 from backbonekit.detection.loading import load_detector
-from backbonekit.detection.synthetic import write_yolo_dataset
+from backbonekit.detection.data.photodigits import write_yolo_dataset
 from helpers import randomized, with_random_bn_statistics
 from test_detection_train import _fit, tiny_set
 
@@ -164,7 +164,7 @@ def test_torchvision_fcos_file_through_the_loader_gives_torchvision_detections(t
 
 
 def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
-    from backbonekit.detection.trainer import build_fpn_detector
+    from backbonekit.detection.training.trainer import build_fpn_detector
 
     body = bk.create_model("resnet18", num_classes=4)
     path = tmp_path / "best.pt"
@@ -226,7 +226,7 @@ def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys)
 def test_fine_tuning_from_a_detect_train_checkpoint_keeps_its_weights_and_normalisation(run):
     """A detect-train file records the builder's arguments (backbone, frozen_bn, image_mean...): starting a
     new detector from it must not pass them twice, and must keep the run's mean/std, not ImageNet's."""
-    from backbonekit.detection.trainer import pretrained_normalisation
+    from backbonekit.detection.training.trainer import pretrained_normalisation
 
     kind, out = run
     ckpt = torch.load(out / "best.pt", weights_only=True)
@@ -241,7 +241,7 @@ def test_fine_tuning_from_a_detect_train_checkpoint_keeps_its_weights_and_normal
 
 
 def test_pretrained_normalisation_follows_what_the_weights_were_trained_on(tmp_path):
-    from backbonekit.detection.trainer import pretrained_normalisation
+    from backbonekit.detection.training.trainer import pretrained_normalisation
     from backbonekit.onnx_meta import IMAGENET_MEAN
 
     torchvision_file = tmp_path / "resnet18.pth"

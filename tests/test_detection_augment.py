@@ -10,7 +10,7 @@ import colorsys
 import pytest
 import torch
 
-from backbonekit.detection.augment import (
+from backbonekit.detection.data.augment import (
     NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, colour_matrix, hflip,
     hsv_jitter, letterbox, letterbox_geometry, mosaic, multiscale_size, multiscale_sizes,
 )
@@ -127,8 +127,8 @@ def test_training_evaluation_and_deploy_letterbox_the_same_pixels():
     """The training path (dataset letterbox + batched augmentation, off) puts an image on the pixels
     model(images) and the numpy deploy runtime put it on, and its boxes map back exactly."""
     from backbonekit.deploy.runtime import letterbox_input
-    from backbonekit.detection.engine import TrainBatches
-    from backbonekit.detection.yolov3 import letterbox as inference_letterbox
+    from backbonekit.detection.training.engine import TrainBatches
+    from backbonekit.detection.models.yolov3 import letterbox as inference_letterbox
 
     g = torch.Generator().manual_seed(3)
     image = torch.randint(0, 256, (3, 50, 81), generator=g, dtype=torch.uint8)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from backbonekit.detection.data import load_detection_dataset, read_coco, read_voc, read_yolo
-from backbonekit.detection.synthetic import PhotoDigitsSpec, _digit_pool, generate_with_masks, photodigits, write_yolo_dataset
+from backbonekit.detection.data.datasets import load_detection_dataset, read_coco, read_voc, read_yolo
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, _digit_pool, generate_with_masks, photodigits, write_yolo_dataset
 
 TINY = PhotoDigitsSpec(image_size=64, num_train=12, num_val=4, digit_height=(12, 30), seed=5)
 
@@ -276,8 +276,8 @@ def test_photodigits_boxes_are_tight_and_digits_visible():
 
 
 def test_write_yolo_round_trip(tmp_path):
-    from backbonekit.detection.data import InMemoryDetection
-    from backbonekit.detection.synthetic import CLASSES
+    from backbonekit.detection.data.datasets import InMemoryDetection
+    from backbonekit.detection.data.photodigits import CLASSES
 
     splits = {}
     for split in ("train", "val"):

@@ -14,12 +14,12 @@ import torch
 import yaml
 from torch import nn
 
-from backbonekit.detection.config import DetectConfig
-from backbonekit.detection.data import load_detection_dataset
-from backbonekit.detection.engine import evaluate
-from backbonekit.detection.metrics import DetectionEvaluator
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.trainer import load_detector
+from backbonekit.detection.training.config import DetectConfig
+from backbonekit.detection.data.datasets import load_detection_dataset
+from backbonekit.detection.training.engine import evaluate
+from backbonekit.detection.training.metrics import DetectionEvaluator
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.trainer import load_detector
 from backbonekit.train.launch import launch
 
 pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~20-40 s on 2 cores
@@ -29,7 +29,7 @@ TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=2, a
 
 
 def ddp_worker(cfg_dict: dict) -> dict:
-    from backbonekit.detection.trainer import train
+    from backbonekit.detection.training.trainer import train
     from backbonekit.train import dist
 
     try:

@@ -11,7 +11,7 @@ pytest.importorskip("pycocotools")
 
 from torchvision.ops import box_iou  # noqa: E402
 
-from backbonekit.detection.metrics import DetectionEvaluator, format_table  # noqa: E402
+from backbonekit.detection.training.metrics import DetectionEvaluator, format_table  # noqa: E402
 
 
 def reference_ap50(preds, targets, label: int) -> float:

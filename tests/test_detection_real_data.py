@@ -26,11 +26,11 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from backbonekit.checkpoint import load_file  # noqa: E402
 from backbonekit.cli import main  # noqa: E402
-from backbonekit.detection.anchors import dataset_box_shapes  # noqa: E402
-from backbonekit.detection.data import load_detection_dataset, read_coco, read_yolo  # noqa: E402
-from backbonekit.detection.engine import TrainBatches  # noqa: E402
+from backbonekit.detection.task.anchors import dataset_box_shapes  # noqa: E402
+from backbonekit.detection.data.datasets import load_detection_dataset, read_coco, read_yolo  # noqa: E402
+from backbonekit.detection.training.engine import TrainBatches  # noqa: E402
 from backbonekit.detection.loading import load_detector  # noqa: E402
-from backbonekit.detection.metrics import DetectionEvaluator  # noqa: E402
+from backbonekit.detection.training.metrics import DetectionEvaluator  # noqa: E402
 
 
 def save_image(path: Path, h: int = 16, w: int = 20, seed: int = 0) -> Path:
@@ -151,8 +151,8 @@ IDS = [1, 3, 7, 90]
 @pytest.fixture(scope="module")
 def coco_run(tmp_path_factory):
     """One training step of a tiny YOLOv3 on a two-image COCO file whose category ids have gaps."""
-    from backbonekit.detection.config import DetectConfig
-    from backbonekit.detection.trainer import train
+    from backbonekit.detection.training.config import DetectConfig
+    from backbonekit.detection.training.trainer import train
 
     root = tmp_path_factory.mktemp("coco")
     images = [{"id": 17, "file_name": "p.png", "width": 64, "height": 64},
@@ -203,9 +203,9 @@ def test_detect_predict_gives_cocos_ids_only_to_a_model_with_cocos_80_names(tmp_
     COCO's ids by detect predict (label 11 became id 13); a model with COCO's 80 names still is."""
     import backbonekit as bk
     from backbonekit.checkpoint import atomic_save
-    from backbonekit.detection.config import DetectConfig
+    from backbonekit.detection.training.config import DetectConfig
     from backbonekit.detection.predict import coco_categories
-    from backbonekit.detection.trainer import checkpoint_dict
+    from backbonekit.detection.training.trainer import checkpoint_dict
 
     torch.manual_seed(0)
     model = bk.create_model("yolov3", num_classes=80, backbone="resnet18", neck_channels=(32, 16, 8),
@@ -359,8 +359,8 @@ def test_voc_difficult_objects_are_ignored_unless_counted(tmp_path):
 def test_detect_evaluate_says_what_it_did_with_difficult_objects(tmp_path, capsys):
     import backbonekit as bk
     from backbonekit.checkpoint import atomic_save
-    from backbonekit.detection.config import DetectConfig
-    from backbonekit.detection.trainer import checkpoint_dict
+    from backbonekit.detection.training.config import DetectConfig
+    from backbonekit.detection.training.trainer import checkpoint_dict
 
     root = voc_dataset(tmp_path / "VOC")
     model = bk.create_model("yolov3", num_classes=20, backbone="resnet18", neck_channels=(32, 16, 8), input_size=64)
@@ -382,8 +382,8 @@ def test_detect_evaluate_says_what_it_did_with_difficult_objects(tmp_path, capsy
 
 
 def test_a_run_saved_before_count_difficult_existed_resumes_counting_them(tmp_path):
-    from backbonekit.detection.config import DETECT_RESUME_RULES, DetectConfig, legacy_values
-    from backbonekit.train.runs import resumed_config
+    from backbonekit.detection.training.config import DETECT_RESUME_RULES, DetectConfig, legacy_values
+    from backbonekit.engine.runs import resumed_config
 
     for model in ("yolov3", "fasterrcnn"):
         saved = {k: v for k, v in DetectConfig(model=model, epochs=4).to_dict().items() if k != "count_difficult"}

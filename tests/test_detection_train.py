@@ -14,11 +14,11 @@ import torch
 
 from backbonekit.checkpoint import load_file
 from backbonekit.detection import trainer
-from backbonekit.detection.config import DetectConfig, resolve_detect_config
-from backbonekit.detection.engine import (TrainBatches, augment_config, evaluate, shard_indices,
+from backbonekit.detection.training.config import DetectConfig, resolve_detect_config
+from backbonekit.detection.training.engine import (TrainBatches, augment_config, evaluate, shard_indices,
                                           train_one_epoch)
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.trainer import (METRIC_FIELDS, build_detector, evaluate_checkpoint, load_detector,
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.trainer import (METRIC_FIELDS, build_detector, evaluate_checkpoint, load_detector,
                                            resolve_anchors, train)
 from backbonekit.train.engine import build_optimizer, build_scheduler
 
@@ -141,8 +141,8 @@ def test_resume_continues_exactly(full_run, yolo_dir, tmp_path, monkeypatch):
 
 
 def test_a_run_saved_before_a_field_existed_resumes_with_what_it_trained_with(tmp_path):
-    from backbonekit.detection.config import DETECT_LEGACY_VALUES, DETECT_RESUME_RULES
-    from backbonekit.train.runs import resumed_config
+    from backbonekit.detection.training.config import DETECT_LEGACY_VALUES, DETECT_RESUME_RULES
+    from backbonekit.engine.runs import resumed_config
 
     saved = {k: v for k, v in DetectConfig(epochs=4).to_dict().items() if k not in ("iou_thresh", "ignore_thresh")}
 

@@ -72,7 +72,7 @@ TOLERANCE = {"cmyk.jpg": 2}  # JPEG: flat bands come back within a level or two
 
 
 def _detection_data(path):
-    from backbonekit.detection.data import read_image
+    from backbonekit.detection.data.datasets import read_image
 
     return read_image(Path(path)).permute(1, 2, 0).numpy()
 

@@ -20,8 +20,8 @@ import torch
 import backbonekit as bk
 from backbonekit.checkpoint import atomic_save
 from backbonekit.cli import main
-from backbonekit.detection.config import DetectConfig
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.config import DetectConfig
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.yolov3_weights import save_detector
 from backbonekit.train import TrainConfig, train
 

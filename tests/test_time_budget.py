@@ -18,10 +18,10 @@ import yaml
 from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
 from backbonekit.detection import trainer as detect_trainer
-from backbonekit.detection.config import DetectConfig
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.config import DetectConfig
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.train import TrainConfig, budget, trainer
-from backbonekit.train.budget import parse_duration
+from backbonekit.engine.budget import parse_duration
 
 TINY_DETECT = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu")
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png", "report.html", "eval.json")

@@ -22,7 +22,7 @@ from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
 from backbonekit.train import TrainConfig, train, trainer
 from backbonekit.train.config import config_keys
-from backbonekit.train.runs import LOCK_NAME, RESUME_RULES, claim_run_folder
+from backbonekit.engine.runs import LOCK_NAME, RESUME_RULES, claim_run_folder
 
 TINY = dict(model="resnet18", dataset="fake:32", epochs=1, batch_size=8, lr=0.1, workers=0, seed=3)
 QUIET = dict(log=lambda _: None)
@@ -126,7 +126,7 @@ def test_resume_refuses_another_out(run_copy, tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from backbonekit.train.runs import claim_run_folder
+from backbonekit.engine.runs import claim_run_folder
 with claim_run_folder(Path(sys.argv[1]), new=False):
     print("locked", flush=True)
     time.sleep(120)
@@ -217,7 +217,7 @@ def test_a_failed_start_in_the_users_empty_folder_keeps_the_folder(tmp_path, mon
 # -- data prepared once per node (item 9) ----------------------------------------------------------
 
 def test_each_node_has_one_preparing_rank():
-    from backbonekit.train.dist import preparation_round
+    from backbonekit.engine.dist import preparation_round
 
     for nodes, per_node in ((1, 1), (1, 4), (3, 2), (2, 8)):
         rounds = [[preparation_round(n * per_node + i, i) for i in range(per_node)] for n in range(nodes)]
@@ -228,7 +228,7 @@ def test_each_node_has_one_preparing_rank():
 @pytest.mark.parametrize("shared_filesystem", [False, True])
 def test_data_is_downloaded_once_per_node_without_a_shared_filesystem(tmp_path, shared_filesystem):
     """Two nodes of two ranks (threads with torchrun's RANK/LOCAL_RANK numbering, one barrier over all)."""
-    from backbonekit.train.dist import per_node_first
+    from backbonekit.engine.dist import per_node_first
 
     barrier = threading.Barrier(4, timeout=30)
     downloads, lock = [], threading.Lock()
@@ -354,7 +354,7 @@ def test_training_speed_ups_give_plain_pytorchs_steps(name, lr):
 
 
 def test_evaluation_folder_is_inside_a_run_folder_and_beside_a_file(tmp_path):
-    from backbonekit.train.runs import evaluation_folder
+    from backbonekit.engine.runs import evaluation_folder
 
     run = tmp_path / "run"
     run.mkdir()

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from backbonekit.detection.anchors import COCO_ANCHORS, YOLOV3_MASKS, YOLOV3_STRIDES, anchor_tensor
-from backbonekit.detection.assigner import (
+from backbonekit.detection.task.anchors import COCO_ANCHORS, YOLOV3_MASKS, YOLOV3_STRIDES, anchor_tensor
+from backbonekit.detection.task.assigner import (
     assign_targets,
     batched_box_iou,
     flatten_targets,
     padded_boxes,
 )
-from backbonekit.detection.coder import decode_level
-from backbonekit.detection.loss import YOLOv3Loss
+from backbonekit.detection.task.coder import decode_level
+from backbonekit.detection.task.loss import YOLOv3Loss
 
 LOG2 = math.log(2.0)
 

@@ -16,7 +16,7 @@ from torchvision.ops import box_area, clip_boxes_to_image, nms
 
 import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
-from backbonekit.detection.yolov3 import check_images, letterbox_geometry
+from backbonekit.detection.models.yolov3 import check_images, letterbox_geometry
 from backbonekit.detection.yolov3_weights import inspect_yolov3_file, write_yolov3_weights
 from helpers import with_random_bn_statistics
 from yolo_cfg_reference import CfgYOLOv3, yolov3_cfg
@@ -263,7 +263,7 @@ def _reference_detections(model, image, score_thresh, nms_thresh, max_det):
 def test_postprocess_drops_boxes_in_the_padding_before_the_cap() -> None:
     from torchvision.ops import batched_nms
 
-    from backbonekit.detection.yolov3 import postprocess
+    from backbonekit.detection.models.yolov3 import postprocess
 
     box = letterbox_geometry(16, 64, 64)  # a 64 x 16 image fills rows 24..40 of the 64 x 64 input
     assert (box.top, box.new_h) == (24, 16)

@@ -81,7 +81,7 @@ def test_a_normalising_detector_keeps_its_normalisation_in_onnx(tmp_path) -> Non
 def test_onnx_nms_drops_boxes_without_area_and_caps_each_image(tmp_path) -> None:
     from torchvision.ops import box_area, clip_boxes_to_image
 
-    from backbonekit.detection.yolov3 import letterbox
+    from backbonekit.detection.models.yolov3 import letterbox
 
     torch.manual_seed(1)
     model = with_random_bn_statistics(bk.create_model("yolov3", backbone="resnet18", num_classes=3,

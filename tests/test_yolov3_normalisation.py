@@ -15,9 +15,9 @@ import torch
 
 import backbonekit as bk
 from backbonekit.checkpoint import atomic_save, load_file
-from backbonekit.detection.config import DetectConfig
-from backbonekit.detection.synthetic import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.trainer import build_detector, load_detector, train
+from backbonekit.detection.training.config import DetectConfig
+from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.trainer import build_detector, load_detector, train
 from backbonekit.detection.yolov3_weights import save_detector
 from backbonekit.train.config import TrainConfig
 from backbonekit.train.data import Normalizer

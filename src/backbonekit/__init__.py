@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 __version__ = "0.1.0"
 
+from . import _aliases
+
+_aliases.install(__name__)
+
 # Imported on first use, so that ``import backbonekit.deploy`` works without torch installed.
 _LAZY = {"Backbone": ".models", "FeatureInfo": ".models", "list_models": ".models", "model_entrypoint": ".models",
          "model_info": ".models"}

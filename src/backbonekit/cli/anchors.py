@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..detection.anchors import BPR_IOU_THRESHOLD, anchors_for_dataset
-from ..detection.data import FORMATS, load_detection_dataset
+from ..detection.task.anchors import BPR_IOU_THRESHOLD, anchors_for_dataset
+from ..detection.data.datasets import FORMATS, load_detection_dataset
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..detection.config import check_postprocess
+    from ..detection.training.config import check_postprocess
     from ..detection.loading import load_detector
     from ..detection.predict import image_inputs, predict_files
 
@@ -93,7 +93,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..detection.fpn_export import export_fpn_onnx, fpn_kind
     from ..detection.loading import load_detector
     from ..export import export_destination
-    from ..train.runs import best_checkpoint
+    from ..engine.runs import best_checkpoint
 
     int8 = check_int8_arguments(args)
     export_destination(args.output, inputs=[best_checkpoint(args.model, "backbonekit detect train"), args.weights],

@@ -1,15 +1,15 @@
 """``backbonekit detect compare``: parse the pairs, the shared options and the folder; call one library function.
 
 The work (checking the pairs, training, timing, the table and the report) is
-:func:`backbonekit.detection.compare.compare` (or :func:`~backbonekit.detection.compare.resume_comparison`).
+:func:`backbonekit.detection.training.compare.compare` (or :func:`~backbonekit.detection.training.compare.resume_comparison`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..detection.compare import PRESETS, SPEED_IMAGES, SPEED_REPEATS
-from ..detection.config import RPN_PROPOSAL_FIELDS
+from ..detection.training.compare import PRESETS, SPEED_IMAGES, SPEED_REPEATS
+from ..detection.training.config import RPN_PROPOSAL_FIELDS
 from ..train.config import DEVICES
 from .detect_train import FLAG_HELP
 
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..detection.compare import compare, make_plan, markdown_table, resume_comparison
+    from ..detection.training.compare import compare, make_plan, markdown_table, resume_comparison
 
     given = vars(args)
     if "resume" in given:

@@ -1,7 +1,7 @@
 """``backbonekit detect train | evaluate | make-data``: parse flags, call one library function each.
 
 ``register(subparsers)`` takes the sub-parsers of the ``detect`` command. Flags of ``train`` are
-generated from :class:`~backbonekit.detection.config.DetectConfig`'s fields, as ``backbonekit
+generated from :class:`~backbonekit.detection.training.config.DetectConfig`'s fields, as ``backbonekit
 train``'s are from TrainConfig; ``--config FILE`` sets any of them and flags win.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..detection.config import DetectConfig
+from ..detection.training.config import DetectConfig
 from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS
 from ._config import add_config_flags, resolve_from_flags
 
@@ -81,17 +81,17 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..detection.config import resolve_detect_config
-    from ..train import dist
+    from ..detection.training.config import resolve_detect_config
+    from ..engine import dist
     from ..train.config import read_config_file
 
     cfg, given = resolve_from_flags(args, DetectConfig, lambda path: read_config_file(path, DetectConfig),
                                     resolve_detect_config)
     if cfg.nproc > 1 and not dist.launched_by_torchrun():
-        from ..detection.launch import launch_local
+        from ..detection.training.launch import launch_local
 
         return launch_local(cfg, given=sorted(given))
-    from ..detection.trainer import train
+    from ..detection.training.trainer import train
 
     try:
         train(cfg, given=given)
@@ -125,8 +125,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..detection.metrics import format_table
-    from ..detection.trainer import evaluate_checkpoint
+    from ..detection.training.metrics import format_table
+    from ..detection.training.trainer import evaluate_checkpoint
 
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
@@ -158,7 +158,7 @@ def _register_make_data(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_make_data(args: argparse.Namespace) -> int:
-    from ..detection.trainer import make_data
+    from ..detection.training.trainer import make_data
 
     out = make_data(args.out, image_size=args.image_size, num_train=args.num_train, num_val=args.num_val,
                     seed=args.seed)

@@ -116,7 +116,7 @@ def _export_detector(args: argparse.Namespace) -> int:
 def _run_checkpoint(spec: str):
     """The best.pt of a run folder, or the checkpoint file ``spec`` names; None for a registered model name."""
     from .. import list_models
-    from ..train.runs import best_checkpoint, refuse_missing_checkpoint
+    from ..engine.runs import best_checkpoint, refuse_missing_checkpoint
 
     source = best_checkpoint(spec)
     if source.is_file():

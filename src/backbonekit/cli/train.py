@@ -66,7 +66,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train import dist
+    from ..engine import dist
     from ..train.config import read_config_file, resolve_config
 
     cfg, given = resolve_from_flags(args, TrainConfig, read_config_file, resolve_config)

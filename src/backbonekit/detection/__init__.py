@@ -7,9 +7,9 @@ and, as they land, ``assigner``, ``loss``, ``data``,
 ``augment``, ``anchors``, ``metrics``.
 """
 
-from .fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid, fpn_backbone
-from .yolov3 import YOLOv3, letterbox, yolov3
-from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, create_detector  # registers fasterrcnn, retinanet, fcos
+from .models.fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid, fpn_backbone
+from .models.yolov3 import YOLOv3, letterbox, yolov3
+from .models.torchvision_detectors import FCOS, FasterRCNN, RetinaNet, create_detector  # registers fasterrcnn, retinanet, fcos
 from . import published  # noqa: F401  (registers the detectors' published weights)
 
 __all__ = ["BackboneWithFPN", "FCOS", "FasterRCNN", "LevelRoIAlign", "RetinaNet", "YOLOv3", "create_detector",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..checkpoint import atomic_path, output_file
 from ..deploy.metadata import IMAGE_REGIONS
 from ..export import DEFAULT_OPSET
-from .yolov3 import YOLOv3
+from .models.yolov3 import YOLOv3
 
 
 class DecodedYOLOv3(nn.Module):
@@ -68,7 +68,7 @@ def export_yolov3_onnx(model: YOLOv3, path: str | os.PathLike, *, input_size: in
     from ..onnx_meta import set_metadata
     from ..optimize import fuse_batchnorm
     from .predict import class_names
-    from .yolov3 import LETTERBOX_FILL
+    from .models.yolov3 import LETTERBOX_FILL
 
     size = input_size or model.input_size
     if size % 32 or size < 32 or batch_size < 1:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import atomic_path, output_file
 from ..deploy.metadata import FPN_KEY
-from .torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
+from .models.torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
 
 FPN_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
 METADATA_KEY = FPN_KEY

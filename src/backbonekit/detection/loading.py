@@ -27,8 +27,8 @@ from torch import nn
 
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, load_file
-from ..train.runs import best_checkpoint
-from .config import check_input_size
+from ..engine.runs import best_checkpoint
+from .training.config import check_input_size
 
 WHAT = ("a weights file, a run folder or a detector (a best.pt/last.pt of backbonekit detect train, yolov3.weights, "
         "a torchvision fasterrcnn/retinanet/fcos state_dict, a published tag, or a name with --weights)")
@@ -70,7 +70,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input
 def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     from .. import create_model
     from ..weights import detect_file_format, read_weights, weights_from_checkpoint
-    from .torchvision_detectors import detector_kind
+    from .models.torchvision_detectors import detector_kind
 
     fmt = detect_file_format(path)
     if fmt == "darknet":
@@ -111,7 +111,7 @@ def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None 
     elif tag is not None and tag.model in list_models(task="detection") and weights is None:
         model, ckpt = create_model(tag.model, pretrained=tag.name, **size_options(tag.model, input_size)), {}
     else:
-        from ..train.runs import refuse_missing_checkpoint
+        from ..engine.runs import refuse_missing_checkpoint
 
         refuse_missing_checkpoint(spec, list_models(task=None))  # a path that does not exist says so
         names = ", ".join(list_models(task="detection"))

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from ..deploy.runtime import open_session
 from ..train.onnx_eval import OnnxModule
-from ..train.runs import evaluation_folder, evaluation_output
-from .metrics import DetectionMetrics
-from .yolov3 import check_images, letterbox, postprocess
+from ..engine.runs import evaluation_folder, evaluation_output
+from .training.metrics import DetectionMetrics
+from .models.yolov3 import check_images, letterbox, postprocess
 
 
 class OnnxDetector(OnnxModule):
@@ -64,12 +64,12 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
 
     ``score_thresh`` defaults to 0.01 as in training's evaluation (not the file's deployment threshold).
     VOC's difficult objects are ignored unless ``count_difficult``; detections.json takes the dataset's
-    image and category ids. ``out`` follows :func:`~backbonekit.train.runs.evaluation_output`'s rules
+    image and category ids. ``out`` follows :func:`~backbonekit.engine.runs.evaluation_output`'s rules
     (``force``: into a folder holding other files).
     """
-    from . import report
-    from .data import load_detection_dataset
-    from .engine import evaluate
+    from .training import report
+    from .data.datasets import load_detection_dataset
+    from .training.engine import evaluate
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, found {batch_size}")

@@ -20,8 +20,8 @@ from torch import Tensor
 from .._text import few, first_line
 from ..checkpoint import atomic_open
 from ..images import IMAGE_EXTENSIONS, image_files, image_size
-from .config import check_postprocess
-from .data import read_image as read_uint8
+from .training.config import check_postprocess
+from .data.datasets import read_image as read_uint8
 
 
 def coco_categories() -> list[tuple[int, str]]:

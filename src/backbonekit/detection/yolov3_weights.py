@@ -25,8 +25,8 @@ from ..darknet_weights import (FLOAT, ConvLayer, DarknetHeader, _array_for, _rea
                                _where_reading_stops, darknet_float_counts, darknet_layers, inspect_darknet_file,
                                read_header, warn_assumed)
 from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
-from .anchors import YOLOV3_MASKS
-from .neck import YOLOV3_NECK_CHANNELS
+from .task.anchors import YOLOV3_MASKS
+from .models.neck import YOLOV3_NECK_CHANNELS
 
 BACKBONE_CHANNELS = (256, 512, 1024)  # Darknet-53's C3, C4, C5
 FIRST_NECK_LAYER = 75  # cfg index after the backbone's last [shortcut] (74)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .._text import first_line
 from ..checkpoint import atomic_open
-from .budget import parse_duration
+from ..engine.budget import parse_duration
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine")

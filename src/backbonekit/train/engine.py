@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optimize import fused_optimizer, training_autocast
-from . import dist
+from ..engine import dist
 
 
 class NonFiniteLoss(ValueError):

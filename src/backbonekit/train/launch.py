@@ -86,7 +86,7 @@ def run_rank(command: str, fn: Callable[[], Any]) -> Any:
     """Run one rank's ``fn``: a user error is one line naming the rank and exits 2; the process group is
     always torn down (shared by ``train`` and ``detect train``)."""
     from .._text import USER_ERRORS
-    from . import dist
+    from ..engine import dist
 
     try:
         return fn()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deploy.runtime import open_session
-from .runs import evaluation_folder, evaluation_output
+from ..engine.runs import evaluation_folder, evaluation_output
 from .engine import EvalResult, evaluate
 from .trainer import EVAL_BATCH_SIZE, evaluation_batches
 

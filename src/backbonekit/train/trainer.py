@@ -19,12 +19,12 @@ from ..optimize import prepare_for_training
 from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
 from ..pretrained import weights_file
-from . import dist
-from .budget import TimeBudget, fast_forward, refit_schedule
+from ..engine import dist
+from ..engine.budget import TimeBudget, fast_forward, refit_schedule
 from .config import TrainConfig, write_config
 from .data import Batches, DataBundle, Normalizer, load_dataset
 from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
-from .runs import (RESUME_RULES, check_resumed_world, default_out, evaluation_folder, evaluation_output,
+from ..engine.runs import (RESUME_RULES, check_resumed_world, default_out, evaluation_folder, evaluation_output,
                    resume_checkpoint, resumed_config, run_in_folder)
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._text import few, first_line
-from ..images import IMAGE_EXTENSIONS, image_files, image_size, read_rgb
+from ..._text import few, first_line
+from ...images import IMAGE_EXTENSIONS, image_files, image_size, read_rgb
 
 FORMATS = ("photodigits", "yolo:PATH", "coco:ANNOTATIONS.json[,VAL.json]", "voc:PATH")
 SPLITS = ("train", "val")
@@ -718,7 +718,7 @@ def load_detection_dataset(spec: str = "photodigits", data_dir: str | os.PathLik
         raise ValueError(f"expected split 'train', 'val' or 'test', found '{split}'")
     options = {"skip_bad_labels": skip_bad_labels, "verify_images": verify_images}
     if kind == "photodigits" and not path:
-        from .synthetic import photodigits
+        from .photodigits import photodigits
 
         if split not in SPLITS:
             raise ValueError(f"photodigits has 'train' and 'val' splits, found '{split}'")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import InMemoryDetection, make_target
+from .datasets import InMemoryDetection, make_target
 
 CLASSES = tuple(str(d) for d in range(10))
 FAINT = 3  # digit pixels below this (of 16) are scanner noise: zeroed before the tight box is cut
@@ -80,7 +80,7 @@ def _sources() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 def _digit_pool(split: str) -> np.ndarray:
     """Indices of the digit scans a split may use: the classification ``digits`` set's train or test
     split (80/20, stratified, fixed), so a backbone trained on ``digits`` never saw val handwriting."""
-    from ..train.data import digits_split
+    from ...train.data import digits_split
 
     train, test = digits_split(_sources()[1])
     return np.sort(np.asarray(test if split == "val" else train))
@@ -207,7 +207,7 @@ def write_yolo_dataset(splits: Mapping[str, Dataset], out_dir: str | os.PathLike
     import yaml
     from PIL import Image
 
-    from ..checkpoint import temporary_folder
+    from ...checkpoint import temporary_folder
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ..train.budget import parse_duration
-from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
-from ..train.runs import EXTEND, FIXED, LOCAL
+from ...engine.budget import parse_duration
+from ...train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
+from ...engine.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
 RPN_PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
@@ -47,7 +47,7 @@ class DetectConfig:
     Fewer make Faster R-CNN cheaper on a CPU (by about 1.3x a training step at ``detect compare``'s preset
     counts; ``docs/detection-compare.md``).
     ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes) that the epochs and the schedule
-    are fitted to after each epoch (:mod:`backbonekit.train.budget`); ``epochs`` then only sizes the first
+    are fitted to after each epoch (:mod:`backbonekit.engine.budget`); ``epochs`` then only sizes the first
     epoch's schedule.
     """
 
@@ -190,7 +190,7 @@ DETECT_RESUME_RULES: dict[str, str] = {
 
 
 def _backbones() -> list[str]:
-    from ..models import list_models
+    from ...models import list_models
 
     return list_models(task="classification")
 

@@ -36,9 +36,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .._text import few, first_line
-from ..checkpoint import atomic_open, atomic_path
-from ..train.runs import FAILED_START_FILES, LOCK_NAME, claim_run_folder
+from ..._text import few, first_line
+from ...checkpoint import atomic_open, atomic_path
+from ...engine.runs import FAILED_START_FILES, LOCK_NAME, claim_run_folder
 from .config import DETECTORS, DetectConfig, detect_config_keys
 
 PLAN_FILE = "compare.yaml"
@@ -139,7 +139,7 @@ def make_plan(pairs: Sequence[str] | None = None, *, preset: str | None = None,
               speed_repeats: int | None = None) -> ComparePlan:
     """A plan from a preset (or nothing), then a ``detect train`` config file of shared options, then
     ``settings``; ``pairs`` replace the preset's. One ValueError line for anything no comparison can run."""
-    from ..train.config import read_config_file
+    from ...train.config import read_config_file
 
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
@@ -208,8 +208,8 @@ def check_pairs(plan: ComparePlan, out: Path) -> list[tuple[Pair, DetectConfig]]
 
 
 def _build_on_meta(cfg: DetectConfig) -> None:
-    from .. import create_model
-    from ..models import model_info
+    from ... import create_model
+    from ...models import model_info
 
     if model_info(cfg.backbone).task != "classification":  # KeyError with close matches for unknown names
         raise ValueError(f"expected a backbone (backbonekit models), found the detector {cfg.backbone!r}")
@@ -367,11 +367,11 @@ def measure(configs: Sequence[tuple[Pair, DetectConfig]], train_set, val_set, pl
             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One row per pair: its run's figures (eval.json, metrics.csv), parameters and MACs of its best.pt at
     the input size, and inference images/s of all of them timed side by side in this process."""
-    from ..bench import Candidate, run_benchmark
-    from ..profiler import profile_model
-    from ..train.report import read_metrics
-    from ..train.trainer import resolve_device
-    from .loading import load_run_checkpoint
+    from ...bench import Candidate, run_benchmark
+    from ...profiler import profile_model
+    from ...train.report import read_metrics
+    from ...train.trainer import resolve_device
+    from ..loading import load_run_checkpoint
 
     device = resolve_device(configs[0][1].device)
     rows, candidates = [], []
@@ -428,7 +428,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], configs: Sequence[tuple
         f.write(text.getvalue().encode("utf-8"))
     with atomic_open(out / "comparison.md") as f:
         f.write((markdown_table(rows) + "\n").encode("utf-8"))
-    from ..train.trainer import resolve_device
+    from ...train.trainer import resolve_device
 
     device = resolve_device(configs[0][1].device).type
     plot_frontier(rows, out / "frontier.png", f"ms per image, batch {plan.speed_images}, {device}")
@@ -470,7 +470,7 @@ def pareto_front(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _save(fig, path: Path) -> None:
-    from ..train.report import _pyplot
+    from ...train.report import _pyplot
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -480,7 +480,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_frontier(rows: Sequence[Mapping[str, Any]], path: Path, latency_label: str) -> None:
     """mAP@[.5:.95] against inference latency, each pair labelled, the Pareto front joined."""
-    from ..train.report import _pyplot
+    from ...train.report import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -501,7 +501,7 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: Path, latency_label: 
 
 def plot_map_curves(configs: Sequence[tuple[Pair, DetectConfig]], path: Path) -> None:
     """Validation mAP after each epoch against the training minutes spent, one line per pair."""
-    from ..train.report import _pyplot, read_metrics
+    from ...train.report import _pyplot, read_metrics
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -521,8 +521,8 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], configs: Sequence
     """report.html: the table, both plots, the plan, the machine, and a link to each run's report."""
     import yaml
 
-    from ..bench import environment
-    from ..train.trainer import resolve_device
+    from ...bench import environment
+    from ...train.trainer import resolve_device
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in COLUMNS.values())
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>" for row in rows)

@@ -18,11 +18,11 @@ import torch.distributed as td
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..train import dist
-from ..optimize import training_autocast
-from ..train.engine import backward_and_step, check_finite
-from .augment import NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, multiscale_size
-from .data import training_target
+from ...engine import dist
+from ...optimize import training_autocast
+from ...train.engine import backward_and_step, check_finite
+from ..data.augment import NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, multiscale_size
+from ..data.datasets import training_target
 from .metrics import DetectionEvaluator, DetectionMetrics
 
 EPOCH_SEED_STRIDE = 1_000_003  # generators are seeded with seed * stride + epoch * 1000 + rank

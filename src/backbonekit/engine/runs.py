@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, TypeVar
 
 from . import dist
-from .config import TrainConfig
+from ..train.config import TrainConfig
 
 Result = TypeVar("Result")
 

@@ -11,9 +11,9 @@ from .config import DetectConfig
 
 def launch_local(cfg: DetectConfig, log: Callable[[str], None] = print, given: list[str] | None = None) -> int:
     """Train ``cfg`` with ``cfg.nproc`` processes on this machine (gloo on CPU, nccl on CUDA)."""
-    from ..train.launch import launch
-    from ..train.runs import default_out
-    from ..train.trainer import resolve_device
+    from ...train.launch import launch
+    from ...engine.runs import default_out
+    from ...train.trainer import resolve_device
 
     device = resolve_device(cfg.device)
     if device.type == "cuda":
@@ -31,7 +31,7 @@ def launch_local(cfg: DetectConfig, log: Callable[[str], None] = print, given: l
 
 def detect_worker(cfg_dict: dict[str, Any], given: list[str] | None = None) -> dict[str, Any]:
     """One rank of ``launch_local``: train, print one error line on failure, exit 2."""
-    from ..train.launch import run_rank
+    from ...train.launch import run_rank
     from .trainer import train
 
     result = run_rank("backbonekit detect train", lambda: train(DetectConfig(**cfg_dict), given=given))

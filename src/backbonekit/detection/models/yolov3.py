@@ -27,16 +27,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_area, box_convert
 
-from ..models import Backbone
-from ..models._registry import ModelInfo, register_model
-from .augment import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
-from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
-from .coder import decode_level
+from ...models import Backbone
+from ...models._registry import ModelInfo, register_model
+from ..data.augment import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
+from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
+from ..task.coder import decode_level
 from .head import YOLOv3Head
 from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
 
 LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
-# ``from backbonekit.detection.yolov3 import letterbox``: a list of images of any sizes -> one batch and
+# ``from backbonekit.detection.models.yolov3 import letterbox``: a list of images of any sizes -> one batch and
 # where each image went; the same :func:`.augment.letterbox` per image that training uses.
 letterbox = letterbox_images
 __all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
@@ -225,8 +225,8 @@ def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
 # -- building -----------------------------------------------------------------------------------
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """A registered backbone as a features_only model of its maps at strides 8, 16 and 32."""
-    from .. import create_model
-    from ..models import model_info
+    from ... import create_model
+    from ...models import model_info
 
     if model_info(name).task != "classification":
         raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
@@ -260,7 +260,7 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     ``kwargs``: :class:`YOLOv3` options (``anchors``, ``masks``, ``neck_channels``, ``input_size``,
     thresholds).
     """
-    from .yolov3_weights import inspect_pretrained, load_pretrained
+    from ..yolov3_weights import inspect_pretrained, load_pretrained
 
     if in_chans != 3:
         raise ValueError(f"YOLOv3 takes RGB images: expected in_chans=3, found {in_chans}")

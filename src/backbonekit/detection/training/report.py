@@ -3,7 +3,7 @@
 :func:`write_evaluation` writes what one evaluation found (``eval.json``, ``per_class_ap.txt/.json``,
 ``pr_curves.png``, ``predictions.png``, ``detections.json``); :func:`write_run_report` rebuilds ``curves.png``,
 ``pr_curves.png`` and ``report.html`` from the files in a run folder alone
-(``python -m backbonekit.detection.report RUN_DIR``). Plots use matplotlib (Agg).
+(``python -m backbonekit.detection.training.report RUN_DIR``). Plots use matplotlib (Agg).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Sequence
 
 from torch import Tensor
 
-from ..checkpoint import atomic_open
-from ..train.report import _pyplot, _table, read_metrics, save_epoch_figure
+from ...checkpoint import atomic_open
+from ...train.report import _pyplot, _table, read_metrics, save_epoch_figure
 from .metrics import DetectionMetrics, format_table
 
 PRED_STYLE = {"edgecolor": "#e8112d", "linestyle": "-", "linewidth": 1.6}  # predictions: solid red

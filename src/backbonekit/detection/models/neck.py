@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..models.darknet import ConvNormAct
+from ...models.darknet import ConvNormAct
 
 YOLOV3_NECK_CHANNELS: tuple[int, ...] = (512, 256, 128)  # n per level, deepest first
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ..models.darknet import ConvNormAct
+from ...models.darknet import ConvNormAct
 
 
 class YOLOv3Head(nn.Module):

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .data import training_target
-from ..train.config import _in_range
+from ..data.datasets import training_target
+from ...train.config import _in_range
 
 # (width, height) in input pixels at 416x416, from Darknet's cfg/yolov3.cfg
 COCO_ANCHORS: tuple[tuple[float, float], ...] = (
@@ -177,7 +177,7 @@ def dataset_box_shapes(dataset, input_size: int) -> Tensor:
 def anchors_for_dataset(dataset, num: int = 9, input_size: int = 416, *, iters: int = 300, seed: int = 0,
                         threshold: float = BPR_IOU_THRESHOLD) -> AnchorFit:
     """k-means anchors for ``dataset``'s boxes as the model sees them (letterboxed to ``input_size``)."""
-    from .config import check_fraction, check_input_size
+    from ..training.config import check_fraction, check_input_size
 
     _in_range("num (anchors)", num, 1)
     check_input_size(input_size)

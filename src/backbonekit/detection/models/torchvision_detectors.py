@@ -3,8 +3,8 @@
 ``create_model("fasterrcnn" | "retinanet" | "fcos", backbone=NAME, num_classes=N, **torchvision_kwargs)``.
 Heads, losses, samplers, anchors and post-processing are torchvision's (Ren et al. arXiv 1506.01497,
 Lin et al. arXiv 1708.02002, Tian et al. arXiv 1904.01355); this module only chooses the pyramid
-(:func:`~backbonekit.detection.fpn.detector_pyramid`), one anchor size per map, the RoI pooler
-(:class:`~backbonekit.detection.fpn.LevelRoIAlign`), and the label convention:
+(:func:`~backbonekit.detection.models.fpn.detector_pyramid`), one anchor size per map, the RoI pooler
+(:class:`~backbonekit.detection.models.fpn.LevelRoIAlign`), and the label convention:
 
 * ``labels`` are 0-based object classes and ``num_classes`` counts objects only, for every detector.
   Faster R-CNN's background slot (torchvision's label 0) is internal: targets are shifted up by one on the
@@ -31,9 +31,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_area
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .._text import few
-from ..checkpoint import CheckpointError
-from ..models._registry import ModelInfo, register_model
+from ..._text import few
+from ...checkpoint import CheckpointError
+from ...models._registry import ModelInfo, register_model
 from .fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid
 from .yolov3 import check_images
 
@@ -186,8 +186,8 @@ def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
 def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
                        out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
     """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
-    from .. import create_model
-    from ..models import model_info
+    from ... import create_model
+    from ...models import model_info
 
     if model_info(name).task != "classification":  # KeyError with close matches for unknown names
         raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
@@ -264,7 +264,7 @@ def read_pretrained(kind: str, path: str | os.PathLike) -> tuple[dict[str, Tenso
     """``(state, num_classes, model_kwargs)`` of a ``pretrained=`` file: a whole detector (torchvision's
     layout or a backbonekit checkpoint; ``num_classes`` from the file) or a backbone (``num_classes`` 0,
     keys prefixed ``backbone.body.``)."""
-    from ..weights import detect_layout, read_weights, to_backbonekit
+    from ...weights import detect_layout, read_weights, to_backbonekit
 
     state, meta = read_weights(path)
     if meta.get("model") not in (None, kind) and detect_layout(state) == "unknown":

@@ -20,24 +20,24 @@ from typing import Any, Callable, Collection, Sequence
 import torch
 from torch import nn
 
-from .. import create_model
-from .._text import few, first_line
-from ..checkpoint import CheckpointError, atomic_save, load_file
-from ..pretrained import weights_file
-from ..train import dist
-from ..train.budget import TimeBudget, fast_forward, refit_schedule
-from ..train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ..train.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
+from ... import create_model
+from ..._text import few, first_line
+from ...checkpoint import CheckpointError, atomic_save, load_file
+from ...pretrained import weights_file
+from ...engine import dist
+from ...engine.budget import TimeBudget, fast_forward, refit_schedule
+from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
+from ...engine.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
                           resumed_config, run_in_folder)
-from ..train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
-from .anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
+from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
+from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
 from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
-from .data import load_detection_dataset
+from ..data.datasets import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
-from .loading import load_run_checkpoint
-from .loss import PARTS, YOLOv3Loss
+from ..loading import load_run_checkpoint
+from ..task.loss import PARTS, YOLOv3Loss
 from .metrics import DetectionMetrics
-from .yolov3_weights import NORM_KEYS, recorded_normalisation
+from ..yolov3_weights import NORM_KEYS, recorded_normalisation
 
 # each detector's loss parts, under their own names (torchvision's for its detectors); "loss" is their sum
 LOSS_PARTS = {"yolov3": tuple(f"loss_{p}" for p in PARTS),
@@ -111,7 +111,7 @@ def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[f
 def _pretrained_source(cfg: DetectConfig):
     """(source, backbone kwargs) of ``cfg.pretrained``: a Darknet file, a detector, or a backbone checkpoint
     (the file is read once, by :func:`~.yolov3_weights.inspect_pretrained`)."""
-    from .yolov3_weights import inspect_pretrained
+    from ..yolov3_weights import inspect_pretrained
 
     source = inspect_pretrained(weights_file(cfg.pretrained, cfg.model), neck_channels=cfg.neck_channels)
     if source.num_classes:
@@ -157,8 +157,8 @@ def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float
     ``preprocessing``), a detector run's (its recorded ``image_mean``/``image_std`` or YOLOv3's
     ``input_mean``/``input_std``), none for Darknet's files and YOLOv3 checkpoints without one (Darknet
     feeds raw [0, 1] pixels), else ImageNet's (torchvision's and timm's weights; torchvision's default)."""
-    from ..onnx_meta import IMAGENET_MEAN, IMAGENET_STD
-    from ..weights import detect_file_format
+    from ...onnx_meta import IMAGENET_MEAN, IMAGENET_STD
+    from ...weights import detect_file_format
 
     imagenet, raw = (list(IMAGENET_MEAN), list(IMAGENET_STD)), ([0.0] * 3, [1.0] * 3)
     kind = None if path is None else detect_file_format(path)
@@ -218,7 +218,7 @@ def _grids(model: nn.Module) -> list[tuple[int, int]]:
 
 
 def _load_source(model: nn.Module, source) -> str:
-    from .yolov3_weights import load_pretrained
+    from ..yolov3_weights import load_pretrained
 
     if not source.num_classes:
         return load_pretrained(model, source)
@@ -293,7 +293,7 @@ def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
           given: Collection[str] | None = None) -> DetectResult:
     """Train ``cfg`` into the run folder ``cfg.out`` (see this module's docstring and docs/detection-training.md).
 
-    The run folder follows ``backbonekit train``'s rules (:mod:`backbonekit.train.runs`): one writer at a
+    The run folder follows ``backbonekit train``'s rules (:mod:`backbonekit.engine.runs`): one writer at a
     time, a new run only in a new or empty folder, nothing left behind by a run that fails before its first
     checkpoint. With ``cfg.resume`` (a run folder or last.pt) the run continues exactly where it stopped, with
     the saved config; ``given`` names the options set explicitly, checked by ``DETECT_RESUME_RULES``
@@ -527,7 +527,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
 def make_data(out: str | os.PathLike, *, image_size: int | None = None, num_train: int | None = None,
               num_val: int | None = None, seed: int | None = None) -> Path:
     """Write the built-in ``photodigits`` set (or a resized/recounted one) to ``out`` as a YOLO folder."""
-    from .synthetic import DEFAULT_SPEC, photodigits, write_yolo_dataset
+    from ..data.photodigits import DEFAULT_SPEC, photodigits, write_yolo_dataset
 
     changes = {k: v for k, v in dict(image_size=image_size, num_train=num_train, num_val=num_val,
                                      seed=seed).items() if v is not None}
