@@ -13,6 +13,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .._text import first_line
+from ..images import letterbox_fit
 from .metadata import DETECTION_OUTPUTS, IMAGE_REGIONS, from_props
 
 ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821 (PIL.Image, imported lazily)
@@ -85,10 +86,7 @@ class LetterboxBox:
     @classmethod
     def fit(cls, height: int, width: int, size: int) -> "LetterboxBox":
         """Scale to fit ``size`` keeping the aspect ratio, centred."""
-        if width >= height:
-            new_w, new_h = size, max(1, (height * size) // width)
-        else:
-            new_w, new_h = max(1, (width * size) // height), size
+        new_h, new_w = letterbox_fit(height, width, size, size)
         return cls(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
 
     def region(self) -> np.ndarray:
