@@ -165,7 +165,7 @@ def test_detector_prediction_without_torch(det, tmp_path):
 
 
 def test_onnx_evaluation_equals_pytorch(det, tmp_path):
-    from backbonekit.detection.data.datasets import load_detection_dataset
+    from backbonekit.detection.data import load_detection_dataset
     from backbonekit.detection.training.engine import evaluate
 
     data = load_detection_dataset(f"yolo:{det['data']}", None, "val")

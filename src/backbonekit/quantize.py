@@ -161,7 +161,7 @@ def detection_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, 
     """As :func:`dataset_calibration` for a detector: ``count`` images of a dataset ``detect train``
     accepts, each letterboxed by :func:`backbonekit.detection.data.transforms.letterbox_images` (the function
     ``YOLOv3.detect`` and evaluation use) to the file's input size, values in [0, 1]."""
-    from .detection.data.datasets import load_detection_dataset
+    from .detection.data import load_detection_dataset
     from .detection.data.transforms import letterbox_images
 
     if split not in ("train", "val"):

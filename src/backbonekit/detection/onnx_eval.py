@@ -69,7 +69,7 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
     (``force``: into a folder holding other files).
     """
     from .training import report
-    from .data.datasets import load_detection_dataset
+    from .data.formats import load_detection_dataset
     from .training.engine import evaluate
 
     if batch_size < 1:

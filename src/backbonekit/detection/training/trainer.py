@@ -32,7 +32,7 @@ from ...engine.runs import (check_resumed_world, evaluation_folder, evaluation_o
 from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
 from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
 from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
-from ..data.datasets import load_detection_dataset
+from ..data.formats import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from ..loading import load_run_checkpoint
 from ..task.loss import PARTS, YOLOv3Loss
