@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import clip_boxes_to_image
 
-from ...images import letterbox_fit
+from ...images import LetterboxPlace, letterbox_fit
 
 Size = int | tuple[int, int]
 
@@ -92,17 +92,10 @@ LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.
 
 
 @dataclass(frozen=True)
-class LetterboxGeometry:
+class LetterboxGeometry(LetterboxPlace):
     """Where an image of ``height`` x ``width`` pixels went in the letterboxed canvas: scaled to
     ``new_w`` x ``new_h`` and placed at (``left``, ``top``). A point (x, y) of the image lands at
     (x * new_w / width + left, y * new_h / height + top)."""
-
-    height: int
-    width: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
 
     def _offset_scale(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
         offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
@@ -129,7 +122,7 @@ def letterbox_geometry(height: int, width: int, size: Size, *, stride: int = 32,
     multiple of ``stride`` around the scaled image."""
     new_h, new_w = letterbox_fit(height, width, *size_hw(size))
     th, tw = _canvas_hw(new_h, new_w, size, stride, auto)
-    return LetterboxGeometry(height, width, new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2)
+    return LetterboxGeometry.centred(height, width, new_h, new_w, th, tw)
 
 
 def _canvas_hw(new_h: int, new_w: int, size: Size, stride: int, auto: bool) -> tuple[int, int]:
