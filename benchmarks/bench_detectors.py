@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> int:
-    from backbonekit.detection.data.datasets import load_detection_dataset
+    from backbonekit.detection.data import load_detection_dataset
     from backbonekit.detection.loading import load_detector
-    from backbonekit.detection.training.trainer import make_data
+    from backbonekit.detection.data.photodigits import make_data
     from backbonekit.profiler import profile_model
 
     data = make_data(tmp / "data", num_train=args.train_images, num_val=args.val_images, seed=args.seed)

@@ -38,7 +38,7 @@ import os
 import torch
 
 import backbonekit as bk
-from backbonekit.detection.models.yolov3 import letterbox
+from backbonekit.detection.data.transforms import letterbox_images
 from backbonekit.detection.yolov3_weights import write_yolov3_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def _random_weights(path: Path, classes: int, size: int, images: list[torch.Tens
             torch.nn.init.uniform_(m.bias, -0.2, 0.2)
     model.eval()
     with torch.no_grad():
-        levels = model.forward_levels(letterbox(images, size)[0])
+        levels = model.forward_levels(letterbox_images(images, size)[0])
         objectness, class_logits = [], []
         for conv, raw in zip(model.head.convs_pred, levels):
             # each output channel standardised over the cells of these images (zero mean, unit spread)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def end_to_end(fn):
-        batch, boxes = letterbox(images, args.size)
+        batch, boxes = letterbox_images(images, args.size)
         return model.postprocess(fn(batch), boxes, args.score_thresh, 0.45, MAX_DETECTIONS)
 
     with torch.no_grad(), CpuWatch() as watch:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = {"letterbox": 0.0, "network": 0.0, "decode": 0.0, "nms": 0.0}
         for _ in range(args.rounds):
             t0 = time.perf_counter()
-            batch, boxes = letterbox(images, args.size)
+            batch, boxes = letterbox_images(images, args.size)
             t1 = time.perf_counter()
             levels = model.forward_levels(batch)
             t2 = time.perf_counter()

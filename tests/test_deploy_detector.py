@@ -30,7 +30,7 @@ from backbonekit.detection.training.engine import predict_dataset  # noqa: E402
 from backbonekit.detection.export import export_yolov3_onnx  # noqa: E402
 from backbonekit.detection.onnx_eval import evaluate_onnx_detector, load_onnx_detector  # noqa: E402
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset  # noqa: E402
-from backbonekit.detection.models.yolov3 import letterbox, letterbox_geometry  # noqa: E402
+from backbonekit.detection.data.transforms import letterbox_geometry, letterbox_images  # noqa: E402
 from backbonekit.detection.yolov3_weights import save_detector  # noqa: E402
 from backbonekit.onnx_meta import read_metadata  # noqa: E402
 from backbonekit.quantize import export_int8  # noqa: E402
@@ -90,7 +90,7 @@ def test_runtime_letterbox_puts_the_image_on_the_same_pixels():
     for size, shape in ((64, (37, 90)), (96, (90, 37))):
         image = pixels if shape == (37, 90) else np.ascontiguousarray(pixels.transpose(1, 0, 2))
         ours, box = letterbox_input(image, {"input_size": size, "letterbox_fill": 0.5})
-        reference, boxes = letterbox([torch.from_numpy(image).permute(2, 0, 1).float() / 255], size)
+        reference, boxes = letterbox_images([torch.from_numpy(image).permute(2, 0, 1).float() / 255], size)
         ref_box = letterbox_geometry(*shape, size)
         assert (box.new_h, box.new_w, box.top, box.left) == (ref_box.new_h, ref_box.new_w, ref_box.top, ref_box.left)
         np.testing.assert_allclose(ours, reference[0].numpy(), atol=1e-5)
@@ -165,7 +165,7 @@ def test_detector_prediction_without_torch(det, tmp_path):
 
 
 def test_onnx_evaluation_equals_pytorch(det, tmp_path):
-    from backbonekit.detection.data.datasets import load_detection_dataset
+    from backbonekit.detection.data import load_detection_dataset
     from backbonekit.detection.training.engine import evaluate
 
     data = load_detection_dataset(f"yolo:{det['data']}", None, "val")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from backbonekit.detection.data.augment import (
-    NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, colour_matrix, hflip,
-    hsv_jitter, letterbox, letterbox_geometry, mosaic, multiscale_size, multiscale_sizes,
+    NO_AUGMENT, AugmentConfig, Mosaic, augment_batch, collate_detection, colour_matrix, hflip, hsv_jitter, mosaic,
+    multiscale_size, multiscale_sizes,
 )
+from backbonekit.detection.data.transforms import Letterbox, letterbox, letterbox_geometry, letterbox_images
 
 
 def rectangles_image(h, w, boxes):
@@ -128,7 +129,6 @@ def test_training_evaluation_and_deploy_letterbox_the_same_pixels():
     model(images) and the numpy deploy runtime put it on, and its boxes map back exactly."""
     from backbonekit.deploy.runtime import letterbox_input
     from backbonekit.detection.training.engine import TrainBatches
-    from backbonekit.detection.models.yolov3 import letterbox as inference_letterbox
 
     g = torch.Generator().manual_seed(3)
     image = torch.randint(0, 256, (3, 50, 81), generator=g, dtype=torch.uint8)
@@ -136,7 +136,7 @@ def test_training_evaluation_and_deploy_letterbox_the_same_pixels():
               "labels": torch.tensor([0, 1])}
     batches = TrainBatches([(image, target)], 1, 64, torch.device("cpu"), seed=0, epoch=0)
     (train_batch, train_targets), = list(batches)
-    infer_batch, (box,) = inference_letterbox([image.float() / 255], 64)
+    infer_batch, (box,) = letterbox_images([image.float() / 255], 64)
     deploy, deploy_box = letterbox_input(image.permute(1, 2, 0).numpy(), {"input_size": 64, "letterbox_fill": 0.5})
     assert (box.new_w, box.new_h, box.left, box.top) == (64, 39, 0, 12)  # 50 * 64 // 81 = 39 rows, floored
     assert (deploy_box.new_w, deploy_box.new_h, deploy_box.left, deploy_box.top) == (64, 39, 0, 12)
@@ -204,3 +204,11 @@ def test_multiscale_sizes_follow_darknet():
     assert all(len(set(sizes[i:i + 10])) == 1 for i in range(0, 400, 10)), "one size per block of 10 steps"
     assert len(set(sizes)) >= 6
     assert sizes == [multiscale_size(step, 416, every=10, seed=3) for step in range(0, 400)]  # resumable
+
+
+def test_the_list_letterbox_keeps_the_paths_the_docs_show():
+    """``letterbox`` names the one-image letterbox in transforms; the older list paths stay aliases of letterbox_images."""
+    import backbonekit.detection as detection
+    from backbonekit.detection.models import yolov3
+
+    assert yolov3.letterbox is letterbox_images and detection.letterbox is letterbox_images

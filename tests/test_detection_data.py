@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backbonekit.detection.data.datasets import load_detection_dataset, read_coco, read_voc, read_yolo
+from backbonekit.detection.data import load_detection_dataset, read_coco, read_voc, read_yolo
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, _digit_pool, generate_with_masks, photodigits, write_yolo_dataset
 
 TINY = PhotoDigitsSpec(image_size=64, num_train=12, num_val=4, digit_height=(12, 30), seed=5)

@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from backbonekit.detection.training.config import DetectConfig
-from backbonekit.detection.data.datasets import load_detection_dataset
+from backbonekit.detection.data import load_detection_dataset
 from backbonekit.detection.training.engine import evaluate
 from backbonekit.detection.training.metrics import DetectionEvaluator
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset

@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 from backbonekit.checkpoint import load_file  # noqa: E402
 from backbonekit.cli import main  # noqa: E402
 from backbonekit.detection.task.anchors import dataset_box_shapes  # noqa: E402
-from backbonekit.detection.data.datasets import load_detection_dataset, read_coco, read_yolo  # noqa: E402
+from backbonekit.detection.data import load_detection_dataset, read_coco, read_yolo  # noqa: E402
 from backbonekit.detection.training.engine import TrainBatches  # noqa: E402
 from backbonekit.detection.loading import load_detector  # noqa: E402
 from backbonekit.detection.training.metrics import DetectionEvaluator  # noqa: E402

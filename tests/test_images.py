@@ -72,9 +72,9 @@ TOLERANCE = {"cmyk.jpg": 2}  # JPEG: flat bands come back within a level or two
 
 
 def _detection_data(path):
-    from backbonekit.detection.data.datasets import read_image
+    from backbonekit.detection.data.datasets import read_image_uint8
 
-    return read_image(Path(path)).permute(1, 2, 0).numpy()
+    return read_image_uint8(Path(path)).permute(1, 2, 0).numpy()
 
 
 def _detect_predict(path):

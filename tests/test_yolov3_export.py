@@ -81,7 +81,7 @@ def test_a_normalising_detector_keeps_its_normalisation_in_onnx(tmp_path) -> Non
 def test_onnx_nms_drops_boxes_without_area_and_caps_each_image(tmp_path) -> None:
     from torchvision.ops import box_area, clip_boxes_to_image
 
-    from backbonekit.detection.models.yolov3 import letterbox
+    from backbonekit.detection.data.transforms import letterbox_images
 
     torch.manual_seed(1)
     model = with_random_bn_statistics(bk.create_model("yolov3", backbone="resnet18", num_classes=3,
@@ -90,7 +90,7 @@ def test_onnx_nms_drops_boxes_without_area_and_caps_each_image(tmp_path) -> None
                               nms_thresh=0.45, max_detections=4)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]  # image_regions is optional
-    batch, places = letterbox([torch.rand(3, 8, 64), torch.rand(3, 64, 12), torch.rand(3, 40, 40)], 64)
+    batch, places = letterbox_images([torch.rand(3, 8, 64), torch.rand(3, 64, 12), torch.rand(3, 40, 40)], 64)
     regions = np.array([[b.left, b.top, b.left + b.new_w, b.top + b.new_h] for b in places], np.float32)
     pred, selected, boxes = session.run(["predictions", "selected", "boxes"],
                                         {"images": batch.numpy(), "image_regions": regions})

@@ -15,12 +15,15 @@ orientation says (as a phone or a browser shows the photo):
 * an image larger than Pillow's decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels,
   179 million by default) is refused in one line, before any pixel is decoded.
 
-Any file that cannot be read raises one :class:`ImageReadError` line naming it.
+Any file that cannot be read raises one :class:`ImageReadError` line naming it. :func:`letterbox_fit` and
+:class:`LetterboxPlace` are the letterbox's geometry, shared by the detector and the deploy runtime for the
+same reason.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +102,34 @@ def to_rgb(image: "PILImage.Image") -> "PILImage.Image":
         image = image.convert("RGBA")
     return image if image.mode == "RGB" else image.convert("RGB")
 
+
+def letterbox_fit(height: int, width: int, canvas_h: int, canvas_w: int) -> tuple[int, int]:
+    """(new_h, new_w): an image of ``height`` x ``width`` scaled into a ``canvas_h`` x ``canvas_w`` letterbox
+    keeping its aspect ratio, as Darknet's ``letterbox_image`` sizes it: the side that fills first takes the
+    canvas size, the other is floored (``im.h * w / im.w`` in integers). The detector's letterbox (torch) and
+    the deploy runtime's (NumPy) both size images with it."""
+    if canvas_w / width < canvas_h / height:  # the width fills the canvas first (Darknet's test, in this order)
+        return max(1, (height * canvas_w) // width), canvas_w
+    return canvas_h, max(1, (width * canvas_h) // height)
+
+
+@dataclass(frozen=True)
+class LetterboxPlace:
+    """Where an image of ``height`` x ``width`` pixels went in a letterboxed canvas: scaled to ``new_w`` x
+    ``new_h`` and placed at (``left``, ``top``). The detector's ``LetterboxGeometry`` (torch) and the deploy
+    runtime's ``LetterboxBox`` (NumPy) add the box maps."""
+
+    height: int
+    width: int
+    new_h: int
+    new_w: int
+    top: int
+    left: int
+
+    @classmethod
+    def centred(cls, height: int, width: int, new_h: int, new_w: int, canvas_h: int, canvas_w: int):
+        """The image scaled to ``new_h`` x ``new_w`` in the middle of the canvas (padding floored on the top/left)."""
+        return cls(height, width, new_h, new_w, (canvas_h - new_h) // 2, (canvas_w - new_w) // 2)
 
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)

@@ -159,10 +159,10 @@ def detection_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, 
                           data_dir: str | os.PathLike | None = None
                           ) -> tuple[int, Callable[[np.ndarray], np.ndarray], str]:
     """As :func:`dataset_calibration` for a detector: ``count`` images of a dataset ``detect train``
-    accepts, each letterboxed by :func:`backbonekit.detection.models.yolov3.letterbox` (the function
+    accepts, each letterboxed by :func:`backbonekit.detection.data.transforms.letterbox_images` (the function
     ``YOLOv3.detect`` and evaluation use) to the file's input size, values in [0, 1]."""
-    from .detection.data.datasets import load_detection_dataset
-    from .detection.models.yolov3 import letterbox
+    from .detection.data import load_detection_dataset
+    from .detection.data.transforms import letterbox_images
 
     if split not in ("train", "val"):
         raise ValueError(f"detector calibration split must be train or val, found {split!r}")
@@ -172,7 +172,7 @@ def detection_calibration(dataset: str, meta: Mapping[str, Any], count: int, *, 
 
     def fetch(positions: np.ndarray) -> np.ndarray:
         batch = [images[int(order[int(i)])][0].float() / 255 for i in positions]
-        return letterbox(batch, int(meta["input_size"]))[0].numpy()
+        return letterbox_images(batch, int(meta["input_size"]))[0].numpy()
 
     return count, fetch, f"{dataset} ({split} split, letterboxed)"
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..detection.task.anchors import BPR_IOU_THRESHOLD, anchors_for_dataset
-from ..detection.data.datasets import FORMATS, load_detection_dataset
+from ..detection.data import FORMATS, load_detection_dataset
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -126,7 +126,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..detection.training.metrics import format_table
-    from ..detection.training.trainer import evaluate_checkpoint
+    from ..detection.training.evaluate import evaluate_checkpoint
 
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
@@ -158,7 +158,7 @@ def _register_make_data(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_make_data(args: argparse.Namespace) -> int:
-    from ..detection.training.trainer import make_data
+    from ..detection.data.photodigits import make_data
 
     out = make_data(args.out, image_size=args.image_size, num_train=args.num_train, num_val=args.num_val,
                     seed=args.seed)

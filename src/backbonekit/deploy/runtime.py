@@ -13,6 +13,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .._text import first_line
+from ..images import LetterboxPlace, letterbox_fit
 from .metadata import DETECTION_OUTPUTS, IMAGE_REGIONS, from_props
 
 ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821 (PIL.Image, imported lazily)
@@ -72,24 +73,13 @@ def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LetterboxBox:
+class LetterboxBox(LetterboxPlace):
     """Where an image of ``height`` x ``width`` went in the letterboxed input (Darknet's geometry)."""
-
-    height: int
-    width: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
 
     @classmethod
     def fit(cls, height: int, width: int, size: int) -> "LetterboxBox":
         """Scale to fit ``size`` keeping the aspect ratio, centred."""
-        if width >= height:
-            new_w, new_h = size, max(1, (height * size) // width)
-        else:
-            new_w, new_h = max(1, (width * size) // height), size
-        return cls(height, width, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+        return cls.centred(height, width, *letterbox_fit(height, width, size, size), size, size)
 
     def region(self) -> np.ndarray:
         """Where the image lies in the input: float32 ``x1, y1, x2, y2`` in input pixels."""

@@ -1,10 +1,12 @@
-"""Detection: detectors built on this package's backbones, and what trains and evaluates them.
+"""Detection: detectors built on this package's backbones, and what trains, evaluates and ships them.
 
-The files read like a detection paper's sections: ``fpn`` (feature pyramids for torchvision's
-detectors, DetNet's pyramid and its RoI pooler), ``torchvision_detectors`` (Faster R-CNN,
-RetinaNet and FCOS from torchvision's classes), ``neck``, ``head``, ``coder``, ``yolov3`` (the detector), ``yolov3_weights`` (Darknet files),
-and, as they land, ``assigner``, ``loss``, ``data``,
-``augment``, ``anchors``, ``metrics``.
+``models/`` the detectors (``yolov3`` with its ``neck`` and ``head``; Faster R-CNN, RetinaNet and FCOS in
+``torchvision_detectors`` on the pyramids of ``fpn``); ``task/`` what turns boxes into training signal
+(``anchors``, ``assigner``, ``coder``, ``loss``); ``data/`` datasets (one module per format, ``photodigits``),
+the shared ``transforms`` (letterbox) and the training ``augment``ations; ``training/`` ``detect train``
+(config, engine, trainer, metrics, report, evaluate). Beside them: ``export``/``fpn_export`` and
+``onnx_eval`` (ONNX), ``predict`` (image files in, detections out), ``loading``, ``yolov3_weights`` and
+``published`` (weights).
 """
 
 from .models.fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid, fpn_backbone

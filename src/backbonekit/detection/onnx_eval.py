@@ -19,7 +19,8 @@ from ..deploy.runtime import open_session
 from ..train.onnx_eval import OnnxModule
 from ..engine.runs import evaluation_folder, evaluation_output
 from .training.metrics import DetectionMetrics
-from .models.yolov3 import check_images, letterbox, postprocess
+from .data.transforms import letterbox_images
+from .models.yolov3 import check_images, postprocess
 
 
 class OnnxDetector(OnnxModule):
@@ -40,7 +41,7 @@ class OnnxDetector(OnnxModule):
     def detect(self, images: Sequence[Tensor] | Tensor, *, score_thresh: float | None = None,
                nms_thresh: float | None = None, detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
         """:meth:`YOLOv3.detect` with the network run by ONNX Runtime."""
-        batch, boxes = letterbox(check_images(images), self.input_size)
+        batch, boxes = letterbox_images(check_images(images), self.input_size)
         decoded = self(batch)
         return postprocess(decoded, boxes, self.score_thresh if score_thresh is None else score_thresh,
                            self.nms_thresh if nms_thresh is None else nms_thresh,
@@ -68,7 +69,7 @@ def evaluate_onnx_detector(path: str | os.PathLike, *, dataset: str | None = Non
     (``force``: into a folder holding other files).
     """
     from .training import report
-    from .data.datasets import load_detection_dataset
+    from .data.formats import load_detection_dataset
     from .training.engine import evaluate
 
     if batch_size < 1:

@@ -21,7 +21,7 @@ from .._text import few, first_line
 from ..checkpoint import atomic_open
 from ..images import IMAGE_EXTENSIONS, image_files, image_size
 from .training.config import check_postprocess
-from .data.datasets import read_image as read_uint8
+from .data.datasets import read_image_uint8
 
 
 def coco_categories() -> list[tuple[int, str]]:
@@ -51,10 +51,10 @@ def class_names(num_classes: int, names: Sequence[str] | str | os.PathLike | Non
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file as a float (3, H, W) RGB tensor in [0, 1], read as training reads it
-    (:func:`.data.read_image`, :func:`backbonekit.images.read_rgb`: EXIF orientation, every Pillow mode); one OSError line if it
+    """An image file as the model's float (3, H, W) RGB input in [0, 1]: the datasets' uint8 decoding
+    (:func:`.data.datasets.read_image_uint8`: EXIF orientation, every Pillow mode) / 255; one OSError line if it
     is not an image."""
-    return read_uint8(Path(path)).float() / 255
+    return read_image_uint8(Path(path)).float() / 255
 
 
 def image_inputs(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:

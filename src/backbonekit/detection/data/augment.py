@@ -1,17 +1,15 @@
-"""Box-aware augmentation for detection: letterbox, scale/translate/flip, HSV jitter, Mosaic, multi-scale.
+"""Random training augmentation for detection: scale/translate/flip, HSV jitter, Mosaic, multi-scale, and
+the DataLoader's collate.
 
-Boxes are xyxy in pixels, continuous coordinates (the left edge of pixel column ``j`` is ``x = j``),
-so a geometric map of the image maps box edges exactly; after every geometric change boxes are
-clipped to the image and dropped when thinner than ``min_size`` pixels or when less than
-``min_visible`` of their area is left inside the image.
+Boxes follow :mod:`.transforms`' conventions (xyxy pixels, clipped and filtered after every geometric
+change); the letterbox that training, evaluation and inference share lives there too.
 
 The training path is batched, as the classification path is (cifar10-airbench's lesson): a whole
 uint8 batch of equal-sized images (already letterboxed, or the in-memory ``photodigits``) gets its
 random scale, translation and flip from ONE ``grid_sample`` with a per-image affine matrix, and its
 HSV jitter from ONE per-image 3x3 colour matrix; box maps are done on all boxes of the batch at
 once (packed with an image index), no Python loop over boxes. ``benchmarks/bench_detection_data.py``
-compares it with torchvision's per-image transforms. Mosaic and the letterbox work per image
-(they run in DataLoader workers, or once at inference).
+compares it with torchvision's per-image transforms. Mosaic works per image (in DataLoader workers).
 
 Defaults follow Darknet's ``cfg/yolov3.cfg``: ``hue=.1`` (a fraction of the colour circle),
 ``saturation=1.5`` and ``exposure=1.5`` (factors drawn in [1/1.5, 1.5]), grey fill (0.5), and
@@ -28,172 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.ops import clip_boxes_to_image
 from torchvision.transforms.v2 import functional as TF
+
+from .transforms import (Letterbox, Size, clip_and_keep, fill_value, pack_targets, per_box_keys, select_boxes,
+                         size_hw, unpack_targets)
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights torchvision's grayscale uses
 DARKNET_MULTISCALE = (10 / 13, 19 / 13)  # Darknet: (rand() % 10 + 10) * 32 = 320..608 for 416 input
-Size = int | tuple[int, int]
-
-
-def _hw(size: Size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _fill_value(image: Tensor, fill: float) -> float:
-    return float(round(fill * 255)) if image.dtype == torch.uint8 else float(fill)
-
-
-# ---------------------------------------------------------------------------------------------
-# Targets: per-box fields, packing a batch's boxes into one tensor, sanitising after a geometric map
-# ---------------------------------------------------------------------------------------------
-
-def per_box_keys(target: dict) -> list[str]:
-    """Keys whose tensors have one row per box (``boxes``, ``labels``, ``difficult``...)."""
-    n = len(target["boxes"])
-    return [k for k, v in target.items() if isinstance(v, Tensor) and v.dim() >= 1 and len(v) == n]
-
-
-def select_boxes(target: dict, keep: Tensor, boxes: Tensor | None = None) -> dict:
-    """``target`` with only the boxes where ``keep`` is True (every per-box field), optionally new ``boxes``."""
-    keys = per_box_keys(target)
-    out = {k: (v[keep] if k in keys else v) for k, v in target.items()}
-    if boxes is not None:
-        out["boxes"] = boxes[keep]
-    return out
-
-
-def pack_targets(targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
-    """All boxes of a batch as one (M, 4) float tensor, and each box's image index (M,)."""
-    counts = torch.tensor([len(t["boxes"]) for t in targets])
-    boxes = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets]) if targets else torch.zeros(0, 4)
-    return boxes, torch.arange(len(targets)).repeat_interleave(counts)
-
-
-def unpack_targets(targets: Sequence[dict], boxes: Tensor, keep: Tensor) -> list[dict]:
-    """Put packed ``boxes`` back into per-image targets, keeping the boxes where ``keep`` is True."""
-    counts = [len(t["boxes"]) for t in targets]
-    return [select_boxes(t, k, b) for t, b, k in zip(targets, boxes.split(counts), keep.split(counts))]
-
-
-def visible(before: Tensor, after: Tensor, min_size: float, min_visible: float) -> Tensor:
-    """Which clipped boxes ``after`` to keep: both sides >= ``min_size`` and >= ``min_visible`` of the area ``before`` clipping."""
-    wh = after[:, 2:] - after[:, :2]
-    area_before = (before[:, 2:] - before[:, :2]).prod(1)
-    return (wh >= min_size).all(1) & (wh.prod(1) >= min_visible * area_before)
-
-
-def clip_and_keep(boxes: Tensor, height: int, width: int, min_size: float = 2.0,
-                  min_visible: float = 0.2) -> tuple[Tensor, Tensor]:
-    """Boxes clipped to an image of (height, width), and which of them to keep (see :func:`visible`)."""
-    clipped = clip_boxes_to_image(boxes, (height, width))
-    return clipped, visible(boxes, clipped, min_size, min_visible)
-
-
-# ---------------------------------------------------------------------------------------------
-# Letterbox (training, evaluation and inference alike): keep the aspect ratio, pad with grey
-# ---------------------------------------------------------------------------------------------
-
-LETTERBOX_FILL = 0.5  # Darknet's letterbox_image fills the border with grey (0.5)
-
-
-@dataclass(frozen=True)
-class LetterboxGeometry:
-    """Where an image of ``height`` x ``width`` pixels went in the letterboxed canvas: scaled to
-    ``new_w`` x ``new_h`` and placed at (``left``, ``top``). A point (x, y) of the image lands at
-    (x * new_w / width + left, y * new_h / height + top)."""
-
-    height: int
-    width: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
-
-    def _offset_scale(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
-        scale = boxes.new_tensor([self.new_w / self.width, self.new_h / self.height] * 2)
-        return offset, scale
-
-    def to_letterbox(self, boxes: Tensor) -> Tensor:
-        """xyxy boxes in the original image's pixels -> xyxy boxes in the letterboxed canvas."""
-        offset, scale = self._offset_scale(boxes)
-        return boxes * scale + offset
-
-    def to_original(self, boxes: Tensor, clip: bool = True) -> Tensor:
-        """xyxy boxes in the letterboxed canvas -> xyxy boxes in the original image's pixels, clipped to it."""
-        offset, scale = self._offset_scale(boxes)
-        out = (boxes - offset) / scale
-        return clip_boxes_to_image(out, (self.height, self.width)) if clip else out
-
-
-def letterbox_geometry(height: int, width: int, size: Size, *, stride: int = 32,
-                       auto: bool = False) -> LetterboxGeometry:
-    """Darknet's ``letterbox_image`` geometry: the side that fills first takes the target size, the
-    other is floored (``im.h * w / im.w`` in integers), the image is centred (padding floored on the
-    top/left). ``size`` is an int or (height, width); ``auto=True`` shrinks the canvas to the next
-    multiple of ``stride`` around the scaled image."""
-    th, tw = _hw(size)
-    if tw / width < th / height:  # the width fills the canvas first (Darknet's test, in this order)
-        new_w, new_h = tw, max(1, (height * tw) // width)
-    else:
-        new_w, new_h = max(1, (width * th) // height), th
-    th, tw = _canvas_hw(new_h, new_w, size, stride, auto)
-    return LetterboxGeometry(height, width, new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2)
-
-
-def _canvas_hw(new_h: int, new_w: int, size: Size, stride: int, auto: bool) -> tuple[int, int]:
-    """The letterboxed canvas: ``size``, or with ``auto`` the next multiples of ``stride`` around the image."""
-    return (math.ceil(new_h / stride) * stride, math.ceil(new_w / stride) * stride) if auto else _hw(size)
-
-
-def _resize(image: Tensor, hw: tuple[int, int]) -> Tensor:
-    """Bilinear, no antialiasing (``F.interpolate``, as Darknet and the deploy runtime resize); uint8 stays
-    uint8, computed in float and rounded so that every device gives the same bytes."""
-    if tuple(image.shape[-2:]) == hw:
-        return image
-    batch = image if image.dim() == 4 else image[None]
-    out = F.interpolate(batch.float(), size=hw, mode="bilinear", align_corners=False)
-    if image.dtype == torch.uint8:
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
-    else:
-        out = out.to(image.dtype)
-    return out if image.dim() == 4 else out[0]
-
-
-def letterbox(image: Tensor, size: Size, *, fill: float = LETTERBOX_FILL, stride: int = 32,
-              auto: bool = False) -> tuple[Tensor, LetterboxGeometry]:
-    """The one letterbox of the package (training, evaluation, ``model(images)``): resize ``image``
-    ((3, H, W) or a batch (N, 3, H, W) of one size, uint8 or float) keeping its aspect ratio with
-    Darknet's geometry (:func:`letterbox_geometry`), bilinear without antialiasing, and pad it,
-    centred, with grey ``fill`` (a fraction of white). Returns the canvas and where the image went
-    (map boxes with :meth:`LetterboxGeometry.to_letterbox` / :meth:`~LetterboxGeometry.to_original`).
-    """
-    if image.dim() not in (3, 4) or image.shape[-3] != 3:
-        raise ValueError(f"expected an image (3, H, W) or a batch (N, 3, H, W), found shape {tuple(image.shape)}")
-    box = letterbox_geometry(int(image.shape[-2]), int(image.shape[-1]), size, stride=stride, auto=auto)
-    th, tw = _canvas_hw(box.new_h, box.new_w, size, stride, auto)
-    canvas = image.new_full((*image.shape[:-2], th, tw), _fill_value(image, fill))
-    canvas[..., box.top:box.top + box.new_h, box.left:box.left + box.new_w] = _resize(image, (box.new_h, box.new_w))
-    return canvas, box
-
-
-def letterbox_images(images: Sequence[Tensor], size: int,
-                     fill: float = LETTERBOX_FILL) -> tuple[Tensor, list[LetterboxGeometry]]:
-    """Letterbox each (3, H, W) image of any size (:func:`letterbox`) into one (N, 3, size, size) batch."""
-    pairs = [letterbox(image, size, fill=fill) for image in images]
-    return torch.stack([canvas for canvas, _ in pairs]), [box for _, box in pairs]
-
-
-class Letterbox:
-    """``(image, target) -> (image, target)`` letterboxed to ``size`` (a dataset ``transform``); drops no box."""
-
-    def __init__(self, size: Size, fill: float = LETTERBOX_FILL, auto: bool = False) -> None:
-        self.size, self.fill, self.auto = size, fill, auto
-
-    def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
-        out, box = letterbox(image, self.size, fill=self.fill, auto=self.auto)
-        return out, {**target, "boxes": box.to_letterbox(target["boxes"].float())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +142,7 @@ def augment_batch(images: Tensor, targets: Sequence[dict], size: Size, cfg: Augm
     if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(targets):
         raise ValueError(f"expected images (N, 3, H, W) and N targets, found shape {tuple(images.shape)} "
                          f"and {len(targets)} targets")
-    n, in_hw, out_hw = len(images), tuple(images.shape[-2:]), _hw(size)
+    n, in_hw, out_hw = len(images), tuple(images.shape[-2:]), size_hw(size)
     s, t, f = _affine(n, in_hw, out_hw, cfg, generator)
     (h, w), (oh, ow) = in_hw, out_hw
     theta = torch.zeros(n, 2, 3)
@@ -336,12 +175,12 @@ def mosaic(images: Sequence[Tensor], targets: Sequence[dict], size: Size, *,
     (the four targets' boxes, ``image_id`` of the first)."""
     if len(images) != 4 or len(targets) != 4:
         raise ValueError(f"mosaic takes 4 images and 4 targets, found {len(images)} and {len(targets)}")
-    oh, ow = _hw(size)
+    oh, ow = size_hw(size)
     if center is None:
         xy = torch.rand(2, generator=generator) * 0.5 + 0.25
         center = (int(xy[0] * ow), int(xy[1] * oh))
     xc, yc = center
-    canvas = images[0].new_full((3, oh, ow), _fill_value(images[0], fill))
+    canvas = images[0].new_full((3, oh, ow), fill_value(images[0], fill))
     parts = []
     for quadrant, (image, target) in enumerate(zip(images, targets)):
         h, w = image.shape[-2:]
@@ -413,7 +252,7 @@ def collate_detection(batch: Sequence[tuple[Tensor, dict]], stride: int = 32,
     images, targets = zip(*batch)
     h = math.ceil(max(i.shape[-2] for i in images) / stride) * stride
     w = math.ceil(max(i.shape[-1] for i in images) / stride) * stride
-    out = images[0].new_full((len(images), 3, h, w), _fill_value(images[0], fill))
+    out = images[0].new_full((len(images), 3, h, w), fill_value(images[0], fill))
     for slot, image in zip(out, images):
         slot[:, :image.shape[-2], :image.shape[-1]] = image
     return out, list(targets)

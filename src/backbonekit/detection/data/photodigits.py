@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -229,3 +229,12 @@ def write_yolo_dataset(splits: Mapping[str, Dataset], out_dir: str | os.PathLike
             out.rmdir()
         os.replace(tmp, out)
     return out
+
+
+def make_data(out: str | os.PathLike, *, image_size: int | None = None, num_train: int | None = None,
+              num_val: int | None = None, seed: int | None = None) -> Path:
+    """Write the built-in ``photodigits`` set (or a resized/recounted one) to ``out`` as a YOLO folder."""
+    changes = {k: v for k, v in dict(image_size=image_size, num_train=num_train, num_val=num_val,
+                                     seed=seed).items() if v is not None}
+    spec = replace(DEFAULT_SPEC, **changes)
+    return write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, out)

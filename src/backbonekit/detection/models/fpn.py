@@ -20,17 +20,22 @@ DetNet's stages 4-6 keep stride 16, so its pyramid is its five stages (P2-P6) an
 level. The top-down path needs no change for it: torchvision's ``FeaturePyramidNetwork`` resizes the
 coarser map to the lateral's size with nearest-neighbour ``F.interpolate``, and between maps of equal
 size that is an exact copy, so equal-stride levels are added without upsampling (tested).
+
+:func:`build_fpn_backbone` is the backbone of ``create_model("fasterrcnn" | "retinanet" | "fcos")``: the
+pyramid above, with torchvision's ``FrozenBatchNorm2d`` and trainable layers when it starts from weights.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import LevelMapper
 
 from ...models import Backbone, FeatureInfo
@@ -146,3 +151,48 @@ class LevelRoIAlign(MultiScaleRoIAlign):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(featmap_names={self.featmap_names}, strides={self.strides}, "
                 f"levels={self.levels}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio})")
+
+
+# -- the backbone a torchvision detector takes: frozen BatchNorm and trainable layers as torchvision's builders
+def freeze_batchnorm(module: nn.Module, eps: float | None = None) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by torchvision's ``FrozenBatchNorm2d`` with its statistics.
+
+    ``eps``: the frozen layers' epsilon (default: each BatchNorm's own; torchvision's COCO_V1 Faster R-CNN
+    and RetinaNet weights were trained with 0.0, which its builders set with ``overwrite_eps``).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps if eps is None else eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen.to(child.weight.device))
+        else:
+            freeze_batchnorm(child, eps)
+    return module
+
+
+def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
+                       out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
+    """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
+    from ... import create_model
+    from ...models import model_info
+
+    if model_info(name).task != "classification":  # KeyError with close matches for unknown names
+        raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
+    body = create_model(name, num_classes=0, **dict(backbone_kwargs or {}))
+    num_levels = len(body.feature_info)
+    if frozen:
+        trainable = num_levels - 2 if trainable_layers is None else trainable_layers
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or not 0 <= trainable <= num_levels:
+            raise ValueError(f"trainable_layers must be an integer in [0, {num_levels}] for {name} "
+                             f"(stem + {num_levels - 1} stages), found {trainable!r}")
+        freeze_batchnorm(body, bn_eps)
+        body.frozen_stages = num_levels - 1 - trainable  # stem and the first stages get no gradient
+        body._freeze()
+    elif trainable_layers is not None:
+        warnings.warn(f"trainable_layers={trainable_layers} has no effect on a backbone trained from scratch "
+                      f"(no pretrained=): every layer trains, as torchvision does", stacklevel=4)
+    out_indices, extra = detector_pyramid(body.feature_info, two_stage=kind == "fasterrcnn")
+    return BackboneWithFPN(body.as_features(out_indices), out_channels, extra)

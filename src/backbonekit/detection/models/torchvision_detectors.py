@@ -3,7 +3,7 @@
 ``create_model("fasterrcnn" | "retinanet" | "fcos", backbone=NAME, num_classes=N, **torchvision_kwargs)``.
 Heads, losses, samplers, anchors and post-processing are torchvision's (Ren et al. arXiv 1506.01497,
 Lin et al. arXiv 1708.02002, Tian et al. arXiv 1904.01355); this module only chooses the pyramid
-(:func:`~backbonekit.detection.models.fpn.detector_pyramid`), one anchor size per map, the RoI pooler
+(:func:`~backbonekit.detection.models.fpn.build_fpn_backbone`), one anchor size per map, the RoI pooler
 (:class:`~backbonekit.detection.models.fpn.LevelRoIAlign`), and the label convention:
 
 * ``labels`` are 0-based object classes and ``num_classes`` counts objects only, for every detector.
@@ -29,12 +29,11 @@ from torch import Tensor, nn
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_area
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..._text import few
 from ...checkpoint import CheckpointError
 from ...models._registry import ModelInfo, register_model
-from .fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid
+from .fpn import BackboneWithFPN, LevelRoIAlign, build_fpn_backbone
 from .yolov3 import check_images
 
 DEFAULT_BACKBONE = "resnet50"
@@ -152,25 +151,6 @@ class FCOS(_ZeroBasedLabels, tvd.FCOS):
 
 
 # -- pieces -------------------------------------------------------------------------------------------
-def freeze_batchnorm(module: nn.Module, eps: float | None = None) -> nn.Module:
-    """Replace every ``BatchNorm2d`` in ``module`` by torchvision's ``FrozenBatchNorm2d`` with its statistics.
-
-    ``eps``: the frozen layers' epsilon (default: each BatchNorm's own; torchvision's COCO_V1 Faster R-CNN
-    and RetinaNet weights were trained with 0.0, which its builders set with ``overwrite_eps``).
-    """
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, child.eps if eps is None else eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen.to(child.weight.device))
-        else:
-            freeze_batchnorm(child, eps)
-    return module
-
-
 def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
     """One anchor size per pyramid map, i-th map the i-th of torchvision's defaults extended by doubling:
     RPN 32, 64, ... (aspect 0.5, 1, 2); RetinaNet x, x 2^(1/3), x 2^(2/3) for x = 32, 64, ...; FCOS 8, 16, ...
@@ -181,31 +161,6 @@ def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
         sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in (32 * 2 ** i for i in range(num_maps)))
         return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * num_maps)
     return AnchorGenerator(tuple((32 * 2 ** i,) for i in range(num_maps)), ((0.5, 1.0, 2.0),) * num_maps)
-
-
-def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
-                       out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
-    """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
-    from ... import create_model
-    from ...models import model_info
-
-    if model_info(name).task != "classification":  # KeyError with close matches for unknown names
-        raise ValueError(f"backbone must be a registered backbone (list_models()), found the detector {name!r}")
-    body = create_model(name, num_classes=0, **dict(backbone_kwargs or {}))
-    num_levels = len(body.feature_info)
-    if frozen:
-        trainable = num_levels - 2 if trainable_layers is None else trainable_layers
-        if isinstance(trainable, bool) or not isinstance(trainable, int) or not 0 <= trainable <= num_levels:
-            raise ValueError(f"trainable_layers must be an integer in [0, {num_levels}] for {name} "
-                             f"(stem + {num_levels - 1} stages), found {trainable!r}")
-        freeze_batchnorm(body, bn_eps)
-        body.frozen_stages = num_levels - 1 - trainable  # stem and the first stages get no gradient
-        body._freeze()
-    elif trainable_layers is not None:
-        warnings.warn(f"trainable_layers={trainable_layers} has no effect on a backbone trained from scratch "
-                      f"(no pretrained=): every layer trains, as torchvision does", stacklevel=4)
-    out_indices, extra = detector_pyramid(body.feature_info, two_stage=kind == "fasterrcnn")
-    return BackboneWithFPN(body.as_features(out_indices), out_channels, extra)
 
 
 def build_detector(kind: str, backbone: BackboneWithFPN, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -1,7 +1,7 @@
 """YOLOv3 (Redmon & Farhadi, "YOLOv3: An Incremental Improvement", arXiv 1804.02767).
 
 The detector is five parts called in order, as torchvision's detectors are: ``transform``
-(letterbox each image to the input size with :func:`.augment.letterbox`, the
+(letterbox each image to the input size with :func:`~backbonekit.detection.data.transforms.letterbox`, the
 same function training and evaluation use), ``backbone`` (Darknet-53's C3-C5, or
 any registered backbone's three maps at strides 8, 16 and 32), ``neck`` (:mod:`.neck`), ``head``
 (:mod:`.head`) and ``postprocess`` (decode with :mod:`.coder`, score threshold, class-aware NMS,
@@ -29,18 +29,18 @@ from torchvision.ops import batched_nms, box_area, box_convert
 
 from ...models import Backbone
 from ...models._registry import ModelInfo, register_model
-from ..data.augment import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
+from ..data.transforms import LETTERBOX_FILL, LetterboxGeometry, letterbox_geometry, letterbox_images
 from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchor_tensor
 from ..task.coder import decode_level
 from .head import YOLOv3Head
 from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
 
 LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
-# ``from backbonekit.detection.models.yolov3 import letterbox``: a list of images of any sizes -> one batch and
-# where each image went; the same :func:`.augment.letterbox` per image that training uses.
+# ``backbonekit.detection.models.yolov3.letterbox``, the path the docs showed, is the LIST letterbox
+# (transforms.letterbox_images), not the one-image transforms.letterbox: call letterbox_images.
 letterbox = letterbox_images
 __all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
-           "letterbox", "letterbox_geometry", "postprocess", "yolov3"]
+           "letterbox", "letterbox_geometry", "letterbox_images", "postprocess", "yolov3"]
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:

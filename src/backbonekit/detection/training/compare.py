@@ -261,7 +261,7 @@ def _plan_difference(saved: ComparePlan, given: ComparePlan) -> str | None:
 def compare(plan: ComparePlan, out: str | Path, *, log: Callable[[str], None] = print) -> ComparisonResult:
     """Train every pair of ``plan`` into ``out`` (or continue the comparison there), then measure and write
     the table, the plots and the report (this module's docstring; docs/detection-compare.md)."""
-    from .trainer import load_splits
+    from .splits import load_splits
 
     out = Path(out)
     check_plan_fields(plan)

@@ -1,4 +1,7 @@
-"""``train`` a detector into a run folder; ``evaluate_checkpoint`` for saved ones.
+"""``train`` a detector into a run folder: the run loop and resume (and, until they find their own home,
+the detector building and the checkpoint dict). Beside it: :mod:`.splits` (the data and anchors a run
+checks first), :mod:`.engine` (one epoch, one evaluation), :mod:`.ema`, :mod:`.history` (``metrics.csv``)
+and :mod:`.evaluate` (the final report; ``evaluate_checkpoint``, re-imported here, for saved ones).
 
 The run folder follows ``backbonekit train``'s conventions (``docs/detection-training.md``):
 ``config.yaml``, ``metrics.csv`` (every loss part and the COCO mAPs per epoch), ``last.pt`` and
@@ -12,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
@@ -27,34 +29,19 @@ from ...pretrained import weights_file
 from ...engine import dist
 from ...engine.budget import TimeBudget, fast_forward, refit_schedule
 from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ...engine.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
-                          resumed_config, run_in_folder)
+from ...engine.runs import check_resumed_world, resume_checkpoint, resumed_config, run_in_folder
 from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
-from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
-from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
-from ..data.datasets import load_detection_dataset
+from ..task.anchors import YOLOV3_MASKS
+from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, write_config
+from .ema import ema_model
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
+from .evaluate import evaluate_checkpoint, final_report  # noqa: F401 (evaluate_checkpoint: the CLI's path)
+from .history import LOSS_PARTS, epoch_line, epoch_row, metric_fields
 from ..loading import load_run_checkpoint
-from ..task.loss import PARTS, YOLOv3Loss
+from ..task.loss import YOLOv3Loss
 from .metrics import DetectionMetrics
+from .splits import category_ids, load_splits, resolve_anchors
 from ..yolov3_weights import NORM_KEYS, recorded_normalisation
-
-# each detector's loss parts, under their own names (torchvision's for its detectors); "loss" is their sum
-LOSS_PARTS = {"yolov3": tuple(f"loss_{p}" for p in PARTS),
-              "fasterrcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
-              "retinanet": ("classification", "bbox_regression"),
-              "fcos": ("classification", "bbox_regression", "bbox_ctrness")}
-MAP_FIELDS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
-
-
-def metric_fields(model: str = "yolov3") -> tuple[str, ...]:
-    """The columns of ``metrics.csv`` for detector ``model``: each loss part as ``train_<part>``."""
-    return ("epoch", "train_loss") + tuple(f"train_{p}" for p in LOSS_PARTS[model]) + MAP_FIELDS + ("lr", "time_s", "images")
-
-
-METRIC_FIELDS = metric_fields("yolov3")
-EMA_DECAY, EMA_RAMP_STEPS = 0.999, 100
-PREDICTION_SAMPLES = 12  # validation images drawn in predictions.png
 
 
 @dataclass
@@ -66,47 +53,7 @@ class DetectResult:
     model: nn.Module  # the trained model after the last epoch (unwrapped)
 
 
-# -- data, anchors, model -----------------------------------------------------------------------
-
-def load_splits(cfg: DetectConfig):
-    """The training and validation sets, every label checked (one error line, or a count with skip_bad_labels)."""
-    train_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "train", skip_bad_labels=cfg.skip_bad_labels)
-    val_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "val", skip_bad_labels=cfg.skip_bad_labels)
-    if list(train_set.classes) != list(val_set.classes):
-        raise ValueError(f"{cfg.dataset}: the train and val splits name different classes "
-                         f"({few(list(train_set.classes))} vs {few(list(val_set.classes))})")
-    if category_ids(train_set) != category_ids(val_set):
-        raise ValueError(f"{cfg.dataset}: the train and val files give the classes different category ids "
-                         f"({category_ids(train_set)} vs {category_ids(val_set)})")
-    if len(train_set) < cfg.batch_size * dist.world_size():
-        raise ValueError(f"dataset {cfg.dataset} has {len(train_set)} training images, fewer than one batch "
-                         f"({cfg.batch_size} x {dist.world_size()} processes)")
-    if len(val_set) == 0:
-        raise ValueError(f"dataset {cfg.dataset} has no validation images: expected a 'val' split")
-    return train_set, val_set
-
-
-def category_ids(dataset) -> list[int] | None:
-    """The dataset's own category id of each label (a COCO file's), or None when its labels are the ids."""
-    ids = getattr(dataset, "category_ids", None)
-    return [int(i) for i in ids] if ids is not None else None
-
-
-def resolve_anchors(spec: str | list, train_set, input_size: int) -> list[list[float]]:
-    """``coco``: Darknet's nine; ``auto``: k-means (1 - IoU) on the training boxes at ``input_size``; or the list."""
-    spec = parse_anchors(spec)
-    if spec == "coco":
-        return [list(map(float, a)) for a in COCO_ANCHORS]
-    if spec == "auto":
-        shapes = dataset_box_shapes(train_set, input_size)
-        if len(torch.unique(shapes[(shapes > 0).all(1)], dim=0)) < 9:
-            warnings.warn("--anchors auto: the training set has fewer than 9 distinct box shapes for k-means; "
-                          "using Darknet's COCO anchors", stacklevel=2)
-            return resolve_anchors("coco", train_set, input_size)
-        fit = anchors_for_dataset(train_set, 9, input_size)
-        return [[round(float(w), 2), round(float(h), 2)] for w, h in fit.anchors.tolist()]
-    return spec
-
+# -- the model ---------------------------------------------------------------------------------
 
 def _pretrained_source(cfg: DetectConfig):
     """(source, backbone kwargs) of ``cfg.pretrained``: a Darknet file, a detector, or a backbone checkpoint
@@ -268,25 +215,6 @@ def load_detector(checkpoint: str | os.PathLike, device: torch.device | str = "c
     return load_run_checkpoint(checkpoint, device)
 
 
-class EmaRamp:
-    """EMA of weights with a warm-up of the decay (``decay * (1 - exp(-n / ramp))``), as YOLOv5 does,
-    so the first steps' random weights fade quickly. A class, so it pickles."""
-
-    def __init__(self, decay: float = EMA_DECAY, ramp: float = EMA_RAMP_STEPS) -> None:
-        self.decay, self.ramp = decay, ramp
-
-    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        import math
-
-        d = self.decay * (1 - math.exp(-float(num_averaged) / self.ramp))
-        return averaged * d + current * (1 - d)
-
-
-def _ema(model: nn.Module) -> torch.optim.swa_utils.AveragedModel:
-    # use_buffers: BatchNorm statistics are averaged too, so the EMA model is evaluated as it is
-    return torch.optim.swa_utils.AveragedModel(unwrap(model), avg_fn=EmaRamp(), use_buffers=True)
-
-
 # -- training -----------------------------------------------------------------------------------
 
 def train(cfg: DetectConfig, *, log: Callable[[str], None] = print,
@@ -348,7 +276,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
 
     scheduler = schedule(cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = _ema(model).to(device) if cfg.ema else None
+    ema = ema_model(unwrap(model)).to(device) if cfg.ema else None
     history: list[dict[str, float]] = []
     best_map, start_epoch = -1.0, 0
     if resumed:
@@ -396,7 +324,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
                               amp_dtype=amp_dtype, count_difficult=cfg.count_difficult)
         improved = False
         if dist.is_main():
-            row = _row(epoch + 1, losses, metrics, lr, LOSS_PARTS[cfg.model])
+            row = epoch_row(epoch + 1, losses, metrics, lr, LOSS_PARTS[cfg.model])
             history.append(row)
             improved = row["map"] > best_map
             best_map = max(best_map, row["map"])
@@ -406,26 +334,9 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         if dist.is_main():
             log(epoch_line(row, cfg.epochs))
         save(epoch, improved)
-    final = _final_report(out, model, val_set, classes, cfg, device, log) if dist.is_main() else None
+    final = final_report(out, val_set, classes, cfg, device, log) if dist.is_main() else None
     dist.barrier()
     return DetectResult(out, history, best_map, final, unwrap(model))
-
-
-def _row(epoch: int, losses: EpochLosses, metrics: DetectionMetrics, lr: float,
-         parts: Sequence[str] = LOSS_PARTS["yolov3"]) -> dict[str, float]:
-    row: dict[str, float] = {"epoch": epoch, "train_loss": losses.parts["loss"]}
-    row.update({f"train_{p}": losses.parts[p] for p in parts})
-    row.update({k: metrics.summary[k] for k in MAP_FIELDS})
-    # images: those the epoch trained on (fewer when a --time budget ended it early)
-    row.update({"lr": lr, "time_s": round(losses.seconds, 3), "images": losses.images})
-    return row
-
-
-def epoch_line(row: dict[str, float], epochs: int) -> str:
-    parts = " ".join(f"{k.removeprefix('train_').removeprefix('loss_')} {v:.3f}" for k, v in row.items()
-                     if k.startswith("train_") and k != "train_loss")
-    return (f"epoch {int(row['epoch'])}/{epochs}  loss {row['train_loss']:.3f} ({parts})  "
-            f"mAP {100 * row['map']:.1f}  mAP@.5 {100 * row['map_50']:.1f}  lr {row['lr']:.3g}  {row['time_s']:.1f}s")
 
 
 def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler, ema) -> tuple[int, list, float]:
@@ -458,78 +369,3 @@ def _train_epoch(model, batches, optimizer, scheduler, cfg: DetectConfig, device
         raise NonFiniteLoss(f"{exc}; training stopped, {kept}. Try a lower --lr or --grad-clip") from None
     finally:
         bar.close()
-
-
-def _final_report(out: Path, model: nn.Module, val_set, classes: list[str], cfg: DetectConfig, device,
-                  log: Callable[[str], None]) -> DetectionMetrics:
-    """best.pt on the whole validation set (rank 0 alone), its report files, and report.html."""
-    from . import report
-
-    best, ckpt = load_detector(out / "best.pt", device)
-    metrics, items = evaluate(best, val_set, classes, device=device, batch_size=cfg.batch_size,
-                              score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, distributed=False,
-                              count_difficult=cfg.count_difficult)
-    report.write_evaluation(out, metrics, _samples(val_set, items), classes,
-                            title=f"best.pt (epoch {ckpt['epoch']}) on {cfg.dataset} val split ({len(val_set)} images)",
-                            detections=report.coco_detections(items, category_ids(val_set)))
-    report.write_run_report(out)
-    log(f"best.pt (epoch {ckpt['epoch']}): mAP {100 * metrics.summary['map']:.1f} "
-        f"mAP@.5 {100 * metrics.summary['map_50']:.1f} on {len(val_set)} images; report: {out / 'report.html'}")
-    return metrics
-
-
-def _samples(dataset, items: list, count: int = PREDICTION_SAMPLES) -> list[tuple[torch.Tensor, dict, dict]]:
-    """(uint8 image, prediction, target) of the first ``count`` evaluated images, for predictions.png."""
-    return [(dataset[index][0], pred, target) for index, pred, target in items[:count]]
-
-
-# -- saved detectors ----------------------------------------------------------------------------
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
-                        force: bool = False,  # ``out`` as train.runs.evaluation_output allows; force: over other files
-                        split: str = "val", device: str = "auto", batch_size: int = 16,
-                        score_thresh: float | None = None, nms_thresh: float | None = None,
-                        out: str | os.PathLike | None = None, skip_bad_labels: bool = False,
-                        count_difficult: bool | None = None, log: Callable[[str], None] = print) -> DetectionMetrics:
-    """COCO mAP of a saved detector on ``dataset`` (default: the one it was trained on), with the report
-    files (per_class_ap.txt/.json, pr_curves.png, predictions.png, eval.json) and the detections in
-    COCO's results format (detections.json: the dataset's image ids, its category ids, else the
-    checkpoint's, else the labels) written to ``out``. ``count_difficult``: count VOC's difficult
-    objects (default: the training run's choice; ignored, as VOC's protocol, when it made none)."""
-    from . import report
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
-    dev = resolve_device(device)
-    model, ckpt = load_detector(checkpoint, dev)
-    saved = ckpt.get("config") or {}
-    name = dataset or saved.get("dataset", "photodigits")
-    out = evaluation_output(out or evaluation_folder(checkpoint, name, split), force=force)  # before the work
-    data = load_detection_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), split,
-                                  skip_bad_labels=skip_bad_labels)
-    if list(data.classes) != list(ckpt["classes"]):
-        raise ValueError(f"dataset {name} has classes {few(list(data.classes), 4)}, the checkpoint was trained on "
-                         f"{few(list(ckpt['classes']), 4)}")
-    score = saved.get("score_thresh", 0.01) if score_thresh is None else score_thresh
-    nms = saved.get("nms_thresh", 0.45) if nms_thresh is None else nms_thresh
-    difficult = bool(saved.get("count_difficult", False)) if count_difficult is None else count_difficult
-    metrics, items = evaluate(model, data, ckpt["classes"], device=dev, batch_size=batch_size, score_thresh=score,
-                              nms_thresh=nms, distributed=False, count_difficult=difficult)
-    ids = category_ids(data) or ckpt.get("category_ids")
-    report.write_evaluation(out, metrics, _samples(data, items), ckpt["classes"],
-                            title=f"{checkpoint} on {name} {split} split ({len(data)} images)",
-                            detections=report.coco_detections(items, ids))
-    log(f"{checkpoint} on {name} {split}: mAP {100 * metrics.summary['map']:.1f} "
-        f"mAP@.5 {100 * metrics.summary['map_50']:.1f} ({len(data)} images); report in {out}")
-    return metrics
-
-
-def make_data(out: str | os.PathLike, *, image_size: int | None = None, num_train: int | None = None,
-              num_val: int | None = None, seed: int | None = None) -> Path:
-    """Write the built-in ``photodigits`` set (or a resized/recounted one) to ``out`` as a YOLO folder."""
-    from ..data.photodigits import DEFAULT_SPEC, photodigits, write_yolo_dataset
-
-    changes = {k: v for k, v in dict(image_size=image_size, num_train=num_train, num_val=num_val,
-                                     seed=seed).items() if v is not None}
-    spec = dataclasses.replace(DEFAULT_SPEC, **changes)
-    return write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, out)
