@@ -89,9 +89,9 @@ def register_class_set(name: str, loader: Callable[[], ClassSet]) -> None:
 
 
 def _load() -> None:
-    from . import _register_all
+    from .models import register_all
 
-    _register_all()  # the detectors register theirs on import
+    register_all()  # the detectors register theirs on import
 
 
 def list_published(pattern: str = "*") -> list[PublishedWeights]:

@@ -322,7 +322,7 @@ def num_classes_in(state: Mapping[str, Tensor]) -> int:
 
 def _build_on_meta(name: str, state: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> nn.Module:
     """The model ``state`` claims to be, built without allocating its weights (only for checking)."""
-    from . import create_model
+    from .models._builder import create_model
 
     try:
         with torch.device("meta"):

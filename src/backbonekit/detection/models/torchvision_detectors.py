@@ -186,7 +186,7 @@ def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
 def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
                        out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
     """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
-    from ... import create_model
+    from ...models import create_model
     from ...models import model_info
 
     if model_info(name).task != "classification":  # KeyError with close matches for unknown names

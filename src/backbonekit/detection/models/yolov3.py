@@ -225,7 +225,7 @@ def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
 # -- building -----------------------------------------------------------------------------------
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """A registered backbone as a features_only model of its maps at strides 8, 16 and 32."""
-    from ... import create_model
+    from ...models import create_model
     from ...models import model_info
 
     if model_info(name).task != "classification":

@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Sequence
 import torch
 from torch import nn
 
-from ... import create_model
+from ...models import create_model
 from ..._text import few, first_line
 from ...checkpoint import CheckpointError, atomic_save, load_file
 from ...pretrained import weights_file
