@@ -39,7 +39,7 @@ import torch
 
 import backbonekit as bk
 from backbonekit.detection.models.yolov3 import letterbox
-from backbonekit.detection.yolov3_weights import write_yolov3_weights
+from backbonekit.darknet_yolov3 import write_yolov3_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -2,7 +2,7 @@
 
 The files read like a detection paper's sections: ``fpn`` (feature pyramids for torchvision's
 detectors, DetNet's pyramid and its RoI pooler), ``torchvision_detectors`` (Faster R-CNN,
-RetinaNet and FCOS from torchvision's classes), ``neck``, ``head``, ``coder``, ``yolov3`` (the detector), ``yolov3_weights`` (Darknet files),
+RetinaNet and FCOS from torchvision's classes), ``neck``, ``head``, ``coder``, ``yolov3`` (the detector), ``weights`` (pretrained files, their normalisation),
 and, as they land, ``assigner``, ``loss``, ``data``,
 ``augment``, ``anchors``, ``metrics``.
 """

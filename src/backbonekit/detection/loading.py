@@ -70,7 +70,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input
 def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     from ..models import create_model
     from ..weights import detect_file_format, read_weights, weights_from_checkpoint
-    from .models.torchvision_detectors import detector_kind
+    from .weights import detector_kind
 
     fmt = detect_file_format(path)
     if fmt == "darknet":
