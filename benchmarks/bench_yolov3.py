@@ -38,8 +38,8 @@ import os
 import torch
 
 import backbonekit as bk
+from backbonekit.darknet_yolov3 import write_yolov3_weights
 from backbonekit.detection.data.transforms import letterbox_images
-from backbonekit.detection.yolov3_weights import write_yolov3_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -12,7 +12,7 @@ from PIL import Image
 
 import backbonekit as bk
 from backbonekit.cli import main
-from backbonekit.detection.yolov3_weights import save_detector
+from backbonekit.detection.weights import save_detector
 from helpers import with_random_bn_statistics
 
 

@@ -31,7 +31,7 @@ from backbonekit.detection.export import export_yolov3_onnx  # noqa: E402
 from backbonekit.detection.onnx_eval import evaluate_onnx_detector, load_onnx_detector  # noqa: E402
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset  # noqa: E402
 from backbonekit.detection.data.transforms import letterbox_geometry, letterbox_images  # noqa: E402
-from backbonekit.detection.yolov3_weights import save_detector  # noqa: E402
+from backbonekit.detection.weights import save_detector  # noqa: E402
 from backbonekit.onnx_meta import read_metadata  # noqa: E402
 from backbonekit.quantize import export_int8  # noqa: E402
 

@@ -164,7 +164,7 @@ def test_torchvision_fcos_file_through_the_loader_gives_torchvision_detections(t
 
 
 def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
-    from backbonekit.detection.training.trainer import build_fpn_detector
+    from backbonekit.detection.training.build import build_fpn_detector
 
     body = bk.create_model("resnet18", num_classes=4)
     path = tmp_path / "best.pt"
@@ -226,14 +226,14 @@ def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys)
 def test_fine_tuning_from_a_detect_train_checkpoint_keeps_its_weights_and_normalisation(run):
     """A detect-train file records the builder's arguments (backbone, frozen_bn, image_mean...): starting a
     new detector from it must not pass them twice, and must keep the run's mean/std, not ImageNet's."""
-    from backbonekit.detection.training.trainer import pretrained_normalisation
+    from backbonekit.detection.weights import normalisation_of
 
     kind, out = run
     ckpt = torch.load(out / "best.pt", weights_only=True)
     ckpt["model_kwargs"]["image_mean"], ckpt["model_kwargs"]["image_std"] = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
     path = out.parent / "recorded-norm.pt"
     torch.save(ckpt, path)
-    assert pretrained_normalisation(path) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert normalisation_of(path) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
     model = bk.create_model(kind, backbone="resnet18", pretrained=str(path))
     assert model.transform.image_mean == pytest.approx([0.1, 0.2, 0.3])
     own = model.state_dict()
@@ -241,18 +241,18 @@ def test_fine_tuning_from_a_detect_train_checkpoint_keeps_its_weights_and_normal
 
 
 def test_pretrained_normalisation_follows_what_the_weights_were_trained_on(tmp_path):
-    from backbonekit.detection.training.trainer import pretrained_normalisation
-    from backbonekit.onnx_meta import IMAGENET_MEAN
+    from backbonekit.detection.weights import normalisation_of
+    from backbonekit.pretrained import IMAGENET_MEAN
 
     torchvision_file = tmp_path / "resnet18.pth"
     torch.save(bk.create_model("resnet18").state_dict(), torchvision_file)
-    assert pretrained_normalisation(torchvision_file)[0] == pytest.approx(list(IMAGENET_MEAN))
+    assert normalisation_of(torchvision_file)[0] == pytest.approx(list(IMAGENET_MEAN))
     darknet_file = tmp_path / "yolov3.weights"
-    from backbonekit.detection.yolov3_weights import write_yolov3_weights
+    from backbonekit.darknet_yolov3 import write_yolov3_weights
 
     tiny = bk.create_model("yolov3", num_classes=2, neck_channels=(64, 32, 16))
     write_yolov3_weights(tiny.state_dict(), darknet_file, neck_channels=(64, 32, 16))
-    assert pretrained_normalisation(darknet_file) == ([0.0] * 3, [1.0] * 3)  # Darknet feeds raw [0, 1]
+    assert normalisation_of(darknet_file) is None  # Darknet feeds raw [0, 1]
 
 
 def test_an_fpn_onnx_file_is_refused_by_the_yolo_and_classifier_readers_in_one_line(tmp_path):

@@ -18,9 +18,9 @@ from backbonekit.detection.training.config import DetectConfig, resolve_detect_c
 from backbonekit.detection.training.engine import (TrainBatches, augment_config, evaluate, shard_indices,
                                           train_one_epoch)
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
+from backbonekit.detection.training.build import build_detector
 from backbonekit.detection.training.history import METRIC_FIELDS
-from backbonekit.detection.training.trainer import (build_detector, evaluate_checkpoint, load_detector,
-                                           resolve_anchors, train)
+from backbonekit.detection.training.trainer import evaluate_checkpoint, load_detector, resolve_anchors, train
 from backbonekit.train.engine import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")

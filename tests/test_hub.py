@@ -309,7 +309,7 @@ def test_offline_is_one_line_naming_the_url_and_the_path_to_put_the_file_at(monk
 # -- predictions with names ----------------------------------------------------------------------------------
 def dog_detector_bytes(tmp_path: Path) -> bytes:
     """A small 80-class YOLOv3 checkpoint whose every cell sees a dog (objectness and class "dog" biased up)."""
-    from backbonekit.detection.yolov3_weights import save_detector
+    from backbonekit.detection.weights import save_detector
 
     model = bk.create_model("yolov3", backbone="resnet18", neck_channels=(32, 16, 8), input_size=64)
     with torch.no_grad():
@@ -452,7 +452,7 @@ def test_timm_darknet53_entry_is_timm_s_pretrained_cfg():
 
 def test_darknet_sizes_are_what_the_format_gives():
     from backbonekit.darknet_weights import darknet_layers
-    from backbonekit.detection.yolov3_weights import classes_from_float_count
+    from backbonekit.darknet_yolov3 import classes_from_float_count
 
     header = 20  # major, minor, revision as int32, seen as int64 (Darknet >= 0.2)
     floats = {n: sum(layer.num_floats for layer in darknet_layers(num_classes=n)) for n in (0, 1000)}

@@ -22,7 +22,7 @@ from backbonekit.checkpoint import atomic_save
 from backbonekit.cli import main
 from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.yolov3_weights import save_detector
+from backbonekit.detection.weights import save_detector
 from backbonekit.train import TrainConfig, train
 
 NOT_OURS = b"a user's own file\n"

@@ -213,6 +213,18 @@ def test_legacy_torch_file_is_read_as_torch(tmp_path: Path) -> None:
     assert meta["format"] == "torch" and torch.equal(state["fc.weight"], torch.ones(2, 3))
 
 
+def test_safetensors_header_length_starting_with_a_pickle_byte_is_read_as_safetensors(tmp_path: Path) -> None:
+    # the 8-byte little-endian header length 0x180 starts with 0x80, the first byte of a legacy pickle
+    import json
+
+    header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (0x180 - len(header))  # the format pads its JSON header with spaces
+    path = tmp_path / "padded.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.0, 2.0))
+    state, meta = read_weights(path)
+    assert meta["format"] == "safetensors" and state["fc.weight"].tolist() == [1.0, 2.0]
+
+
 def test_weights_for_another_model_are_refused(tmp_path: Path) -> None:
     path = pack_tiny_file(tmp_path / "tiny.weights")
     with pytest.raises(CheckpointError) as exc_info:

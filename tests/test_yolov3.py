@@ -17,7 +17,7 @@ from torchvision.ops import box_area, clip_boxes_to_image, nms
 import backbonekit as bk
 from backbonekit.checkpoint import CheckpointError
 from backbonekit.detection.models.yolov3 import check_images, letterbox_geometry
-from backbonekit.detection.yolov3_weights import inspect_yolov3_file, write_yolov3_weights
+from backbonekit.darknet_yolov3 import inspect_yolov3_file, write_yolov3_weights
 from helpers import with_random_bn_statistics
 from yolo_cfg_reference import CfgYOLOv3, yolov3_cfg
 
@@ -321,7 +321,7 @@ def test_bad_images_one_line(images, match: str) -> None:
 
 
 def test_convert_round_trip_keeps_the_bytes(reference_file, tmp_path) -> None:
-    from backbonekit.detection.yolov3_weights import convert_detector_weights
+    from backbonekit.detection.weights import convert_detector_weights
 
     _, path = reference_file
     pt = convert_detector_weights(path, tmp_path / "det.pt")

@@ -17,8 +17,9 @@ import backbonekit as bk
 from backbonekit.checkpoint import atomic_save, load_file
 from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.training.trainer import build_detector, load_detector, train
-from backbonekit.detection.yolov3_weights import save_detector
+from backbonekit.detection.training.build import build_detector
+from backbonekit.detection.training.trainer import load_detector, train
+from backbonekit.detection.weights import save_detector
 from backbonekit.train.config import TrainConfig
 from backbonekit.train.data import Normalizer
 from backbonekit.train.trainer import checkpoint_dict
@@ -123,8 +124,8 @@ def test_torchvision_imagenet_weights_get_imagenet_normalisation(tmp_path):
     expected = _c5(reference.layer4, reference, Normalize(*imagenet)(pixels))
     seen = _c5(detector.backbone.layer4, detector.forward_raw, pixels)
     assert torch.allclose(seen, expected, atol=1e-4), (seen - expected).abs().max()
-    # this package's own weights file that records no normalisation says nothing about ImageNet: raw input
+    # the same weights converted to this package's checkpoint (recording no normalisation) keep ImageNet's
     own = tmp_path / "own.pt"
     atomic_save({"format": "backbonekit", "model": "resnet18", "state_dict": reference.state_dict()}, own)
     _, own_kwargs = build_detector(DetectConfig(**TINY, pretrained=str(own)), 10, [[10, 13]] * 9, log=lambda _: None)
-    assert "input_mean" not in own_kwargs
+    assert own_kwargs["input_mean"] == pytest.approx(imagenet[0])

@@ -32,6 +32,7 @@ MOVED = {  # old path: new path (relative to the package)
     "detection.report": "detection.training.report",
     "detection.launch": "detection.training.launch",
     "detection.compare": "detection.training.compare",
+    "detection.yolov3_weights": "detection.weights",  # its Darknet format: backbonekit.darknet_yolov3
     "train.runs": "engine.runs",
     "train.budget": "engine.budget",
     "train.dist": "engine.dist",

@@ -137,7 +137,7 @@ def darknet_layers(config: DarknetConfig = DARKNET_CONFIGS["darknet53"], in_chan
     return layers
 
 
-def _tensor_slots(layer: ConvLayer) -> list[tuple[str, tuple[int, ...]]]:
+def tensor_slots(layer: ConvLayer) -> list[tuple[str, tuple[int, ...]]]:
     """(state_dict key, shape) of each array of ``layer`` in file order."""
     n, weight_shape = layer.out_ch, (layer.out_ch, layer.in_ch, layer.kernel, layer.kernel)
     if not layer.batch_norm:  # the classifier conv maps onto the Linear head
@@ -188,7 +188,7 @@ def _floats_fit(counts: tuple[int, ...]) -> Callable[[int], bool]:
     return lambda nbytes: nbytes % FLOAT.itemsize == 0 and nbytes // FLOAT.itemsize in counts
 
 
-def _where_reading_stops(layers: list[ConvLayer], num_floats: int) -> str:
+def where_reading_stops(layers: list[ConvLayer], num_floats: int) -> str:
     """Describe where ``num_floats`` values run out (or are left over) along ``layers``."""
     offset = 0
     for layer in layers:
@@ -232,14 +232,15 @@ def inspect_darknet_file(path: str | os.PathLike, config: DarknetConfig = DARKNE
         f"{path} does not hold Darknet weights for this network: expected {backbone:,} float32 values (backbone, "
         f"like darknet53.conv.74) or {classifier:,} (with the {num_classes}-way classifier, like darknet53.weights) "
         f"after its {header.nbytes}-byte v{header.version} header, found {num_floats:,}{odd}; "
-        f"{_where_reading_stops(with_head, num_floats)} (truncated, too long, or for another architecture)")
+        f"{where_reading_stops(with_head, num_floats)} (truncated, too long, or for another architecture)")
 
 
-def _read_arrays(path: Path, offset: int, layers: list[ConvLayer]) -> Iterator[tuple[str, Tensor]]:
+def read_arrays(path: Path, offset: int, layers: list[ConvLayer]) -> Iterator[tuple[str, Tensor]]:
+    """(state_dict key, tensor) of each array of ``layers``, read in file order from byte ``offset`` on."""
     with open(path, "rb") as f:
         f.seek(offset)
         for layer in layers:
-            for key, shape in _tensor_slots(layer):
+            for key, shape in tensor_slots(layer):
                 count = int(np.prod(shape))
                 values = np.fromfile(f, dtype=FLOAT, count=count)
                 if values.size != count:  # the file changed under us since its size was checked
@@ -261,7 +262,7 @@ def read_darknet_weights(path: str | os.PathLike, config: DarknetConfig = DARKNE
     warn_assumed(path, info.header)
     layers = darknet_layers(config, num_classes=num_classes if info.has_classifier else 0)
     state: dict[str, Tensor] = {}
-    for key, value in _read_arrays(path, info.header.nbytes, layers):
+    for key, value in read_arrays(path, info.header.nbytes, layers):
         if key == "head.fc.weight":
             value = value.flatten(1)
         state[key] = value
@@ -271,7 +272,8 @@ def read_darknet_weights(path: str | os.PathLike, config: DarknetConfig = DARKNE
 
 
 # -- writing ---------------------------------------------------------------------------------
-def _array_for(state: Mapping[str, Tensor], key: str, shape: tuple[int, ...]) -> np.ndarray:
+def array_for(state: Mapping[str, Tensor], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``state[key]`` as the float32 array the file holds, checked against ``shape``."""
     if key not in state:
         raise CheckpointError(f"cannot write Darknet weights: expected tensor {key} of shape {shape}, "
                               f"found no such key (is this a darknet53 state_dict in backbonekit names?)")
@@ -303,7 +305,7 @@ def write_darknet_weights(state: Mapping[str, Tensor], path: str | os.PathLike, 
                               f"(like darknet53.cfg), found {found or 'none'}; write the backbone only instead "
                               f"(include_classifier=False, --backbone-only)")
     layers = darknet_layers(config, num_classes=num_classes if include_classifier else 0)
-    arrays = [_array_for(state, key, shape) for layer in layers for key, shape in _tensor_slots(layer)]
+    arrays = [array_for(state, key, shape) for layer in layers for key, shape in tensor_slots(layer)]
     with atomic_open(path) as f:
         f.write(header.pack())
         for array in arrays:

@@ -16,9 +16,7 @@ from torch import nn
 from .checkpoint import atomic_path
 from .deploy.metadata import KEY, classifier_metadata, from_props, to_props
 from .export import DEFAULT_OPSET, export_destination, export_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm / torchvision weights: what a model with no checkpoint gets
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD  # timm / torchvision weights: what a model with no checkpoint gets
 
 
 def write_metadata(path: str | os.PathLike, meta: Mapping[str, Any]) -> Path:

@@ -89,9 +89,9 @@ def register_class_set(name: str, loader: Callable[[], ClassSet]) -> None:
 
 
 def _load() -> None:
-    from . import _register_all
+    from .models import register_all
 
-    _register_all()  # the detectors register theirs on import
+    register_all()  # the detectors register theirs on import
 
 
 def list_published(pattern: str = "*") -> list[PublishedWeights]:
@@ -219,7 +219,7 @@ def cached(entry: PublishedWeights) -> bool:
 
 
 # -- the backbones' published weights ------------------------------------------------------------------------
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the one home of ImageNet's statistics
 TORCHVISION = "https://download.pytorch.org/models/"
 TORCHVISION_LICENSE = "BSD-3-Clause"  # torchvision's; timm's pretrained cfg of its tv_in1k copies records the same
 DARKNET_LICENSE = "public domain"  # pjreddie/darknet LICENSE: "YOLO LICENSE Version 2 ... Darknet is public domain"

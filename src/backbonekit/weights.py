@@ -42,10 +42,11 @@ def detect_file_format(path: str | os.PathLike) -> str:
         raise CheckpointError(f"checkpoint not found: expected a file at {path}")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
+    # safetensors first: its header length may start with the byte 0x80 that also starts a legacy pickle
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < SAFETENSORS_MAX_HEADER:
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
     refuse_onnx(path, head)
     return "darknet"
 
@@ -322,7 +323,7 @@ def num_classes_in(state: Mapping[str, Tensor]) -> int:
 
 def _build_on_meta(name: str, state: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> nn.Module:
     """The model ``state`` claims to be, built without allocating its weights (only for checking)."""
-    from . import create_model
+    from .models._builder import create_model
 
     try:
         with torch.device("meta"):

@@ -34,7 +34,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection.yolov3_weights import convert_detector_weights, is_detector_file
+    from ..detection.weights import convert_detector_weights, is_detector_file
     from ..weights import convert_weights
 
     if args.model in (None, "yolov3") and not args.backbone_only and is_detector_file(args.src):

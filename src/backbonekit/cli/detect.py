@@ -122,7 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ..detection.yolov3_weights import convert_detector_weights
+    from ..detection.weights import convert_detector_weights
 
     print(f"wrote {convert_detector_weights(args.src, args.dst, force=args.force)}")
     return 0

@@ -5,8 +5,8 @@
 (``anchors``, ``assigner``, ``coder``, ``loss``); ``data/`` datasets (one module per format, ``photodigits``),
 the shared ``transforms`` (letterbox) and the training ``augment``ations; ``training/`` ``detect train``
 (config, engine, trainer, metrics, report, evaluate). Beside them: ``export``/``fpn_export`` and
-``onnx_eval`` (ONNX), ``predict`` (image files in, detections out), ``loading``, ``yolov3_weights`` and
-``published`` (weights).
+``onnx_eval`` (ONNX), ``predict`` (image files in, detections out), ``loading``, ``weights`` (every
+pretrained file and its normalisation rule) and ``published`` (published weights).
 """
 
 from .models.fpn import BackboneWithFPN, LevelRoIAlign, detector_pyramid, fpn_backbone

@@ -52,7 +52,7 @@ def size_options(model_name: str, input_size: int | None) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input_size: int | None = None) -> nn.Module:
     """The detector a ``detect train`` checkpoint records, with its weights, class names (``class_names``)
     and the training file's category ids (``category_ids``, None when its labels are the ids)."""
-    from .. import create_model
+    from ..models import create_model
 
     kwargs = {**copy.deepcopy(ckpt["model_kwargs"]), **size_options(ckpt["model"], input_size)}
     model = create_model(ckpt["model"], num_classes=int(ckpt["num_classes"]), **kwargs)
@@ -68,9 +68,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike, input
 
 
 def _from_file(path: Path, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
-    from .. import create_model
+    from ..models import create_model
     from ..weights import detect_file_format, read_weights, weights_from_checkpoint
-    from .models.torchvision_detectors import detector_kind
+    from .weights import detector_kind
 
     fmt = detect_file_format(path)
     if fmt == "darknet":
@@ -96,7 +96,7 @@ def load_detector(spec: str | os.PathLike, *, weights: str | os.PathLike | None 
     detectors' ``min_size`` and ``max_size``). ``published``: a detector name without ``weights`` takes its
     default published weights (``detect predict yolov3 photo.jpg``) instead of random ones.
     """
-    from .. import create_model, list_models
+    from ..models import create_model, list_models
     from ..pretrained import find
 
     path = best_checkpoint(spec, "backbonekit detect train")

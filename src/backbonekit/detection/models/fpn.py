@@ -99,7 +99,7 @@ def fpn_backbone(name: str, *, out_channels: int = 256, out_indices: Sequence[in
     Defaults: the backbone's last three maps and a max-pool level. :func:`detector_pyramid` gives the
     maps each detector in this package uses (DetNet: its five stages, no extra level).
     """
-    from ... import create_model
+    from ...models import create_model
 
     body = create_model(name, features_only=True, out_indices=out_indices, **kwargs)
     return BackboneWithFPN(body, out_channels, extra_blocks)

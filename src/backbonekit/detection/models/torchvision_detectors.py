@@ -30,9 +30,8 @@ from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_area
 
-from ..._text import few
-from ...checkpoint import CheckpointError
 from ...models._registry import ModelInfo, register_model
+from ..weights import CLASS_KEYS, PretrainedSource, load_detector_state, read_pretrained
 from .fpn import BackboneWithFPN, LevelRoIAlign, build_fpn_backbone
 from .yolov3 import check_images
 
@@ -183,78 +182,6 @@ def build_detector(kind: str, backbone: BackboneWithFPN, num_classes: int, **kwa
     return model
 
 
-# -- pretrained files ----------------------------------------------------------------------------------
-CLASS_KEYS = {  # the tensors whose shape depends on the number of classes
-    "fasterrcnn": ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
-                   "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias"),
-    "retinanet": ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"),
-    "fcos": ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"),
-}
-
-
-def detector_kind(state: Mapping[str, Tensor]) -> str | None:
-    """Which of torchvision's detectors a state_dict is (by its head's keys), or None."""
-    if CLASS_KEYS["fasterrcnn"][0] in state:
-        return "fasterrcnn"
-    if CLASS_KEYS["fcos"][0] in state:
-        return "fcos" if "head.regression_head.bbox_ctrness.weight" in state else "retinanet"
-    return None
-
-
-def classes_in_file(kind: str, state: Mapping[str, Tensor], path: Any) -> int:
-    """Object classes of a ``kind`` detector state_dict (torchvision's layout): Faster R-CNN's class scores
-    minus background; RetinaNet's and FCOS's class logits per anchor."""
-    found = detector_kind(state)
-    if found != kind:
-        what = f"a state_dict of {found}" if found else f"keys like {few(sorted(state))}"
-        raise CheckpointError(f"cannot use {path} for {kind}: expected a state_dict of {kind} "
-                              f"({CLASS_KEYS[kind][0]}, ...), found {what}")
-    if kind == "fasterrcnn":
-        return int(state[CLASS_KEYS[kind][0]].shape[0]) - 1
-    anchors = int(state["head.regression_head.bbox_reg.weight"].shape[0]) // 4
-    return int(state[CLASS_KEYS[kind][0]].shape[0]) // anchors
-
-
-def read_pretrained(kind: str, path: str | os.PathLike) -> tuple[dict[str, Tensor], int, dict[str, Any]]:
-    """``(state, num_classes, model_kwargs)`` of a ``pretrained=`` file: a whole detector (torchvision's
-    layout or a backbonekit checkpoint; ``num_classes`` from the file) or a backbone (``num_classes`` 0,
-    keys prefixed ``backbone.body.``)."""
-    from ...weights import detect_layout, read_weights, to_backbonekit
-
-    state, meta = read_weights(path)
-    if meta.get("model") not in (None, kind) and detect_layout(state) == "unknown":
-        raise CheckpointError(f"{path} holds weights for {meta['model']}, found {kind}")
-    if any(k.startswith("backbone.body.") for k in state):
-        return state, classes_in_file(kind, state, path), dict(meta.get("model_kwargs") or {})
-    layout = detect_layout(state)
-    if layout == "unknown":
-        raise CheckpointError(f"cannot use {path} for {kind}: expected a detector state_dict (backbone.body.*) "
-                              f"or a backbone's weights, found keys like {few(sorted(state))}")
-    return {f"backbone.body.{k}": v for k, v in to_backbonekit(state, layout).items()}, 0, {}
-
-
-def load_detector_state(model: nn.Module, state: Mapping[str, Tensor], source: str,
-                        skip: Sequence[str] = (), prefix: str = "") -> None:
-    """Load ``state`` strictly (only ``skip`` may be absent; under ``prefix`` when given); one CheckpointError line
-    otherwise. BatchNorm counters are matched to the model (a FrozenBatchNorm2d has none)."""
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if k not in skip
-             and not (k.endswith("num_batches_tracked") and k not in own)}
-    state.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state})
-    if prefix:  # a backbone file: the classifier has no place in a features-only body
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(prefix + "fc.")}
-    missing = sorted(set(own) - set(state) - set(skip))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {len(missing)} missing keys "
-                              f"{few(missing)}, {len(unexpected)} unexpected keys {few(unexpected)}")
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
-    if wrong:
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: shape mismatch (file vs model) for "
-                              f"{len(wrong)} tensors, e.g. {wrong[0]}")
-    model.load_state_dict(state, strict=False)
-
-
 # -- the registered builders --------------------------------------------------------------------------
 def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int = 3,
                     pretrained: str | os.PathLike | None = None, backbone: str | None = None,
@@ -281,7 +208,9 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     """
     if in_chans != 3:
         raise ValueError(f"{kind} takes RGB images: expected in_chans=3, found {in_chans}")
-    state, file_classes, recorded = (read_pretrained(kind, pretrained) if pretrained is not None else ({}, 0, {}))
+    source = read_pretrained(pretrained, kind) if pretrained is not None else None
+    file_classes = source.num_classes if source is not None else 0
+    recorded = dict(source.model_kwargs) if source is not None else {}
     # a detect-train file records the builder's own arguments beside torchvision's: the caller's win
     backbone = backbone or recorded.pop("backbone", None) or DEFAULT_BACKBONE
     backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
@@ -301,21 +230,21 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else {}),
                           **({"out_channels": out_channels} if out_channels != 256 else {}),
                           **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))}}
-    if state:
-        _load(model, kind, state, file_classes, num_classes, pretrained)
+    if source is not None:
+        _load(model, kind, source, num_classes, pretrained)
     return model
 
 
-def _load(model: nn.Module, kind: str, state: dict[str, Tensor], file_classes: int, num_classes: int,
-          path: Any) -> None:
-    source = f"weights file {path}"
+def _load(model: nn.Module, kind: str, source: PretrainedSource, num_classes: int, path: Any) -> None:
+    where, file_classes = f"weights file {path}", source.num_classes
     if not file_classes:
-        load_detector_state(model, state, source, prefix="backbone.body.")
+        body = {f"backbone.body.{k}": v for k, v in source.state.items()}
+        load_detector_state(model, body, where, prefix="backbone.body.")
         warnings.warn(f"{path} holds a backbone only: loaded it; the FPN and the heads start from scratch",
                       stacklevel=4)
         return
     skip = CLASS_KEYS[kind] if file_classes != num_classes else ()
-    load_detector_state(model, state, source, skip=skip)
+    load_detector_state(model, source.state, where, skip=skip)
     if skip:
         warnings.warn(f"{path} holds a {file_classes}-class {kind}, found num_classes={num_classes}: loaded all but "
                       f"the class-specific layers ({', '.join(sorted({k.rsplit('.', 1)[0] for k in skip}))})",

@@ -225,7 +225,7 @@ def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
 # -- building -----------------------------------------------------------------------------------
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """A registered backbone as a features_only model of its maps at strides 8, 16 and 32."""
-    from ... import create_model
+    from ...models import create_model
     from ...models import model_info
 
     if model_info(name).task != "classification":
@@ -260,14 +260,14 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     ``kwargs``: :class:`YOLOv3` options (``anchors``, ``masks``, ``neck_channels``, ``input_size``,
     thresholds).
     """
-    from ..yolov3_weights import inspect_pretrained, load_pretrained
+    from ..weights import load_pretrained, read_pretrained
 
     if in_chans != 3:
         raise ValueError(f"YOLOv3 takes RGB images: expected in_chans=3, found {in_chans}")
-    source = inspect_pretrained(pretrained, neck_channels=kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
+    source = read_pretrained(pretrained, "yolov3", kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
         if pretrained is not None else None
     if source is not None:
-        recorded = {**source.input_norm, **source.model_kwargs}  # a classification run's mean/std too
+        recorded = {**source.input_norm, **source.model_kwargs}  # the normalisation its weights were trained with
         backbone = backbone or recorded.pop("backbone", None)
         backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
         for key, value in recorded.items():

@@ -208,7 +208,7 @@ def check_pairs(plan: ComparePlan, out: Path) -> list[tuple[Pair, DetectConfig]]
 
 
 def _build_on_meta(cfg: DetectConfig) -> None:
-    from ... import create_model
+    from ...models import create_model
     from ...models import model_info
 
     if model_info(cfg.backbone).task != "classification":  # KeyError with close matches for unknown names

@@ -22,26 +22,22 @@ from typing import Any, Callable, Collection, Sequence
 import torch
 from torch import nn
 
-from ... import create_model
-from ..._text import few, first_line
-from ...checkpoint import CheckpointError, atomic_save, load_file
-from ...pretrained import weights_file
+from ..._text import first_line
+from ...checkpoint import CheckpointError, atomic_save
 from ...engine import dist
 from ...engine.budget import TimeBudget, fast_forward, refit_schedule
-from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ...engine.runs import check_resumed_world, resume_checkpoint, resumed_config, run_in_folder
+from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
 from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
-from ..task.anchors import YOLOV3_MASKS
+from ..loading import load_run_checkpoint
+from .build import build_detector
 from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, write_config
 from .ema import ema_model
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from .evaluate import evaluate_checkpoint, final_report  # noqa: F401 (evaluate_checkpoint: the CLI's path)
 from .history import LOSS_PARTS, epoch_line, epoch_row, metric_fields
-from ..loading import load_run_checkpoint
-from ..task.loss import YOLOv3Loss
 from .metrics import DetectionMetrics
-from .splits import category_ids, load_splits, resolve_anchors
-from ..yolov3_weights import NORM_KEYS, recorded_normalisation
+from .splits import category_ids, load_splits, resolve_anchors  # noqa: F401 (resolve_anchors: tests' path)
 
 
 @dataclass
@@ -54,139 +50,6 @@ class DetectResult:
 
 
 # -- the model ---------------------------------------------------------------------------------
-
-def _pretrained_source(cfg: DetectConfig):
-    """(source, backbone kwargs) of ``cfg.pretrained``: a Darknet file, a detector, or a backbone checkpoint
-    (the file is read once, by :func:`~.yolov3_weights.inspect_pretrained`)."""
-    from ..yolov3_weights import inspect_pretrained
-
-    source = inspect_pretrained(weights_file(cfg.pretrained, cfg.model), neck_channels=cfg.neck_channels)
-    if source.num_classes:
-        return source, {}
-    if source.backbone and source.backbone != cfg.backbone:
-        raise ValueError(f"pretrained {cfg.pretrained} holds {source.backbone} weights, found --backbone "
-                         f"{cfg.backbone} (pass --backbone {source.backbone})")
-    return source, dict(source.backbone_kwargs)
-
-
-def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]] | None, *,
-                   load_pretrained: bool = True, resumed_kwargs: dict | None = None,
-                   log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
-    """``cfg.model`` on ``cfg.backbone`` ready to train (YOLOv3 with its loss attached), and the model
-    arguments a checkpoint records.
-
-    YOLOv3's input normalisation (``input_mean``/``input_std``) comes from the pretrained source (a
-    classification run's mean/std, a detector's own, ImageNet's for torchvision/timm weights), or from
-    ``resumed_kwargs`` (the run being resumed records it); none for Darknet's raw [0, 1] input.
-    ``cfg.pretrained`` may be a file, a URL or a published tag (fetched once into torch's hub cache)."""
-    if cfg.model != "yolov3":
-        return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
-    # a resumed run keeps the backbone options it recorded (act_slope of a timm file, ...)
-    source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained
-                    else (None, dict((resumed_kwargs or {}).get("backbone_kwargs") or {})))
-    norm = source.input_norm if source is not None else \
-        {k: v for k, v in (resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
-    model_kwargs = {"backbone": cfg.backbone, "backbone_kwargs": dict(arch), "input_size": cfg.input_size,
-                    "anchors": [list(map(float, a)) for a in anchors], "masks": [list(m) for m in YOLOV3_MASKS],
-                    "neck_channels": list(cfg.neck_channels), **norm}
-    kwargs = copy.deepcopy(model_kwargs)
-    kwargs["backbone_kwargs"]["frozen_stages"] = cfg.frozen_stages
-    model = create_model(cfg.model, num_classes=num_classes, **kwargs)
-    init_prior_bias(model)
-    if source is not None:
-        log(_load_source(model, source))
-    attach_loss(model, ignore_thresh=cfg.ignore_thresh, iou_thresh=cfg.iou_thresh)
-    return model, model_kwargs
-
-
-def pretrained_normalisation(path: str | os.PathLike | None) -> tuple[list[float], list[float]]:
-    """(mean, std) the weights in ``path`` were trained with: a classification run's (its checkpoint's
-    ``preprocessing``), a detector run's (its recorded ``image_mean``/``image_std`` or YOLOv3's
-    ``input_mean``/``input_std``), none for Darknet's files and YOLOv3 checkpoints without one (Darknet
-    feeds raw [0, 1] pixels), else ImageNet's (torchvision's and timm's weights; torchvision's default)."""
-    from ...onnx_meta import IMAGENET_MEAN, IMAGENET_STD
-    from ...weights import detect_file_format
-
-    imagenet, raw = (list(IMAGENET_MEAN), list(IMAGENET_STD)), ([0.0] * 3, [1.0] * 3)
-    kind = None if path is None else detect_file_format(path)
-    if kind == "darknet":
-        return raw
-    if kind != "torch":
-        return imagenet
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict):
-        return imagenet
-    found = recorded_normalisation(ckpt.get("model_kwargs") or {}, ckpt.get("preprocessing"))
-    return found or (raw if ckpt.get("model") == "yolov3" else imagenet)
-
-
-def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,
-                       resumed_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
-    """torchvision's ``cfg.model`` (fasterrcnn, retinanet, fcos) on ``cfg.backbone`` through an FPN, taking
-    ``cfg.input_size`` images as they come (``min_size = max_size = input_size``), normalised as the
-    pretrained backbone was (:func:`pretrained_normalisation`). With ``cfg.pretrained`` the backbone gets
-    torchvision's frozen BatchNorm and trainable layers; the checkpoint records that (``frozen_bn``). A
-    resumed run takes the normalisation its checkpoint recorded (the pretrained file need not exist any more)."""
-    if resumed_kwargs and "image_mean" in resumed_kwargs:
-        mean, std = resumed_kwargs["image_mean"], resumed_kwargs["image_std"]
-    else:
-        mean, std = pretrained_normalisation(weights_file(cfg.pretrained, cfg.model) if cfg.pretrained else None)
-    model_kwargs = {"backbone": cfg.backbone, "min_size": cfg.input_size, "max_size": cfg.input_size,
-                    "image_mean": mean, "image_std": std, "frozen_bn": bool(cfg.pretrained)}
-    if cfg.model == "retinanet":
-        model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
-    model_kwargs.update(cfg.rpn_proposals)  # Faster R-CNN's proposal counts, when set
-    pretrained = cfg.pretrained if load_pretrained else None
-    model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
-    return model, model_kwargs
-
-
-def init_prior_bias(model: nn.Module, objects_per_image: float = 4.0, class_prior: float = 0.6) -> None:
-    """Start the output convs' objectness and class biases at prior probabilities (RetinaNet's "prior"
-    initialisation, Lin et al. 2017, section 4.1; YOLOv5 does the same for YOLO heads): about
-    ``objects_per_image`` objects spread over each level's cells, and ``class_prior`` over the classes.
-
-    With a zero bias every cell starts at objectness 0.5, and the first hundreds of steps are spent
-    pushing thousands of empty cells down (the noobj term dwarfs the others).
-    """
-    import math
-
-    head = model.head
-    for conv, (h, w) in zip(head.convs_pred, _grids(model)):
-        bias = conv.bias.detach().view(-1, 5 + head.num_classes)  # (anchors, 5 + C)
-        p_obj = min(0.5, objects_per_image / (h * w * bias.shape[0]))
-        bias[:, 4] = math.log(p_obj / (1 - p_obj))
-        p_cls = min(0.5, class_prior / max(head.num_classes - 0.99, 1.0))
-        bias[:, 5:] = math.log(p_cls / (1 - p_cls))
-
-
-def _grids(model: nn.Module) -> list[tuple[int, int]]:
-    return [(model.input_size // s, model.input_size // s) for s in model.strides]
-
-
-def _load_source(model: nn.Module, source) -> str:
-    from ..yolov3_weights import load_pretrained
-
-    if not source.num_classes:
-        return load_pretrained(model, source)
-    own = model.state_dict()
-    head = [k for k, v in source.state.items() if k in own and own[k].shape != v.shape and ".convs_pred." in k]
-    state = {k: v for k, v in source.state.items() if k not in head}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if k not in head] + list(unexpected)
-    if wrong:
-        raise CheckpointError(f"cannot start from {source.path}: its detector does not fit this one "
-                              f"(keys {few(sorted(wrong))}; check --backbone and --neck-width)")
-    note = f"; its output convs ({source.num_classes} classes) start from scratch" if head else ""
-    return f"loaded the detector in {source.path}{note}"
-
-
-def attach_loss(model: nn.Module, *, ignore_thresh: float, iou_thresh: float) -> nn.Module:
-    """Give a YOLOv3 its training loss (``model(images, targets)`` in train mode then returns the loss dict)."""
-    model.loss_fn = YOLOv3Loss(model.anchors.tolist(), model.masks, model.strides, model.num_classes,
-                               ignore_thresh=ignore_thresh, iou_thresh=iou_thresh)
-    return model
-
 
 # -- checkpoints --------------------------------------------------------------------------------
 
