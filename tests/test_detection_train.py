@@ -20,7 +20,7 @@ from backbonekit.detection.training.engine import (TrainBatches, augment_config,
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.training.trainer import (METRIC_FIELDS, build_detector, evaluate_checkpoint, load_detector,
                                            resolve_anchors, train)
-from backbonekit.train.engine import build_optimizer, build_scheduler
+from backbonekit.engine.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")
 TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu",

@@ -26,12 +26,14 @@ from ...checkpoint import CheckpointError, atomic_save, load_file
 from ...pretrained import weights_file
 from ...engine import dist
 from ...engine.budget import TimeBudget, fast_forward, refit_schedule
-from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ...engine.runs import (check_resumed_world, evaluation_folder, evaluation_output, resume_checkpoint,
-                          resumed_config, run_in_folder)
-from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
+from ...engine.config import write_config
+from ...engine.device import resolve_amp, resolve_device, set_determinism, unwrap
+from ...engine.optim import build_optimizer, build_scheduler, epoch_progress
+from ...engine.report import write_metrics
+from ...engine.runs import (RunResult, check_resumed_world, evaluation_folder, evaluation_output,
+                            read_training_checkpoint, resume_checkpoint, resumed_config, run_in_folder)
 from ..task.anchors import COCO_ANCHORS, YOLOV3_MASKS, anchors_for_dataset, dataset_box_shapes
-from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors, write_config
+from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, parse_anchors
 from ..data.datasets import load_detection_dataset
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from ..loading import load_run_checkpoint
@@ -58,12 +60,8 @@ PREDICTION_SAMPLES = 12  # validation images drawn in predictions.png
 
 
 @dataclass
-class DetectResult:
-    out: Path
-    history: list[dict[str, float]]
-    best_map: float
-    final: DetectionMetrics | None  # best.pt on the whole validation set (rank 0; None on other ranks)
-    model: nn.Module  # the trained model after the last epoch (unwrapped)
+class DetectResult(RunResult):
+    best_map: float  # final: the DetectionMetrics of best.pt
 
 
 # -- data, anchors, model -----------------------------------------------------------------------
@@ -408,7 +406,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         save(epoch, improved)
     final = _final_report(out, model, val_set, classes, cfg, device, log) if dist.is_main() else None
     dist.barrier()
-    return DetectResult(out, history, best_map, final, unwrap(model))
+    return DetectResult(out=out, history=history, final=final, model=unwrap(model), best_map=best_map)
 
 
 def _row(epoch: int, losses: EpochLosses, metrics: DetectionMetrics, lr: float,
@@ -445,19 +443,9 @@ def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler, ema) -> 
 
 def _train_epoch(model, batches, optimizer, scheduler, cfg: DetectConfig, device, amp_dtype, scaler, ema,
                  epoch: int, out: Path) -> EpochLosses:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-               disable=None if dist.is_main() else True, dynamic_ncols=True)
-    try:
+    with epoch_progress(len(batches), epoch, cfg.epochs, out) as bar:
         return train_one_epoch(model, batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
                                scaler=scaler, grad_clip=cfg.grad_clip, ema=ema, progress=bar, epoch=epoch)
-    except NonFiniteLoss as exc:
-        kept = (f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch})" if epoch > 0
-                else "no checkpoint was written")
-        raise NonFiniteLoss(f"{exc}; training stopped, {kept}. Try a lower --lr or --grad-clip") from None
-    finally:
-        bar.close()
 
 
 def _final_report(out: Path, model: nn.Module, val_set, classes: list[str], cfg: DetectConfig, device,
@@ -486,7 +474,7 @@ def _samples(dataset, items: list, count: int = PREDICTION_SAMPLES) -> list[tupl
 # -- saved detectors ----------------------------------------------------------------------------
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = None, data_dir: str | None = None,
-                        force: bool = False,  # ``out`` as train.runs.evaluation_output allows; force: over other files
+                        force: bool = False,  # ``out`` as engine.runs.evaluation_output allows; force: over other files
                         split: str = "val", device: str = "auto", batch_size: int = 16,
                         score_thresh: float | None = None, nms_thresh: float | None = None,
                         out: str | os.PathLike | None = None, skip_bad_labels: bool = False,
