@@ -200,7 +200,7 @@ def test_the_cpu_preset_compares_the_issue_pairs_and_every_pair_builds(tmp_path)
 
 def test_seconds_per_image_count_the_images_an_epoch_cut_by_the_budget_trained_on(tmp_path):
     from backbonekit.detection.training.compare import _trained_images
-    from backbonekit.train.report import read_metrics
+    from backbonekit.engine.report import read_metrics
 
     assert detect_trainer.metric_fields("retinanet")[-1] == "images"  # the trainer writes the column
     path = tmp_path / "metrics.csv"  # by hand: epoch 2 was ended by --time after one batch of 4 images

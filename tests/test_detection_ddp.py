@@ -20,7 +20,7 @@ from backbonekit.detection.training.engine import evaluate
 from backbonekit.detection.training.metrics import DetectionEvaluator
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.training.trainer import load_detector
-from backbonekit.train.launch import launch
+from backbonekit.engine.launch import launch
 
 pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~20-40 s on 2 cores
 

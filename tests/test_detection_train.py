@@ -21,7 +21,7 @@ from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits,
 from backbonekit.detection.training.build import build_detector
 from backbonekit.detection.training.history import METRIC_FIELDS
 from backbonekit.detection.training.trainer import evaluate_checkpoint, load_detector, resolve_anchors, train
-from backbonekit.train.engine import build_optimizer, build_scheduler
+from backbonekit.engine.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")
 TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu",

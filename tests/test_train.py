@@ -360,7 +360,7 @@ def test_cli_config_file_with_flag_override_trains_on_an_image_folder(tmp_path):
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_scheduler_and_optimizer_state_survive_a_weights_only_checkpoint(tmp_path, schedule):
     from backbonekit.checkpoint import atomic_save
-    from backbonekit.train.engine import build_optimizer, build_scheduler
+    from backbonekit.engine.optim import build_optimizer, build_scheduler
 
     def make():
         model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
@@ -385,7 +385,7 @@ def test_scheduler_and_optimizer_state_survive_a_weights_only_checkpoint(tmp_pat
 
 
 def test_onecycle_keeps_the_given_momentum():
-    from backbonekit.train.engine import build_optimizer, build_scheduler
+    from backbonekit.engine.optim import build_optimizer, build_scheduler
 
     model = create_model("resnet18", num_classes=2)
     for momentum in (0.0, 0.5, 0.9):
@@ -396,7 +396,7 @@ def test_onecycle_keeps_the_given_momentum():
 
 @pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8])
 def test_onecycle_works_for_short_runs(total_steps):
-    from backbonekit.train.engine import build_optimizer, build_scheduler
+    from backbonekit.engine.optim import build_optimizer, build_scheduler
 
     optimizer = build_optimizer("sgd", create_model("resnet18", num_classes=2), 0.1, 0.0)
     scheduler = build_scheduler("onecycle", optimizer, 0.1, 1, total_steps)
@@ -414,8 +414,8 @@ def test_batch_size_one_is_refused():
 
 
 def test_shared_training_step_clips_and_steps_as_by_hand():
-    """train.engine.backward_and_step (both trainers' step): SGD on a clipped gradient, computed by hand."""
-    from backbonekit.train.engine import NonFiniteLoss, backward_and_step, check_finite
+    """engine.optim.backward_and_step (both trainers' step): SGD on a clipped gradient, computed by hand."""
+    from backbonekit.engine.optim import NonFiniteLoss, backward_and_step, check_finite
 
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     model = torch.nn.Module()

@@ -9,7 +9,7 @@ import torch
 
 from backbonekit.checkpoint import load_file
 from backbonekit.train import TrainConfig
-from backbonekit.train.launch import DistributedFailure, launch
+from backbonekit.engine.launch import DistributedFailure, launch
 
 pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~10-30 s on 2 cores
 

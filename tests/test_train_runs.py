@@ -21,8 +21,9 @@ from backbonekit import create_model
 from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
 from backbonekit.train import TrainConfig, train, trainer
-from backbonekit.train.config import config_keys
-from backbonekit.engine.runs import LOCK_NAME, RESUME_RULES, claim_run_folder
+from backbonekit.engine.config import config_keys
+from backbonekit.engine.runs import LOCK_NAME, claim_run_folder
+from backbonekit.train.config import RESUME_RULES
 
 TINY = dict(model="resnet18", dataset="fake:32", epochs=1, batch_size=8, lr=0.1, workers=0, seed=3)
 QUIET = dict(log=lambda _: None)
@@ -74,7 +75,7 @@ def test_rerunning_config_yaml_repeats_the_run_in_a_new_folder(tmp_path, one_epo
 # -- what --resume may change (item 5) -------------------------------------------------------------
 
 def test_every_config_field_has_a_resume_rule():
-    assert set(RESUME_RULES) == set(config_keys())
+    assert set(RESUME_RULES) == set(config_keys(TrainConfig))
 
 
 @pytest.mark.parametrize("flags", [["--lr", "0.05"], ["--batch-size", "64"], ["--seed", "0"],
@@ -325,7 +326,7 @@ def test_training_speed_ups_give_plain_pytorchs_steps(name, lr):
     each tensor's mean gap to 1e-4 x lr (measured 3e-6 x lr; betas 0.9/0.99 instead of 0.9/0.999: 0.5 x lr).
     """
     from backbonekit.optimize import PaddingAwareConv2d
-    from backbonekit.train.engine import build_optimizer
+    from backbonekit.engine.optim import build_optimizer
 
     plain = random_resnet18()
     fast = trainer._prepare_model(copy.deepcopy(plain), TrainConfig(channels_last=False), torch.device("cpu"))

@@ -215,10 +215,10 @@ class Int8Settings:
     weight_type: str = "int8"
 
     def __post_init__(self) -> None:
-        from .train.config import _choice
+        from .engine.config import check_choice
 
-        _choice("activation_type", self.activation_type, INT8_TYPES)
-        _choice("weight_type", self.weight_type, INT8_TYPES)
+        check_choice("activation_type", self.activation_type, INT8_TYPES)
+        check_choice("weight_type", self.weight_type, INT8_TYPES)
 
     def metadata(self, proto) -> dict[str, Any]:
         """The ``quantization`` metadata of the quantized graph ``proto``, less the calibration: the settings,

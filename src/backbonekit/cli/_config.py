@@ -1,11 +1,29 @@
-"""Flags generated from a config dataclass (``train``, ``detect train``): one flag per field, and the
-split of what the user gave (flags and config-file keys) from the defaults, which ``--resume`` checks."""
+"""Flags generated from a config dataclass (``train``, ``detect train``): one flag per field, the split of
+what the user gave (flags and config-file keys) from the defaults, which ``--resume`` checks, and the run
+itself (in this process, or in ``--nproc`` processes)."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
+
+from ..engine.config import AMP_MODES, DEVICES, OPTIMIZERS
+
+# the help of the flags both trainers have (each adds its own and may say more)
+RUN_FLAG_HELP = {
+    "epochs": "number of epochs",
+    "time": "wall-clock budget (90s, 10m, 1.5h, or minutes): after each epoch the total epochs and the "
+            "learning-rate schedule are fitted to the time left, and training stops when it is spent",
+    "batch_size": "images per step per process",
+    "optimizer": "/".join(OPTIMIZERS),
+    "momentum": "SGD momentum",
+    "grad_clip": "clip the gradient norm to this value (0: off)",
+    "device": "/".join(DEVICES),
+    "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only",
+    "seed": "random seed (weights, order, augmentation)",
+    "out": "run folder (default runs/MODEL-DATASET[-N])",
+}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_texts: Mapping[str, str],
@@ -37,3 +55,49 @@ def resolve_from_flags(args: argparse.Namespace, config_class: type,
     config_file = getattr(args, "config", None)
     given = set(overrides) | (set(read_file(config_file)) if config_file else set())
     return resolve(config_file, overrides), given
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction, config_class: type, help_texts: Mapping[str, str],
+                     choices: Mapping[str, Sequence[str]], run: Callable[[argparse.Namespace], int], *,
+                     help: str, description: str) -> argparse.ArgumentParser:
+    """The ``train`` sub-parser of a trainer: ``--config`` and one flag per field of ``config_class``, running
+    ``run``."""
+    parser = subparsers.add_parser("train", help=help, description=description, argument_default=argparse.SUPPRESS)
+    add_config_flags(parser, config_class, help_texts, choices)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], *,
+                        help: str, checkpoint_help: str, batch_size: int, out_help: str) -> argparse.ArgumentParser:
+    """The ``evaluate`` sub-parser of a trainer with the flags both have: the checkpoint, ``--dataset``, the
+    device, the batch size, the report folder (``--out``, ``--force``) and ``--format``."""
+    parser = subparsers.add_parser("evaluate", help=help)
+    parser.add_argument("checkpoint", help=checkpoint_help)
+    parser.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--force", action="store_true", help="write into an --out folder that holds other files "
+                                                              "than an earlier evaluation report")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run_training(args: argparse.Namespace, config_class: type,
+                 resolve: Callable[[str | None, Mapping[str, Any]], Any], train: Callable[..., Any],
+                 launch_local: Callable[..., int]) -> int:
+    """The config the flags give (:func:`resolve_from_flags`), trained by ``train(cfg, given=...)`` in this
+    process, or by ``launch_local`` for ``--nproc N`` outside torchrun."""
+    from ..engine import dist
+    from ..engine.config import read_config_file
+
+    cfg, given = resolve_from_flags(args, config_class, lambda path: read_config_file(path, config_class), resolve)
+    if cfg.nproc > 1 and not dist.launched_by_torchrun():
+        return launch_local(cfg, given=sorted(given))
+    try:
+        train(cfg, given=given)
+    finally:
+        dist.cleanup()
+    return 0

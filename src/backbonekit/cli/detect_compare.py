@@ -10,7 +10,7 @@ import argparse
 
 from ..detection.training.compare import PRESETS, SPEED_IMAGES, SPEED_REPEATS
 from ..detection.training.config import RPN_PROPOSAL_FIELDS
-from ..train.config import DEVICES
+from ..engine.config import DEVICES
 from .detect_train import FLAG_HELP
 
 # detect train options every pair shares, as flags (any other one: --config FILE)

@@ -11,24 +11,18 @@ import argparse
 import json
 
 from ..detection.training.config import DetectConfig
-from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS
-from ._config import add_config_flags, resolve_from_flags
+from ..engine.config import RUN_CHOICES
+from ._config import RUN_FLAG_HELP, add_evaluate_parser, add_train_parser, run_training
 
 FLAG_HELP = {
+    **RUN_FLAG_HELP,
     "model": "the detector: yolov3, fasterrcnn, retinanet or fcos (torchvision's, through an FPN)",
     "backbone": "a registered backbone (backbonekit models), e.g. resnet18, darknet53, detnet59",
     "dataset": "photodigits (built in), yolo:PATH, coco:ANNOTATIONS.json[,VAL.json] or voc:PATH",
     "data_dir": "images folder for coco:",
-    "epochs": "number of epochs",
-    "time": "wall-clock budget (90s, 10m, 1.5h, or minutes): after each epoch the total epochs and the "
-            "learning-rate schedule are fitted to the time left, and training stops when it is spent",
-    "batch_size": "images per step per process",
     "lr": "peak learning rate (cosine schedule after the warm-up)",
-    "optimizer": "/".join(OPTIMIZERS),
-    "momentum": "SGD momentum",
     "weight_decay": "weight decay on conv weights (not on BatchNorm or biases)",
     "warmup": "epochs of linear learning-rate warm-up",
-    "grad_clip": "clip the gradient norm to this value (0: off)",
     "input_size": "training and evaluation input size (a multiple of 32)",
     "neck_width": "YOLOv3 neck widths (512, 256, 128) times this (YOLOv3 only)",
     "multiscale": "multi-scale training (Darknet's random=1: a new size every 10 steps; YOLOv3 only)",
@@ -45,11 +39,7 @@ FLAG_HELP = {
                   "1: the best anchor only, as yolov3.cfg; YOLOv3 only)",
     "score_thresh": "score threshold of evaluation detections",
     "nms_thresh": "IoU threshold of class-aware NMS",
-    "device": "/".join(DEVICES),
-    "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only",
-    "seed": "random seed (weights, order, augmentation)",
     "workers": "DataLoader workers",
-    "out": "run folder (default runs/MODEL-DATASET[-N])",
     "resume": "continue the run in this folder (or from this last.pt) with its saved config",
     "pretrained": "darknet53.conv.74, a classification run's best.pt, a detector file, or a published tag "
                   "(darknet53.darknet_conv74, resnet50.tv2_in1k, ...: backbonekit weights)",
@@ -71,57 +61,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a detector; writes a run folder with checkpoints, metrics and "
-                                            "a report", argument_default=argparse.SUPPRESS,
-                              description="Train YOLOv3, Faster R-CNN, RetinaNet or FCOS (--model). With no arguments: ResNet-18 YOLOv3 on the built-in "
-                                          "photodigits set, offline. Every option can be set in a YAML/JSON "
-                                          "file given with --config; flags win.")
-    add_config_flags(p, DetectConfig, FLAG_HELP, {"optimizer": OPTIMIZERS, "device": DEVICES, "amp": AMP_MODES})
-    p.set_defaults(func=run_train)
+    add_train_parser(subparsers, DetectConfig, FLAG_HELP, RUN_CHOICES, run_train,
+                     help="train a detector; writes a run folder with checkpoints, metrics and a report",
+                     description="Train YOLOv3, Faster R-CNN, RetinaNet or FCOS (--model). With no arguments: "
+                                 "ResNet-18 YOLOv3 on the built-in photodigits set, offline. Every option can be "
+                                 "set in a YAML/JSON file given with --config; flags win.")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..detection.training.config import resolve_detect_config
-    from ..engine import dist
-    from ..train.config import read_config_file
-
-    cfg, given = resolve_from_flags(args, DetectConfig, lambda path: read_config_file(path, DetectConfig),
-                                    resolve_detect_config)
-    if cfg.nproc > 1 and not dist.launched_by_torchrun():
-        from ..detection.training.launch import launch_local
-
-        return launch_local(cfg, given=sorted(given))
+    from ..detection.training.launch import launch_local
     from ..detection.training.trainer import train
 
-    try:
-        train(cfg, given=given)
-    finally:
-        dist.cleanup()
-    return 0
+    return run_training(args, DetectConfig, resolve_detect_config, train, launch_local)
 
 
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="COCO mAP of a saved detector (prints the COCO table)")
-    p.add_argument("checkpoint", help="best.pt or last.pt written by backbonekit detect train, or an exported "
-                                      ".onnx YOLOv3 (fp32 or int8)")
-    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    p = add_evaluate_parser(subparsers, run_evaluate, help="COCO mAP of a saved detector (prints the COCO table)",
+                            checkpoint_help="best.pt or last.pt written by backbonekit detect train, or an "
+                                            "exported .onnx YOLOv3 (fp32 or int8)", batch_size=16,
+                            out_help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT; never a run "
+                                     "folder) with the report and detections.json (COCO results: the dataset's "
+                                     "image and category ids)")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=("val", "train", "test"), default="val",
                    help="test: a YOLO yaml's test entry or VOC's ImageSets/Main/test.txt")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--score-thresh", type=float, help="default: the training run's")
     p.add_argument("--nms-thresh", type=float, help="default: the training run's")
     p.add_argument("--skip-bad-labels", action="store_true")
     p.add_argument("--count-difficult", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate VOC's difficult objects as ordinary ones (default: the training run's choice; "
                         "ignored, as VOC's protocol, for runs that made none)")
-    p.add_argument("--out", help="report folder (default: CHECKPOINT_FOLDER/eval-DATASET-SPLIT; never a run folder) "
-                                 "with the report and detections.json (COCO results: the dataset's image and category ids)")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that holds other files than "
-                                                         "an earlier evaluation report")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

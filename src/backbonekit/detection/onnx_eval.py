@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..deploy.runtime import open_session
-from ..train.onnx_eval import OnnxModule
+from ..engine.onnx import OnnxModule
 from ..engine.runs import evaluation_folder, evaluation_output
 from .training.metrics import DetectionMetrics
 from .data.transforms import letterbox_images

@@ -6,44 +6,47 @@ import contextlib
 import os
 import re
 import socket
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, TypeVar
 
 from . import dist
-from ..train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Result = TypeVar("Result")
 
 LOCK_NAME = ".backbonekit.lock"
 FAILED_START_FILES = ("config.yaml", "best.pt", "metrics.csv")  # what a run writes before its first last.pt
 
-# What ``--resume`` does with an option the user gives again (docs/training.md, "Resume"):
+# What ``--resume`` does with an option the user gives again (docs/training.md, "Resume"); each trainer has a
+# table of its fields (``train.config.RESUME_RULES``, ``DETECT_RESUME_RULES``):
 #   FIXED  - part of what the run computes: it must equal the saved value, or the continuation would not be
 #            the run that was started (the schedule, the shards, the weights' history all depend on it);
 #   LOCAL  - where or how this process runs, not what it computes: taken from the command line;
 #   EXTEND - epochs: may grow (or shrink to no fewer than the epochs done); the schedule is recomputed.
 # ``time`` (the wall-clock budget) is LOCAL: a new budget replaces the saved one, the time spent still counts.
 FIXED, LOCAL, EXTEND = "fixed", "local", "extend"
-RESUME_RULES: dict[str, str] = {
-    "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND, "time": LOCAL,
-    "batch_size": FIXED, "lr": FIXED, "optimizer": FIXED, "momentum": FIXED, "nesterov": FIXED,
-    "weight_decay": FIXED, "schedule": FIXED, "warmup_epochs": FIXED, "label_smoothing": FIXED,
-    "grad_clip": FIXED, "image_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,
-    "amp": FIXED, "channels_last": FIXED, "deterministic": FIXED, "seed": FIXED, "workers": LOCAL,
-    "out": LOCAL,  # must name the run's own folder (checked in resumed_config)
-    "resume": LOCAL, "pretrained": FIXED, "zero_init_residual": FIXED, "sync_bn": FIXED,
-    "nproc": LOCAL,  # checked against the process count the checkpoint records
-    "skip_bad_images": FIXED,  # decides which images the run trains on
-}
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def default_out(cfg: TrainConfig) -> Path:
-    """``runs/MODEL-DATASET``, numbered when that folder exists and is not empty."""
+@dataclass
+class RunResult:
+    """What a finished ``train`` returns (each trainer adds its best figure)."""
+
+    out: Path
+    history: list[dict[str, float]]
+    final: Any  # best.pt on the whole validation set (rank 0; None on other ranks)
+    model: nn.Module  # the trained model after the last epoch (unwrapped from DDP)
+
+
+def default_out(cfg: Any) -> Path:
+    """``runs/MODEL-DATASET`` for a config with ``model`` and ``dataset``, numbered when that folder exists
+    and is not empty."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.dataset.split(':')[0]}")
     out, n = Path("runs") / stem, 1
     while out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -56,6 +59,18 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
     """A run folder (its last.pt) or a checkpoint file."""
     path = Path(path)
     return path / "last.pt" if path.is_dir() else path
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A last.pt that a run can continue from (model, optimizer and schedule states, epoch, history)."""
+    from ..checkpoint import CheckpointError, load_file
+
+    ckpt = load_file(path)
+    needed = ("config", "state_dict", "optimizer", "scheduler", "epoch", "history")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "backbonekit" or any(k not in ckpt for k in needed):
+        raise CheckpointError(f"cannot resume from {path}: expected a last.pt written by backbonekit train "
+                              f"(with {', '.join(needed)}), found another kind of file")
+    return ckpt
 
 
 def best_checkpoint(spec: str | os.PathLike, command: str = "backbonekit train") -> Path:
@@ -92,9 +107,9 @@ def given_fields(cfg: Any, given: Collection[str] | None) -> set[str]:
 
 
 def resumed_config(saved: Mapping[str, Any], cfg: Any, given: Collection[str] | None, run: Path,
-                   checkpoint: Path, epochs_done: int, rules: Mapping[str, str] = RESUME_RULES,
+                   checkpoint: Path, epochs_done: int, rules: Mapping[str, str],
                    legacy: Mapping[str, Any] | None = None) -> Any:
-    """The saved config with the changes ``rules`` allow (:data:`RESUME_RULES` for classification);
+    """The saved config with the changes ``rules`` allow (the trainer's table of FIXED, LOCAL, EXTEND);
     one line listing those it refuses. ``cfg`` is a config dataclass (TrainConfig, DetectConfig).
     ``legacy``: the value a field had before it existed, for runs saved without it (not today's default)."""
     config_class = type(cfg)

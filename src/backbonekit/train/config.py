@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .._text import first_line
-from ..checkpoint import atomic_open
-from ..engine.budget import parse_duration
+from ..engine.config import build_config, check_choice, check_range, check_run_fields
+from ..engine.runs import EXTEND, FIXED, LOCAL
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
 @dataclass
@@ -71,23 +64,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise one-line ValueErrors for values no run can use (NaN fails every range check)."""
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("device", self.device, DEVICES)
-        _choice("amp", self.amp, AMP_MODES)
-        for name in ("epochs", "nproc"):
-            _in_range(name, getattr(self, name), 1)
-        parse_duration(self.time)
-        _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
-        _in_range("lr", self.lr, 0, low_open=True)
-        _in_range("momentum", self.momentum, 0, high=1)  # >= 1: the velocity never decays and SGD diverges
-        _in_range("label_smoothing", self.label_smoothing, 0, high=1)
-        for name in ("weight_decay", "grad_clip", "warmup_epochs", "workers"):
-            _in_range(name, getattr(self, name), 0)
+        check_run_fields(self)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("label_smoothing", self.label_smoothing, 0, high=1)
+        check_range("warmup_epochs", self.warmup_epochs, 0)
         if self.image_size is not None:
-            _in_range("image_size", self.image_size, 8)
+            check_range("image_size", self.image_size, 8)
         if self.crop_padding is not None:
-            _in_range("crop_padding", self.crop_padding, 0)
+            check_range("crop_padding", self.crop_padding, 0)
             if self.image_size is not None:
                 check_crop_padding(self.crop_padding, self.image_size)
 
@@ -95,20 +79,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, found {value!r}")
-
-
-def _in_range(name: str, value: float, low: float, *, high: float = math.inf, low_open: bool = False) -> None:
-    """``low <= value < high`` (``low < value`` when ``low_open``) and finite, written so that NaN fails."""
-    ok = (value > low if low_open else value >= low) and value < high and math.isfinite(value)
-    if not ok:
-        if high < math.inf:
-            expected = f"in {'(' if low_open else '['}{low:g}, {high:g})"
-        else:
-            expected = f"{'>' if low_open else '>='} {low:g}" + ("" if isinstance(value, int) else " and finite")
-        raise ValueError(f"{name} must be {expected}, found {value}")
+# What ``--resume`` does with each option given again (docs/training.md, "Resume"; the rules are explained in
+# :mod:`backbonekit.engine.runs`).
+RESUME_RULES: dict[str, str] = {
+    "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND, "time": LOCAL,
+    "batch_size": FIXED, "lr": FIXED, "optimizer": FIXED, "momentum": FIXED, "nesterov": FIXED,
+    "weight_decay": FIXED, "schedule": FIXED, "warmup_epochs": FIXED, "label_smoothing": FIXED,
+    "grad_clip": FIXED, "image_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,
+    "amp": FIXED, "channels_last": FIXED, "deterministic": FIXED, "seed": FIXED, "workers": LOCAL,
+    "out": LOCAL,  # must name the run's own folder (checked in resumed_config)
+    "resume": LOCAL, "pretrained": FIXED, "zero_init_residual": FIXED, "sync_bn": FIXED,
+    "nproc": LOCAL,  # checked against the process count the checkpoint records
+    "skip_bad_images": FIXED,  # decides which images the run trains on
+}
 
 
 def check_crop_padding(padding: int, image_size: int) -> None:
@@ -118,103 +101,7 @@ def check_crop_padding(padding: int, image_size: int) -> None:
         raise ValueError(f"crop_padding must be in [0, image_size) = [0, {image_size}), found {padding}")
 
 
-def config_keys(config_class: type = TrainConfig) -> list[str]:
-    return [f.name for f in fields(config_class)]
-
-
-def _coerce(name: str, value: Any, where: str = "", config_class: type = TrainConfig) -> Any:
-    """Check a config-file value against the field's type (YAML already parsed it).
-
-    Numeric strings are read as numbers for numeric keys: PyYAML follows YAML 1.1, where ``1e-3`` (no dot)
-    is a string, not a float. ``where`` (``FILE`` or ``FILE:LINE``) goes into the error message.
-    """
-    default = config_class.__dataclass_fields__[name].default
-    annotation = str(config_class.__dataclass_fields__[name].type)
-    place = f" in {where}" if where else ""
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise ValueError(f"config key {name!r}{place} cannot be empty (expected a value like {default!r})")
-    if "list" in annotation and isinstance(value, list):
-        return value  # the dataclass checks the items
-    if annotation.startswith(("int", "float")) and isinstance(value, str):
-        value = _number(name, value, annotation, place)
-    if annotation.startswith("bool"):
-        ok = isinstance(value, bool)
-    elif annotation.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif annotation.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:  # str
-        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-        value = str(value) if ok else value
-    if not ok:
-        raise ValueError(f"config key {name!r}{place} expects {annotation}, found {type(value).__name__} {value!r}")
-    return value
-
-
-def _number(name: str, text: str, annotation: str, place: str) -> int | float:
-    """A numeric string as the key's type: ``"1e-3"`` -> 0.001 for floats, ``"64"`` -> 64 for integers."""
-    try:
-        return int(text.strip()) if annotation.startswith("int") else float(text.strip())
-    except ValueError:
-        raise ValueError(f"config key {name!r}{place} expects {annotation}, found str {text!r}") from None
-
-
-def _yaml_key_lines(text: str) -> dict[str, int]:
-    """1-based line of each top-level key of a YAML mapping (for error messages); empty if not a mapping."""
-    import yaml
-
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-
-
-def read_config_file(path: str | os.PathLike, config_class: type = TrainConfig) -> dict[str, Any]:
-    """Read a YAML or JSON mapping of ``config_class``'s keys (unknown keys are an error)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    is_json = path.suffix.lower() == ".json"
-    try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
-        lines = {} if is_json else _yaml_key_lines(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot parse config file {path}: {first_line(exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
-    keys = config_keys(config_class)
-    unknown = sorted(set(map(str, data)) - set(keys))
-    if unknown:
-        raise ValueError(f"unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(keys)})")
-    return {k: _coerce(k, v, f"{path}:{lines[k]}" if k in lines else str(path), config_class) for k, v in data.items()}
-
-
 def resolve_config(config_file: str | os.PathLike | None = None,
                    overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Dataclass defaults, updated by ``config_file``, updated by ``overrides`` (command-line flags win)."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update(read_config_file(config_file))
-    values.update({k: v for k, v in (overrides or {}).items()})
-    unknown = sorted(set(values) - set(config_keys()))
-    if unknown:
-        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-    return TrainConfig(**values)
-
-
-def write_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (rerunning ``train --config`` on it repeats the run)."""
-    import yaml
-
-    data = cfg.to_dict()
-    data["resume"] = None  # the file describes the run, not how this process was started
-    with atomic_open(path) as f:
-        f.write(yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
+    return build_config(TrainConfig, config_file, overrides)

@@ -27,10 +27,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._text import few, first_line
+from ..digits import DIGITS_SPLIT_SEED, digits_split
 from .config import check_crop_padding
 
-DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed: results stay comparable across --seed
-DIGITS_TEST_FRACTION = 0.2
 FOLDER_VAL_FRACTION = 0.2
 PROBE_CHUNK = 256  # image headers read per task of the thread pool that checks a folder
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageFolder data: no pass over the files to measure statistics
@@ -167,16 +166,6 @@ def _digits() -> tuple[Split, Split, list[str]]:
     train_idx, test_idx = (torch.tensor(i) for i in digits_split(digits.target))
     return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]),
             [str(c) for c in digits.target_names])
-
-
-def digits_split(targets) -> tuple[list[int], list[int]]:
-    """Indices of the digits scans in the train and test splits (80/20, stratified, fixed seed); the
-    detection set ``photodigits`` draws its train and val digits from the same two splits."""
-    from sklearn.model_selection import train_test_split
-
-    train_idx, test_idx = train_test_split(range(len(targets)), test_size=DIGITS_TEST_FRACTION,
-                                           stratify=targets, random_state=DIGITS_SPLIT_SEED)
-    return list(train_idx), list(test_idx)
 
 
 def _fake(name: str) -> tuple[Split, Split, list[str]]:

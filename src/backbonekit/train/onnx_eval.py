@@ -10,36 +10,14 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..deploy.runtime import open_session
+from ..engine.onnx import OnnxModule
 from ..engine.runs import evaluation_folder, evaluation_output
 from .engine import EvalResult, evaluate
 from .trainer import EVAL_BATCH_SIZE, evaluation_batches
-
-
-class OnnxModule(nn.Module):
-    """An ONNX Runtime session behind ``nn.Module``'s call, so the training code's ``evaluate`` can run it."""
-
-    def __init__(self, session) -> None:
-        super().__init__()
-        self.session = session
-        inp = session.get_inputs()[0]
-        self.input_name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch = x.detach().cpu().float().contiguous().numpy()
-        step = self.fixed_batch or len(batch)
-        outs = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            if len(chunk) < step:  # a fixed-batch file: pad with copies, drop their outputs
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), 0)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0])
-        return torch.from_numpy(np.concatenate(outs)[: len(batch)])
 
 
 def evaluate_onnx(path: str | os.PathLike, *, dataset: str | None = None, split: str = "test",

@@ -6,7 +6,6 @@ report can be regenerated at any time (``python -m backbonekit.train.report RUN_
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import sys
@@ -17,20 +16,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..engine.report import pyplot, read_metrics, save_epoch_figure, save_figure, write_run_page
 from .data import DataBundle, Split
 from .engine import EvalResult
 
 MAX_ANNOTATED_CLASSES = 20  # beyond this the confusion-matrix counts are unreadable
 GRID_COLUMNS, GRID_ROWS = 8, 4
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+PERCENT_COLUMNS = ("train_acc", "val_top1", "val_top5")  # metrics.csv's accuracies, shown in % in report.html
+RUN_IMAGES = (("curves.png", "Loss and accuracy"), ("confusion_matrix.png", "Confusion matrix"),
+              ("predictions.png", "Test predictions (mistakes in red)"))
+RUN_TEXTS = (("classification_report.txt", "Classification report (scikit-learn)"),
+             ("config.yaml", "Config (config.yaml: rerun with backbonekit train --config)"))
 
 
 def write_evaluation(out: str | Path, ev: EvalResult, data: DataBundle, title: str) -> None:
@@ -73,7 +69,7 @@ def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes:
     """Counts with class names (annotated up to 20 classes), scikit-learn's ConfusionMatrixDisplay."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     size = min(max(6.0, 0.55 * n + 2), 30.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -82,9 +78,7 @@ def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes:
         values_format="d", include_values=n <= MAX_ANNOTATED_CLASSES, xticks_rotation=45 if n > 10 else 0,
         colorbar=True)
     ax.set_title(f"Confusion matrix ({len(y_true)} images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def select_for_grid(targets: Tensor, preds: Tensor, count: int) -> list[int]:
@@ -107,7 +101,7 @@ def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Se
 
     ``mistakes``/``total``: the figures of the whole evaluation for the title (default: of the images given).
     """
-    plt = _pyplot()
+    plt = pyplot()
     positions = range(min(len(images), GRID_COLUMNS * GRID_ROWS))
     rows = max(1, (len(positions) + GRID_COLUMNS - 1) // GRID_COLUMNS)
     fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(GRID_COLUMNS * 1.6, rows * 2.3 + 0.4), squeeze=False)
@@ -127,20 +121,12 @@ def plot_predictions(images: Tensor, targets: Tensor, preds: Tensor, classes: Se
     n_wrong = int((targets != preds).sum()) if mistakes is None else mistakes
     n_total = len(targets) if total is None else total
     fig.suptitle(f"Test predictions: {n_wrong} mistakes in {n_total} images (mistakes in red)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        # an empty cell: a column some rows lack (val_top5 before/after a change of class count)
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    save_figure(fig, path)
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Loss and accuracy per epoch, train and val."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
@@ -152,62 +138,22 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     save_epoch_figure(fig, (ax_loss, ax_acc), path)
 
 
-def save_epoch_figure(fig, axes, path: Path, legend_size: float | None = None) -> None:
-    """Grid, legend and whole-number epochs on each axis; save ``fig`` to ``path`` and close it."""
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-
-
 def write_run_report(run_dir: str | Path) -> Path:
     """curves.png and report.html from config.yaml, metrics.csv, eval.json and the report files present."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
     if rows:
         plot_curves(rows, run_dir / "curves.png")
-    parts = [f"<h1>backbonekit run: {html.escape(run_dir.name)}</h1>"]
-    if (run_dir / "eval.json").is_file():
-        ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-        top5 = f"top-5 {100 * ev['top5']:.2f}%, " if ev.get("top5") is not None else ""
-        parts.append(f"<h2>Final figures</h2><p>{html.escape(ev['title'])}: top-1 <b>{100 * ev['top1']:.2f}%</b>, "
-                     f"{top5}loss {ev['loss']:.4f} on {ev['count']} images.</p>")
-    if rows:
-        parts.append("<h2>Per epoch (metrics.csv)</h2>" + _table(rows))
-    for name, caption in (("curves.png", "Loss and accuracy"), ("confusion_matrix.png", "Confusion matrix"),
-                          ("predictions.png", "Test predictions (mistakes in red)")):
-        if (run_dir / name).is_file():
-            parts.append(f"<h2>{caption}</h2><img src=\"{name}\" alt=\"{caption}\">")
-    for name, caption in (("classification_report.txt", "Classification report (scikit-learn)"),
-                          ("config.yaml", "Config (config.yaml: rerun with backbonekit train --config)")):
-        if (run_dir / name).is_file():
-            text = (run_dir / name).read_text(encoding="utf-8")
-            parts.append(f"<h2>{caption}</h2><pre>{html.escape(text)}</pre>")
-    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>backbonekit run "
-            f"{html.escape(run_dir.name)}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}"
-            "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-            "text-align:right}pre{background:#f6f6f6;padding:8px}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_run_page(run_dir, "run", _final_figures(run_dir), rows, RUN_IMAGES, RUN_TEXTS, PERCENT_COLUMNS)
 
 
-def _table(rows: Sequence[dict[str, float]]) -> str:
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{_cell(k, v)}</td>" for k, v in r.items()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _cell(key: str, value: float) -> str:
-    if key == "epoch":
-        return str(int(value))
-    if key in ("train_acc", "val_top1", "val_top5"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}"
+def _final_figures(run_dir: Path) -> str | None:
+    if not (run_dir / "eval.json").is_file():
+        return None
+    ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    top5 = f"top-5 {100 * ev['top5']:.2f}%, " if ev.get("top5") is not None else ""
+    return (f"{html.escape(ev['title'])}: top-1 <b>{100 * ev['top1']:.2f}%</b>, {top5}loss {ev['loss']:.4f} "
+            f"on {ev['count']} images.")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -17,15 +15,19 @@ from torch import Tensor, nn
 from .. import create_model, weights
 from ..optimize import prepare_for_training
 from .._text import few, first_line
-from ..checkpoint import CheckpointError, atomic_open, atomic_save, load_file
+from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..pretrained import weights_file
 from ..engine import dist
 from ..engine.budget import TimeBudget, fast_forward, refit_schedule
-from .config import TrainConfig, write_config
+from ..engine.config import write_config
+from ..engine.device import resolve_amp, resolve_device, set_determinism, unwrap
+from ..engine.optim import build_optimizer, build_scheduler, epoch_progress
+from ..engine.report import write_metrics
+from ..engine.runs import (RunResult, check_resumed_world, default_out, evaluation_folder, evaluation_output,
+                           read_training_checkpoint, resume_checkpoint, resumed_config, run_in_folder)
+from .config import RESUME_RULES, TrainConfig
 from .data import Batches, DataBundle, Normalizer, load_dataset
-from .engine import (EvalResult, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, train_one_epoch)
-from ..engine.runs import (RESUME_RULES, check_resumed_world, default_out, evaluation_folder, evaluation_output,
-                   resume_checkpoint, resumed_config, run_in_folder)
+from .engine import EvalResult, evaluate, train_one_epoch
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "time_s")
 EVAL_BATCH_SIZE = 256
@@ -34,61 +36,12 @@ __all__ = ["RESUME_RULES", "TrainResult", "default_out", "evaluate_checkpoint", 
 
 
 @dataclass
-class TrainResult:
-    out: Path
-    history: list[dict[str, float]]
-    best_acc: float
-    final: EvalResult | None  # best.pt on the whole validation set (rank 0; None on other ranks)
-    model: nn.Module  # the trained model after the last epoch (unwrapped from DDP)
+class TrainResult(RunResult):
+    best_acc: float  # final: the EvalResult of best.pt
     val_count: int  # validation images evaluated in the last epoch, over all ranks
 
 
-# -- devices and precision ----------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. Under torchrun each rank takes its LOCAL_RANK GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: expected a CUDA GPU, found none (use --device cpu or auto)")
-        return torch.device("cuda", dist.local_rank())
-    return torch.device("cpu")
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision is a CUDA feature here; ``auto`` picks bf16 where the GPU has it, else fp16."""
-    if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            raise ValueError(f"--amp {mode} needs --device cuda, found device {device.type}")
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-
-
-def set_determinism(seed: int, deterministic: bool, device: torch.device) -> None:
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = deterministic
-
-
-# -- run folder ---------------------------------------------------------------------------------
-
-def write_metrics(path: Path, history: Sequence[dict[str, float]], fields: Sequence[str] = METRIC_FIELDS) -> None:
-    """Rewrite metrics.csv from the history kept in the checkpoint (a resume never duplicates rows)."""
-    text = io.StringIO(newline="")
-    present = [name for name in fields if any(name in row for row in history)]  # val_top5: > 5 classes
-    writer = csv.DictWriter(text, fieldnames=present or list(fields))
-    writer.writeheader()
-    writer.writerows(history)
-    with atomic_open(path) as f:
-        f.write(text.getvalue().encode("utf-8"))
-
+# -- progress ---------------------------------------------------------------------------------
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
     return (f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
@@ -98,10 +51,6 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
 
 def checkpoint_dict(model: nn.Module, cfg: TrainConfig, data: DataBundle, model_kwargs: dict[str, Any], *,
                     epoch: int, history: list[dict[str, float]], best_acc: float,
@@ -123,15 +72,6 @@ def rng_state(device: torch.device) -> dict[str, Tensor]:
     return state
 
 
-def read_training_checkpoint(path: Path) -> dict[str, Any]:
-    ckpt = load_file(path)
-    needed = ("config", "state_dict", "optimizer", "scheduler", "epoch", "history")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "backbonekit" or any(k not in ckpt for k in needed):
-        raise CheckpointError(f"cannot resume from {path}: expected a last.pt written by backbonekit train "
-                              f"(with {', '.join(needed)}), found another kind of file")
-    return ckpt
-
-
 # -- training -----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
@@ -140,7 +80,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 
     With ``cfg.resume`` (a run folder or last.pt) the run continues exactly where it stopped, with the
     saved config. ``given`` names the fields the caller set explicitly (the command line passes its flags
-    and config-file keys); each is checked against the saved run by ``runs.RESUME_RULES`` (refused when it
+    and config-file keys); each is checked against the saved run by ``config.RESUME_RULES`` (refused when it
     would change what the run computes). Without ``given``, the fields that differ from TrainConfig's
     defaults count as given.
     """
@@ -221,7 +161,7 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
                  "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(device),
                  "time_budget": budget.state() if budget is not None else None}
         atomic_save(checkpoint_dict(model, cfg, data, model_kwargs, **common, training_state=state), out / "last.pt")
-        write_metrics(out / "metrics.csv", history)
+        write_metrics(out / "metrics.csv", history, METRIC_FIELDS)
 
     epoch = start_epoch
     while epoch < cfg.epochs and not (budget is not None and budget.expired()):
@@ -250,7 +190,8 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
     if dist.is_main():
         final = _final_report(out, model, data, batches, eval_loss, device, amp_dtype, log)
     dist.barrier()
-    return TrainResult(out, history, best_acc, final, unwrap(model), val_count)
+    return TrainResult(out=out, history=history, final=final, model=unwrap(model), best_acc=best_acc,
+                       val_count=val_count)
 
 
 def _resolve_config(cfg: TrainConfig, given: Collection[str] | None) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -259,7 +200,8 @@ def _resolve_config(cfg: TrainConfig, given: Collection[str] | None) -> tuple[Tr
         return cfg, None
     ckpt_path = resume_checkpoint(cfg.resume)
     resumed = read_training_checkpoint(ckpt_path)
-    return resumed_config(resumed["config"], cfg, given, ckpt_path.parent, ckpt_path, int(resumed["epoch"])), resumed
+    return resumed_config(resumed["config"], cfg, given, ckpt_path.parent, ckpt_path, int(resumed["epoch"]),
+                          RESUME_RULES), resumed
 
 
 def _check_process_count(cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
@@ -309,19 +251,9 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scale
 
 def _train_epoch(model, batches: Batches, optimizer, scheduler, loss_fn, cfg: TrainConfig, device, amp_dtype,
                  scaler, epoch: int, out: Path):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-               disable=None if dist.is_main() else True, dynamic_ncols=True)
-    try:
+    with epoch_progress(len(batches), epoch, cfg.epochs, out) as bar:
         return train_one_epoch(model, batches, optimizer, scheduler, loss_fn, device=device, amp_dtype=amp_dtype,
                                scaler=scaler, grad_clip=cfg.grad_clip, progress=bar, epoch=epoch)
-    except NonFiniteLoss as exc:
-        kept = (f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch})" if epoch > 0
-                else "no checkpoint was written")
-        raise NonFiniteLoss(f"{exc}; training stopped, {kept}. Try a lower --lr or --grad-clip") from None
-    finally:
-        bar.close()
 
 
 def _final_report(out: Path, model: nn.Module, data: DataBundle, batches, loss_fn, device, amp_dtype,

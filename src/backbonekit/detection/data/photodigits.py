@@ -80,7 +80,7 @@ def _sources() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 def _digit_pool(split: str) -> np.ndarray:
     """Indices of the digit scans a split may use: the classification ``digits`` set's train or test
     split (80/20, stratified, fixed), so a backbone trained on ``digits`` never saw val handwriting."""
-    from ...train.data import digits_split
+    from ...digits import digits_split
 
     train, test = digits_split(_sources()[1])
     return np.sort(np.asarray(test if split == "val" else train))

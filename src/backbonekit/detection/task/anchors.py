@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..data.datasets import training_target
-from ...train.config import _in_range
+from ...engine.config import check_range
 
 # (width, height) in input pixels at 416x416, from Darknet's cfg/yolov3.cfg
 COCO_ANCHORS: tuple[tuple[float, float], ...] = (
@@ -62,7 +62,7 @@ def shape_iou(wh: Tensor, anchors: Tensor) -> Tensor:
 
 
 def _check_wh(wh: Tensor, k: int) -> Tensor:
-    _in_range("num (anchors)", k, 1)
+    check_range("num (anchors)", k, 1)
     wh = torch.as_tensor(wh, dtype=torch.float64)
     if wh.dim() != 2 or wh.shape[1] != 2:
         raise ValueError(f"expected box shapes as an (M, 2) tensor of (width, height), found shape {tuple(wh.shape)}")
@@ -179,7 +179,7 @@ def anchors_for_dataset(dataset, num: int = 9, input_size: int = 416, *, iters: 
     """k-means anchors for ``dataset``'s boxes as the model sees them (letterboxed to ``input_size``)."""
     from ..training.config import check_fraction, check_input_size
 
-    _in_range("num (anchors)", num, 1)
+    check_range("num (anchors)", num, 1)
     check_input_size(input_size)
     check_fraction("threshold", threshold)
     wh = dataset_box_shapes(dataset, input_size)

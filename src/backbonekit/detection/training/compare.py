@@ -139,7 +139,7 @@ def make_plan(pairs: Sequence[str] | None = None, *, preset: str | None = None,
               speed_repeats: int | None = None) -> ComparePlan:
     """A plan from a preset (or nothing), then a ``detect train`` config file of shared options, then
     ``settings``; ``pairs`` replace the preset's. One ValueError line for anything no comparison can run."""
-    from ...train.config import read_config_file
+    from ...engine.config import read_config_file
 
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
@@ -369,8 +369,8 @@ def measure(configs: Sequence[tuple[Pair, DetectConfig]], train_set, val_set, pl
     the input size, and inference images/s of all of them timed side by side in this process."""
     from ...bench import Candidate, run_benchmark
     from ...profiler import profile_model
-    from ...train.report import read_metrics
-    from ...train.trainer import resolve_device
+    from ...engine.device import resolve_device
+    from ...engine.report import read_metrics
     from ..loading import load_run_checkpoint
 
     device = resolve_device(configs[0][1].device)
@@ -428,7 +428,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], configs: Sequence[tuple
         f.write(text.getvalue().encode("utf-8"))
     with atomic_open(out / "comparison.md") as f:
         f.write((markdown_table(rows) + "\n").encode("utf-8"))
-    from ...train.trainer import resolve_device
+    from ...engine.device import resolve_device
 
     device = resolve_device(configs[0][1].device).type
     plot_frontier(rows, out / "frontier.png", f"ms per image, batch {plan.speed_images}, {device}")
@@ -470,19 +470,19 @@ def pareto_front(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _save(fig, path: Path) -> None:
-    from ...train.report import _pyplot
+    from ...engine.report import pyplot
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_frontier(rows: Sequence[Mapping[str, Any]], path: Path, latency_label: str) -> None:
     """mAP@[.5:.95] against inference latency, each pair labelled, the Pareto front joined."""
-    from ...train.report import _pyplot
+    from ...engine.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for row in rows:
         ax.scatter(row["latency_ms"], 100 * row["map"], s=36)
@@ -501,9 +501,9 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: Path, latency_label: 
 
 def plot_map_curves(configs: Sequence[tuple[Pair, DetectConfig]], path: Path) -> None:
     """Validation mAP after each epoch against the training minutes spent, one line per pair."""
-    from ...train.report import _pyplot, read_metrics
+    from ...engine.report import pyplot, read_metrics
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for pair, cfg in configs:
         rows = read_metrics(Path(cfg.out) / "metrics.csv")
@@ -522,10 +522,9 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], configs: Sequence
     import yaml
 
     from ...bench import environment
-    from ...train.trainer import resolve_device
+    from ...engine.device import resolve_device
+    from ...engine.report import html_table, write_page
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in COLUMNS.values())
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>" for row in rows)
     links = "".join(f"<li><a href=\"{RUNS_FOLDER}/{pair.folder}/report.html\">{html.escape(str(pair))}</a></li>"
                     for pair, _ in configs)
     env = environment(resolve_device(configs[0][1].device))
@@ -534,18 +533,10 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], configs: Sequence
              f"the same settings; mAP of each run's best.pt on the validation split (COCO definitions; n/a: no "
              f"object of that size); ms/img: <code>model.detect</code> on {plan.speed_images} validation images, "
              f"median of {plan.speed_repeats} interleaved rounds in one process.</p>",
-             f"<table><tr>{head}</tr>{body}</table>",
+             html_table(list(COLUMNS.values()), (_cells(row) for row in rows)),
              "<h2>Accuracy against speed</h2><img src=\"frontier.png\" alt=\"mAP against latency\">",
              "<h2>mAP per epoch</h2><img src=\"map_curves.png\" alt=\"mAP against training minutes\">",
              f"<h2>Runs</h2><ul>{links}</ul>",
              f"<h2>Plan ({PLAN_FILE})</h2><pre>{html.escape(yaml.safe_dump(plan.to_dict(), sort_keys=False))}</pre>",
              f"<h2>Machine</h2><pre>{html.escape(json.dumps(env, indent=1))}</pre>"]
-    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>backbonekit comparison "
-            f"{html.escape(out.name)}</title><style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}"
-            "img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-            "padding:2px 6px;text-align:right}pre{background:#f6f6f6;padding:8px}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
-    path = out / "report.html"
-    with atomic_open(path) as f:
-        f.write(page.encode("utf-8"))
-    return path
+    return write_page(out / "report.html", f"backbonekit comparison {out.name}", parts)

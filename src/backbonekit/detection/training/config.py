@@ -1,6 +1,7 @@
 """One typed detection-training configuration: dataclass defaults, then a YAML/JSON file, then flags.
 
-The same conventions as :class:`backbonekit.train.config.TrainConfig` (and the same file reader):
+The same conventions as :class:`backbonekit.train.config.TrainConfig` (and the same file reader,
+:mod:`backbonekit.engine.config`):
 ``config.yaml`` in a run folder is this, resolved, and ``detect train --config config.yaml`` repeats
 the run. The defaults are the recipe ``docs/detection-training.md`` explains.
 """
@@ -13,8 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ...engine.budget import parse_duration
-from ...train.config import AMP_MODES, DEVICES, OPTIMIZERS, _choice, _in_range, read_config_file, write_config
+from ...engine.config import build_config, check_choice, check_range, check_run_fields
 from ...engine.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
@@ -23,7 +23,7 @@ RPN_PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "r
 DETECTORS = ("yolov3", "fasterrcnn", "retinanet", "fcos")  # what ``detect train --model`` trains
 
 __all__ = ["DetectConfig", "check_fraction", "check_input_size", "check_postprocess", "detect_config_keys",
-           "parse_anchors", "resolve_detect_config", "write_config"]
+           "parse_anchors", "resolve_detect_config"]
 
 
 @dataclass
@@ -99,20 +99,12 @@ class DetectConfig:
 
     def validate(self) -> None:
         """Raise one-line ValueErrors for values no run can use."""
-        _choice("model", self.model, DETECTORS)
-        _choice("backbone", self.backbone, tuple(_backbones()))  # not a detector: those are --model
+        check_choice("model", self.model, DETECTORS)
+        check_choice("backbone", self.backbone, tuple(_backbones()))  # not a detector: those are --model
         self._check_yolo_only()
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("device", self.device, DEVICES)
-        _choice("amp", self.amp, AMP_MODES)
-        for name in ("epochs", "nproc"):
-            _in_range(name, getattr(self, name), 1)
-        parse_duration(self.time)
-        _in_range("batch_size", self.batch_size, 2)  # BatchNorm cannot train on one image
-        _in_range("lr", self.lr, 0, low_open=True)
-        _in_range("momentum", self.momentum, 0, high=1)
-        for name in ("weight_decay", "warmup", "grad_clip", "workers", "translate", "scale_jitter"):
-            _in_range(name, getattr(self, name), 0)
+        check_run_fields(self)
+        for name in ("warmup", "translate", "scale_jitter"):
+            check_range(name, getattr(self, name), 0)
         check_input_size(self.input_size)
         if not 0 < self.neck_width <= 4:
             raise ValueError(f"neck_width must be in (0, 4], found {self.neck_width}")
@@ -125,7 +117,7 @@ class DetectConfig:
         parse_anchors(self.anchors)
         for name in RPN_PROPOSAL_FIELDS:
             if getattr(self, name) is not None:
-                _in_range(name, getattr(self, name), 1)
+                check_range(name, getattr(self, name), 1)
 
     def _check_yolo_only(self) -> None:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
@@ -180,7 +172,7 @@ def legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:
     own = DETECT_LEGACY_VALUES if saved.get("model", "yolov3") == "yolov3" else {}
     return {**DETECT_LEGACY_ALL, **own}
 
-# What ``--resume`` does with an option given again (the classification trainer's rules, train/runs.py):
+# What ``--resume`` does with an option given again (the classification trainer's rules, engine/runs.py):
 # the run's content is fixed, where it runs is local, epochs may be extended.
 DETECT_RESUME_RULES: dict[str, str] = {
     **{f.name: FIXED for f in fields(DetectConfig)},
@@ -215,7 +207,7 @@ def check_postprocess(score_thresh: float | None = None, nms_thresh: float | Non
         if value is not None:
             check_fraction(name, value)
     if detections_per_img is not None:
-        _in_range("max_detections (detections per image)", detections_per_img, 1)
+        check_range("max_detections (detections per image)", detections_per_img, 1)
 
 
 def parse_anchors(value: str | list) -> str | list[list[float]]:
@@ -247,11 +239,4 @@ def detect_config_keys() -> list[str]:
 def resolve_detect_config(config_file: str | os.PathLike | None = None,
                           overrides: Mapping[str, Any] | None = None) -> DetectConfig:
     """Dataclass defaults, updated by ``config_file``, updated by ``overrides`` (command-line flags win)."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update(read_config_file(config_file, DetectConfig))
-    values.update(dict(overrides or {}))
-    unknown = sorted(set(values) - set(detect_config_keys()))
-    if unknown:
-        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-    return DetectConfig(**values)
+    return build_config(DetectConfig, config_file, overrides)

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ...engine import dist
+from ...engine.optim import backward_and_step, check_finite
 from ...optimize import training_autocast
-from ...train.engine import backward_and_step, check_finite
 from ..data.augment import NO_AUGMENT, AugmentConfig, Letterbox, Mosaic, augment_batch, collate_detection, multiscale_size
 from ..data.datasets import training_target
 from .metrics import DetectionEvaluator, DetectionMetrics

@@ -11,7 +11,7 @@ import torch
 
 from ..._text import few
 from ...engine.runs import evaluation_folder, evaluation_output
-from ...train.trainer import resolve_device
+from ...engine.device import resolve_device
 from ..data.formats import load_detection_dataset
 from ..loading import load_run_checkpoint
 from .config import DetectConfig

@@ -18,13 +18,17 @@ from typing import Sequence
 from torch import Tensor
 
 from ...checkpoint import atomic_open
-from ...train.report import _pyplot, _table, read_metrics, save_epoch_figure
+from ...engine.report import pyplot, read_metrics, save_epoch_figure, save_figure, write_run_page
 from .metrics import DetectionMetrics, format_table
 
 PRED_STYLE = {"edgecolor": "#e8112d", "linestyle": "-", "linewidth": 1.6}  # predictions: solid red
 TRUE_STYLE = {"edgecolor": "#00c853", "linestyle": "--", "linewidth": 1.6}  # ground truth: dashed green
 GRID_COLUMNS = 4
 MAP_CURVES = (("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("map_75", "mAP@.75"))
+RUN_IMAGES = (("curves.png", "Loss parts and mAP"), ("pr_curves.png", "Precision-recall per class"),
+              ("predictions.png", "Validation predictions (red) and ground truth (dashed green)"))
+RUN_TEXTS = (("per_class_ap.txt", "COCO summary and AP per class (pycocotools via torchmetrics)"),
+             ("config.yaml", "Config (config.yaml: rerun with backbonekit detect train --config)"))
 
 
 def write_evaluation(out: str | Path, metrics: DetectionMetrics, samples: Sequence[tuple[Tensor, dict, dict]],
@@ -69,7 +73,7 @@ def coco_detections(items: Sequence[tuple[int, dict, dict]], category_ids: Seque
 
 def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:
     """Precision against recall (IoU 0.5, COCO's 101 recall points) for each class, one panel per class."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(curves)
     cols = min(5, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
@@ -88,9 +92,7 @@ def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Precision-recall per class (IoU 0.5; x: recall, y: precision)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _draw(ax, image: Tensor, pred: dict | None, target: dict | None, classes: Sequence[str]) -> None:
@@ -116,7 +118,7 @@ def _draw(ax, image: Tensor, pred: dict | None, target: dict | None, classes: Se
 def plot_predictions(samples: Sequence[tuple[Tensor, dict, dict]], classes: Sequence[str], path: Path,
                      min_score: float = 0.25) -> None:
     """Validation images with predictions (solid red, score >= ``min_score``) and ground truth (dashed green)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(1, math.ceil(len(samples) / GRID_COLUMNS))
     fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(3 * GRID_COLUMNS, 3 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
@@ -126,25 +128,21 @@ def plot_predictions(samples: Sequence[tuple[Tensor, dict, dict]], classes: Sequ
         keep = pred["scores"] >= min_score
         _draw(ax, image, {k: v[keep] for k, v in pred.items()}, target, classes)
     fig.suptitle(f"Predictions (solid red, score >= {min_score}) and ground truth (dashed green)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def draw_detections(image: Tensor, pred: dict, target: dict | None, classes: Sequence[str], path: Path) -> None:
     """One image with its detections (and ground truth, if given) drawn, saved to ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     h, w = image.shape[-2:]
     fig, ax = plt.subplots(figsize=(max(3.0, w / 100), max(3.0, h / 100)))
     _draw(ax, image, pred, target, classes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Each training-loss part and the validation mAPs per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(12, 4.2))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", color="black", label="total")
@@ -164,32 +162,19 @@ def write_run_report(run_dir: str | Path) -> Path:
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
     if rows:
         plot_curves(rows, run_dir / "curves.png")
-    parts = [f"<h1>backbonekit detector run: {html.escape(run_dir.name)}</h1>"]
-    if (run_dir / "eval.json").is_file():
-        ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-        if not (run_dir / "pr_curves.png").is_file():
-            plot_pr_curves(ev.get("pr_curves", {}), run_dir / "pr_curves.png")
-        s = ev["summary"]
-        parts.append(f"<h2>Final figures</h2><p>{html.escape(ev['title'])}: mAP@[.5:.95] <b>{100 * s['map']:.1f}</b>, "
-                     f"mAP@.5 <b>{100 * s['map_50']:.1f}</b>, mAP@.75 {100 * s['map_75']:.1f}.</p>")
-    if rows:
-        parts.append("<h2>Per epoch (metrics.csv)</h2>" + _table(rows))
-    for name, caption in (("curves.png", "Loss parts and mAP"), ("pr_curves.png", "Precision-recall per class"),
-                          ("predictions.png", "Validation predictions (red) and ground truth (dashed green)")):
-        if (run_dir / name).is_file():
-            parts.append(f"<h2>{caption}</h2><img src=\"{name}\" alt=\"{caption}\">")
-    for name, caption in (("per_class_ap.txt", "COCO summary and AP per class (pycocotools via torchmetrics)"),
-                          ("config.yaml", "Config (config.yaml: rerun with backbonekit detect train --config)")):
-        if (run_dir / name).is_file():
-            parts.append(f"<h2>{caption}</h2><pre>{html.escape((run_dir / name).read_text(encoding='utf-8'))}</pre>")
-    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>backbonekit detector run "
-            f"{html.escape(run_dir.name)}</title><style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}"
-            "img{max-width:100%}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-            "padding:2px 6px;text-align:right}pre{background:#f6f6f6;padding:8px}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_run_page(run_dir, "detector run", _final_figures(run_dir), rows, RUN_IMAGES, RUN_TEXTS)
+
+
+def _final_figures(run_dir: Path) -> str | None:
+    """The final mAPs of eval.json (drawing pr_curves.png from it when missing)."""
+    if not (run_dir / "eval.json").is_file():
+        return None
+    ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    if not (run_dir / "pr_curves.png").is_file():
+        plot_pr_curves(ev.get("pr_curves", {}), run_dir / "pr_curves.png")
+    s = ev["summary"]
+    return (f"{html.escape(ev['title'])}: mAP@[.5:.95] <b>{100 * s['map']:.1f}</b>, "
+            f"mAP@.5 <b>{100 * s['map_50']:.1f}</b>, mAP@.75 {100 * s['map_75']:.1f}.")
 
 
 if __name__ == "__main__":

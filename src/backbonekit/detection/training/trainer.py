@@ -26,27 +26,25 @@ from ..._text import first_line
 from ...checkpoint import CheckpointError, atomic_save
 from ...engine import dist
 from ...engine.budget import TimeBudget, fast_forward, refit_schedule
-from ...engine.runs import check_resumed_world, resume_checkpoint, resumed_config, run_in_folder
-from ...train.engine import NonFiniteLoss, build_optimizer, build_scheduler
-from ...train.trainer import read_training_checkpoint, resolve_amp, resolve_device, set_determinism, unwrap, write_metrics
+from ...engine.config import write_config
+from ...engine.device import resolve_amp, resolve_device, set_determinism, unwrap
+from ...engine.optim import build_optimizer, build_scheduler, epoch_progress
+from ...engine.report import write_metrics
+from ...engine.runs import (RunResult, check_resumed_world, read_training_checkpoint, resume_checkpoint,
+                            resumed_config, run_in_folder)
 from ..loading import load_run_checkpoint
 from .build import build_detector
-from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values, write_config
+from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values
 from .ema import ema_model
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
 from .evaluate import evaluate_checkpoint, final_report  # noqa: F401 (evaluate_checkpoint: the CLI's path)
 from .history import LOSS_PARTS, epoch_line, epoch_row, metric_fields
-from .metrics import DetectionMetrics
 from .splits import category_ids, load_splits, resolve_anchors  # noqa: F401 (resolve_anchors: tests' path)
 
 
 @dataclass
-class DetectResult:
-    out: Path
-    history: list[dict[str, float]]
-    best_map: float
-    final: DetectionMetrics | None  # best.pt on the whole validation set (rank 0; None on other ranks)
-    model: nn.Module  # the trained model after the last epoch (unwrapped)
+class DetectResult(RunResult):
+    best_map: float  # final: the DetectionMetrics of best.pt
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -199,7 +197,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         save(epoch, improved)
     final = final_report(out, val_set, classes, cfg, device, log) if dist.is_main() else None
     dist.barrier()
-    return DetectResult(out, history, best_map, final, unwrap(model))
+    return DetectResult(out=out, history=history, final=final, model=unwrap(model), best_map=best_map)
 
 
 def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler, ema) -> tuple[int, list, float]:
@@ -219,16 +217,6 @@ def _restore(ckpt: dict[str, Any], model, optimizer, scheduler, scaler, ema) -> 
 
 def _train_epoch(model, batches, optimizer, scheduler, cfg: DetectConfig, device, amp_dtype, scaler, ema,
                  epoch: int, out: Path) -> EpochLosses:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-               disable=None if dist.is_main() else True, dynamic_ncols=True)
-    try:
+    with epoch_progress(len(batches), epoch, cfg.epochs, out) as bar:
         return train_one_epoch(model, batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
                                scaler=scaler, grad_clip=cfg.grad_clip, ema=ema, progress=bar, epoch=epoch)
-    except NonFiniteLoss as exc:
-        kept = (f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch})" if epoch > 0
-                else "no checkpoint was written")
-        raise NonFiniteLoss(f"{exc}; training stopped, {kept}. Try a lower --lr or --grad-clip") from None
-    finally:
-        bar.close()
