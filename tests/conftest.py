@@ -1,11 +1,14 @@
 """Shared test setup: every test starts from the same random state; compiled kernels are cached per
-PyTorch CPU kernel family."""
+PyTorch CPU kernel family; the tiny detection set most detection-training tests share."""
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import write_tiny_yolo
 
 
 def _inductor_cache_per_kernel_family() -> None:
@@ -26,3 +29,9 @@ _inductor_cache_per_kernel_family()
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def yolo_dir(tmp_path_factory) -> Path:
+    """A YOLO folder of ``tiny_set`` images, 8 for training and 4 for validation (one per test module)."""
+    return write_tiny_yolo(tmp_path_factory.mktemp("data") / "tiny", train=8, val=4)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 import torch
 from torch import nn
+
+# The tiny runs: resnet18 on 32 fake images at 32x32 (classification); resnet18 at 64 px under a quarter-width
+# neck (detection). A test that needs another value says so: {**TINY_TRAIN, "epochs": 1}.
+TINY_TRAIN = dict(model="resnet18", dataset="fake:32", epochs=2, batch_size=8, lr=0.02, workers=0, seed=3)
+TINY_DETECT = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu")
 
 
 def with_random_bn_statistics(model: nn.Module) -> nn.Module:
@@ -69,3 +78,54 @@ def assert_same_network_output(actual: torch.Tensor, expected: torch.Tensor, mod
     scale = max(expected.abs().max().item(), 1e-6)
     tolerance = ROUNDING_PER_LAYER * layers
     torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+# -- tiny detection data (the detection imports stay inside: classification tests need not load them) --
+
+def tiny_set(split: str = "train", n: int = 4, seed: int = 0):
+    """``n`` photodigits images of 64 px with one or two digits 20-32 px high (the same first images for any n)."""
+    from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits
+
+    spec = PhotoDigitsSpec(image_size=64, num_train=n, num_val=n, digits_per_image=(1, 2), digit_height=(20, 32),
+                           seed=seed)
+    return photodigits(split, spec)
+
+
+def write_tiny_yolo(root: Path, train: int, val: int, seed: int = 0) -> Path:
+    """``tiny_set``'s images as a YOLO folder at ``root``: ``train`` training and ``val`` validation images."""
+    from backbonekit.detection.data.photodigits import write_yolo_dataset
+
+    return write_yolo_dataset({"train": tiny_set("train", train, seed), "val": tiny_set("val", val, seed)}, root)
+
+
+def fit_one_batch(model: nn.Module, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
+    """Train a detector ``steps`` times on one batch (AdamW, cosine); the loss of each step."""
+    from backbonekit.detection.training.engine import train_one_epoch
+    from backbonekit.engine.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer("adamw", model, lr, 0.0)
+    scheduler = build_scheduler("cosine", optimizer, lr, 1, steps, warmup_epochs=0.1)
+    return [train_one_epoch(model, [(images, targets)], optimizer, scheduler, device=torch.device("cpu")).parts["loss"]
+            for _ in range(steps)]
+
+
+# -- a run killed mid-way ------------------------------------------------------------------------------
+
+@contextmanager
+def interrupt_after(trainer_module, epochs: int, error: BaseException | type = KeyboardInterrupt) -> Iterator[None]:
+    """Inside the block, ``trainer_module.train_one_epoch`` runs ``epochs`` epochs, then raises ``error`` as
+    the next one starts (a run killed during epoch ``epochs + 1``; ``epochs=0``: a run that fails in its
+    first). Patches the module itself, not through pytest, so it works in spawned DDP workers too."""
+    real, started = trainer_module.train_one_epoch, []
+
+    def epoch(*args, **kwargs):
+        started.append(1)
+        if len(started) > epochs:
+            raise error
+        return real(*args, **kwargs)
+
+    trainer_module.train_one_epoch = epoch
+    try:
+        yield
+    finally:
+        trainer_module.train_one_epoch = real

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import backbonekit as bk
-from helpers import with_random_bn_statistics
+from helpers import tiny_set, with_random_bn_statistics, write_tiny_yolo
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -29,7 +29,6 @@ from backbonekit.deploy.runtime import letterbox_input  # noqa: E402
 from backbonekit.detection.training.engine import predict_dataset  # noqa: E402
 from backbonekit.detection.export import export_yolov3_onnx  # noqa: E402
 from backbonekit.detection.onnx_eval import evaluate_onnx_detector, load_onnx_detector  # noqa: E402
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset  # noqa: E402
 from backbonekit.detection.data.transforms import letterbox_geometry, letterbox_images  # noqa: E402
 from backbonekit.detection.weights import save_detector  # noqa: E402
 from backbonekit.onnx_meta import read_metadata  # noqa: E402
@@ -39,17 +38,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 SCORE = 0.3  # random weights: objectness x class probability spreads around 0.25
 
 
-def tiny_set(split: str, n: int):
-    spec = PhotoDigitsSpec(image_size=64, num_train=n, num_val=n, digits_per_image=(1, 2), digit_height=(20, 32))
-    return photodigits(split, spec)
-
-
 @pytest.fixture(scope="module")
 def det(tmp_path_factory) -> dict:
     """A random tiny YOLOv3, its data (yolo folder: 8 train, 4 val), fp32 and int8 files with NMS; the
     int8 export runs from an empty working directory, whose contents afterwards are recorded."""
     tmp = tmp_path_factory.mktemp("det")
-    data = write_yolo_dataset({"train": tiny_set("train", 8), "val": tiny_set("val", 4)}, tmp / "data")
+    data = write_tiny_yolo(tmp / "data", train=8, val=4)
     torch.manual_seed(0)
     model = bk.create_model("yolov3", num_classes=10, backbone="resnet18", input_size=64, neck_channels=(64, 32, 16),
                             score_thresh=SCORE)
@@ -209,7 +203,7 @@ def _one_line_error(argv: list[str], match: str, capsys) -> None:
 
 def test_detect_export_int8_bad_input_one_line(det, tmp_path, capsys):
     pt = save_detector(det["model"], tmp_path / "tiny.pt")
-    small = write_yolo_dataset({"train": tiny_set("train", 4), "val": tiny_set("val", 4)}, tmp_path / "small")
+    small = write_tiny_yolo(tmp_path / "small", train=4, val=4)
     base = ["detect", "export", str(pt), "-o", str(tmp_path / "q.onnx")]
     _one_line_error(base + ["--int8"], "--int8 needs calibration images: expected --calibrate DATASET", capsys)
     _one_line_error(base + ["--calibrate", "photodigits"], "expected --int8 with it", capsys)

@@ -21,27 +21,18 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 
 from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
-from backbonekit.detection import trainer as detect_trainer
+from backbonekit.detection.training import trainer as detect_trainer
 from backbonekit.detection.training.compare import (COLUMNS, PLAN_FILE, check_pairs, compare, make_plan, pareto_front,
                                            run_state)
 from backbonekit.detection.training.config import DetectConfig
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.engine.runs import LOCK_NAME
+from helpers import interrupt_after
 
 PAIRS = ["yolov3:resnet18", "retinanet:resnet18"]
 FOLDERS = ["yolov3-resnet18", "retinanet-resnet18"]
-TRAIN_IMAGES, BATCH = 8, 4
+TRAIN_IMAGES, BATCH = 8, 4  # the training images of yolo_dir (conftest.py)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "eval.json", "curves.png", "pr_curves.png",
              "predictions.png", "per_class_ap.txt", "report.html")
-
-
-@pytest.fixture(scope="module")
-def yolo_dir(tmp_path_factory) -> Path:
-    spec = PhotoDigitsSpec(image_size=64, num_train=TRAIN_IMAGES, num_val=4, digits_per_image=(1, 2),
-                           digit_height=(20, 32))
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, root)
-    return root
 
 
 def tiny_plan(yolo_dir: Path, **settings):
@@ -55,18 +46,9 @@ def tiny_plan(yolo_dir: Path, **settings):
 def continued(yolo_dir, tmp_path_factory):
     """A comparison killed in its second pair's second epoch, then continued with ``--resume``."""
     out = tmp_path_factory.mktemp("compare") / "cmp"
-    real_epoch, real_train, epochs, trained = detect_trainer.train_one_epoch, detect_trainer.train, [], []
-
-    def killed_in_the_fourth_epoch(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 4:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(detect_trainer, "train_one_epoch", killed_in_the_fourth_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            compare(tiny_plan(yolo_dir), out, log=lambda _: None)
+    real_train, trained = detect_trainer.train, []
+    with interrupt_after(detect_trainer, epochs=3), pytest.raises(KeyboardInterrupt):  # killed in the 4th epoch
+        compare(tiny_plan(yolo_dir), out, log=lambda _: None)
     first, second = (out / "runs" / name for name in FOLDERS)
     killed = {"states": (run_state(first), run_state(second)), "second_epoch": load_file(second / "last.pt")["epoch"],
               "first_files": {name: (first / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}}

@@ -22,9 +22,7 @@ from backbonekit.cli import main
 from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.fpn_export import export_fpn_onnx, read_fpn_metadata
 from backbonekit.detection.loading import load_detector
-from backbonekit.detection.data.photodigits import write_yolo_dataset
-from helpers import randomized, with_random_bn_statistics
-from test_detection_train import _fit, tiny_set
+from helpers import fit_one_batch, randomized, tiny_set, with_random_bn_statistics, write_tiny_yolo
 
 KINDS = ("fasterrcnn", "retinanet", "fcos")
 TORCHVISION_PARTS = {  # the keys of torchvision's loss dicts, written out by hand
@@ -37,10 +35,8 @@ TRAIN = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--inpu
 
 
 @pytest.fixture(scope="module")
-def yolo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    write_yolo_dataset({"train": tiny_set("train", 4), "val": tiny_set("val", 4)}, root)
-    return root
+def yolo_dir(tmp_path_factory):  # four training images, not conftest.py's eight
+    return write_tiny_yolo(tmp_path_factory.mktemp("data") / "tiny", train=4, val=4)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -138,7 +134,7 @@ def test_retinanet_loss_falls_on_four_images():
     images = torch.stack([data[i][0] for i in range(4)]).float() / 255
     targets = [{"boxes": data[i][1]["boxes"].float(), "labels": data[i][1]["labels"].long()} for i in range(4)]
     model = bk.create_model("retinanet", backbone="resnet18", num_classes=10, min_size=64, max_size=64)
-    losses = _fit(model, images, targets, steps=40, lr=1e-3)  # an early box-loss spike delays the fall on 4 images
+    losses = fit_one_batch(model, images, targets, steps=40, lr=1e-3)  # an early box-loss spike delays the fall on 4 images
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
 
 

@@ -18,19 +18,18 @@ from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.data import load_detection_dataset
 from backbonekit.detection.training.engine import evaluate
 from backbonekit.detection.training.metrics import DetectionEvaluator
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.training.trainer import load_detector
 from backbonekit.engine.launch import launch
+from helpers import TINY_DETECT, tiny_set, write_tiny_yolo
 
 pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~20-40 s on 2 cores
 
-TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=2, anchors="coco", device="cpu",
-            score_thresh=0.01, epochs=1, workers=0, seed=3)
+TINY = {**TINY_DETECT, "batch_size": 2, "score_thresh": 0.01, "epochs": 1, "workers": 0, "seed": 3}
 
 
 def ddp_worker(cfg_dict: dict) -> dict:
     from backbonekit.detection.training.trainer import train
-    from backbonekit.train import dist
+    from backbonekit.engine import dist
 
     try:
         result = train(DetectConfig(**cfg_dict), log=lambda _: None)
@@ -40,10 +39,7 @@ def ddp_worker(cfg_dict: dict) -> dict:
 
 
 def test_two_gloo_ranks_compute_the_map_of_best_pt_once(tmp_path):
-    spec = PhotoDigitsSpec(image_size=64, num_train=8, num_val=5, digits_per_image=(1, 2), digit_height=(20, 32),
-                           seed=2)
-    root = tmp_path / "data"
-    write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, root)
+    root = write_tiny_yolo(tmp_path / "data", train=8, val=5, seed=2)
     out = tmp_path / "run"
     cfg = DetectConfig(**TINY, dataset=f"yolo:{root}", out=str(out))
     results = launch(ddp_worker, (cfg.to_dict(),), nproc=2, threads_per_process=1)
@@ -59,10 +55,6 @@ def test_two_gloo_ranks_compute_the_map_of_best_pt_once(tmp_path):
     assert len(items) == 5
     assert row["map"] == pytest.approx(metrics.summary["map"], abs=1e-6)
     assert row["map_50"] == pytest.approx(metrics.summary["map_50"], abs=1e-6)
-
-
-ORACLE_SPEC = PhotoDigitsSpec(image_size=64, num_train=2, num_val=7, digits_per_image=(1, 2), digit_height=(20, 32),
-                              seed=4)
 
 
 class GroundTruthOracle(nn.Module):
@@ -81,12 +73,16 @@ class GroundTruthOracle(nn.Module):
         return out
 
 
+def oracle_val():
+    return tiny_set("val", 7, seed=4)
+
+
 def oracle_worker() -> dict:
-    from backbonekit.train import dist
+    from backbonekit.engine import dist
 
     dist.setup("cpu")
     try:
-        val = photodigits("val", ORACLE_SPEC)
+        val = oracle_val()
         metrics, items = evaluate(GroundTruthOracle(val), val, val.classes, device=torch.device("cpu"), batch_size=2)
         paired = all(torch.equal(target["boxes"], val[i][1]["boxes"].float()) for i, _, target in items)
         return {"map_50": metrics.summary["map_50"] if metrics else None, "indices": [i for i, _, _ in items],
@@ -96,7 +92,7 @@ def oracle_worker() -> dict:
 
 
 def test_ranks_evaluate_every_image_once_and_rank_0_sees_them_all():
-    val = photodigits("val", ORACLE_SPEC)
+    val = oracle_val()
     single, _ = evaluate(GroundTruthOracle(val), val, val.classes, device=torch.device("cpu"), distributed=False)
     assert single.summary["map_50"] == pytest.approx(1.0)
     # predictions paired with another image's targets score far lower: the mAP shows a mixed-up gather

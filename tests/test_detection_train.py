@@ -13,34 +13,20 @@ import pytest
 import torch
 
 from backbonekit.checkpoint import load_file
-from backbonekit.detection import trainer
+from backbonekit.detection.training import trainer
 from backbonekit.detection.training.config import DetectConfig, resolve_detect_config
 from backbonekit.detection.training.engine import (TrainBatches, augment_config, evaluate, shard_indices,
                                           train_one_epoch)
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.training.build import build_detector
 from backbonekit.detection.training.history import METRIC_FIELDS
 from backbonekit.detection.training.trainer import evaluate_checkpoint, load_detector, resolve_anchors, train
 from backbonekit.engine.optim import build_optimizer, build_scheduler
+from helpers import TINY_DETECT, fit_one_batch, interrupt_after, tiny_set
 
 CPU = torch.device("cpu")
-TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu",
-            score_thresh=0.01)
+TINY = {**TINY_DETECT, "score_thresh": 0.01}
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png", "pr_curves.png", "predictions.png",
              "per_class_ap.txt", "per_class_ap.json", "report.html")
-
-
-def tiny_set(split: str = "train", n: int = 4, seed: int = 0):
-    spec = PhotoDigitsSpec(image_size=64, num_train=n, num_val=n, digits_per_image=(1, 2), digit_height=(20, 32),
-                           seed=seed)
-    return photodigits(split, spec)
-
-
-@pytest.fixture(scope="module")
-def yolo_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    write_yolo_dataset({"train": tiny_set("train", 8), "val": tiny_set("val", 4)}, root)
-    return root
 
 
 def run_config(yolo_dir: Path, out: Path, **kw) -> DetectConfig:
@@ -51,13 +37,6 @@ def run_config(yolo_dir: Path, out: Path, **kw) -> DetectConfig:
 def full_run(yolo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
     return out, train(run_config(yolo_dir, out), log=lambda _: None)
-
-
-def _fit(model, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
-    optimizer = build_optimizer("adamw", model, lr, 0.0)
-    scheduler = build_scheduler("cosine", optimizer, lr, 1, steps, warmup_epochs=0.1)
-    return [train_one_epoch(model, [(images, targets)], optimizer, scheduler, device=CPU).parts["loss"]
-            for _ in range(steps)]
 
 
 def test_loss_falls_on_augmented_batches():
@@ -83,7 +62,7 @@ def test_detector_overfits_four_images():
     data = tiny_set("train", 4)
     model, _ = build_detector(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
     images, targets = next(iter(TrainBatches(data, 4, 64, CPU, seed=0, epoch=0)))
-    losses = _fit(model, images, targets, steps=80)
+    losses = fit_one_batch(model, images, targets, steps=80)
     assert losses[-1] < 0.5 * losses[0]
     metrics, items = evaluate(model, data, data.classes, device=CPU, distributed=False)
     assert [i for i, _, _ in items] == [0, 1, 2, 3]
@@ -117,21 +96,11 @@ def test_run_folder_holds_every_file(full_run):
     assert model.input_size == 64 and model.num_classes == 10
 
 
-def test_resume_continues_exactly(full_run, yolo_dir, tmp_path, monkeypatch):
+def test_resume_continues_exactly(full_run, yolo_dir, tmp_path):
     out_full, full = full_run
-    real, calls = trainer.train_one_epoch, []
-
-    def interrupted_after_one_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after(trainer, epochs=1), pytest.raises(KeyboardInterrupt):
         train(run_config(yolo_dir, tmp_path / "run"), log=lambda _: None)
     assert load_file(tmp_path / "run" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
     resumed = train(DetectConfig(resume=str(tmp_path / "run"), device="cpu"), log=lambda _: None)
     a, b = load_file(out_full / "last.pt"), load_file(tmp_path / "run" / "last.pt")
     assert a["state_dict"].keys() == b["state_dict"].keys()

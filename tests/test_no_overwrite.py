@@ -21,9 +21,9 @@ import backbonekit as bk
 from backbonekit.checkpoint import atomic_save
 from backbonekit.cli import main
 from backbonekit.detection.training.config import DetectConfig
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
 from backbonekit.detection.weights import save_detector
 from backbonekit.train import TrainConfig, train
+from helpers import tiny_set, write_tiny_yolo
 
 NOT_OURS = b"a user's own file\n"
 
@@ -34,18 +34,12 @@ def one_error_line(capsys) -> str:
     return err
 
 
-def tiny_yolo_folder(root: Path, seed: int) -> Path:
-    spec = PhotoDigitsSpec(image_size=64, num_train=4, num_val=4, digits_per_image=(1, 2), digit_height=(20, 32),
-                           seed=seed)
-    return write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, root)
-
-
 @pytest.fixture(scope="module")
 def detector_run(tmp_path_factory):
     """A run folder as ``detect train`` leaves it (best.pt, last.pt, its own evaluation), and a second dataset."""
     root = tmp_path_factory.mktemp("det")
-    data, other = tiny_yolo_folder(root / "data", 0), tiny_yolo_folder(root / "other", 1)
-    classes = list(photodigits("val", PhotoDigitsSpec(image_size=64, num_train=1, num_val=1)).classes)
+    data, other = write_tiny_yolo(root / "data", 4, 4, seed=0), write_tiny_yolo(root / "other", 4, 4, seed=1)
+    classes = list(tiny_set("val", 1).classes)
     torch.manual_seed(0)
     model = bk.create_model("yolov3", num_classes=len(classes), backbone="resnet18", neck_channels=(32, 16, 8),
                             input_size=64).eval()

@@ -17,37 +17,26 @@ import yaml
 
 from backbonekit.checkpoint import load_file
 from backbonekit.cli import main
-from backbonekit.detection import trainer as detect_trainer
+from backbonekit.detection.training import trainer as detect_trainer
 from backbonekit.detection.training.config import DetectConfig
-from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.train import TrainConfig, budget, trainer
+from backbonekit.engine import budget
 from backbonekit.engine.budget import parse_duration
+from backbonekit.train import TrainConfig, trainer
+from helpers import TINY_DETECT, TINY_TRAIN, interrupt_after
 
-TINY_DETECT = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu")
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "curves.png", "report.html", "eval.json")
-
-
-@pytest.fixture(scope="module")
-def yolo_dir(tmp_path_factory) -> Path:
-    spec = PhotoDigitsSpec(image_size=64, num_train=8, num_val=4, digits_per_image=(1, 2), digit_height=(20, 32))
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    write_yolo_dataset({"train": photodigits("train", spec), "val": photodigits("val", spec)}, root)
-    return root
 
 
 class EpochClock:
     """A clock that moves one second per training epoch and stands still otherwise."""
 
-    def __init__(self, monkeypatch, module, stop_at: int | None = None) -> None:
-        self.now, self.calls, self.stop_at = 0.0, 0, stop_at
+    def __init__(self, monkeypatch, module) -> None:
+        self.now = 0.0
         self.real = module.train_one_epoch
         monkeypatch.setattr(budget, "clock", lambda: self.now)
         monkeypatch.setattr(module, "train_one_epoch", self.epoch)
 
     def epoch(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt  # killed during this epoch
         result = self.real(*args, **kwargs)
         self.now += 1.0
         return result
@@ -94,8 +83,8 @@ def test_cli_refuses_a_bad_time_before_writing_anything(command, tmp_path, capsy
 def test_detect_budget_fits_epochs_and_cosine_survives_a_kill_and_takes_more_time(yolo_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=100, time="3.5s", out=str(run))
-    EpochClock(monkeypatch, detect_trainer, stop_at=2)
-    with pytest.raises(KeyboardInterrupt):
+    EpochClock(monkeypatch, detect_trainer)
+    with interrupt_after(detect_trainer, epochs=1), pytest.raises(KeyboardInterrupt):  # killed in epoch 2
         detect_trainer.train(cfg, log=lambda _: None)
     after_one = load_file(run / "last.pt")
     # one epoch of one second, 2.5 s left: 1 + 2 epochs; the schedule was rebuilt for 3
@@ -159,8 +148,7 @@ def test_detect_budget_stops_a_long_run_on_the_real_clock(yolo_dir, tmp_path):
 
 def test_train_budget_ends_onecycle_at_its_final_rate(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    cfg = TrainConfig(model="resnet18", dataset="fake:32", batch_size=8, lr=0.02, workers=0, seed=3, epochs=4,
-                      time="2.5s", out=str(run))
+    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 4}, time="2.5s", out=str(run))
     EpochClock(monkeypatch, trainer)
     result = trainer.train(cfg, log=lambda _: None)
     assert len(result.history) == 2 and yaml.safe_load((run / "config.yaml").read_text())["time"] == "2.5s"

@@ -17,12 +17,11 @@ from backbonekit.cli import main
 from backbonekit.train import TrainConfig, evaluate_checkpoint, predict, resolve_config, train, trainer
 from backbonekit.train.data import (Batches, Normalizer, Split, epoch_generator, epoch_indices, load_dataset,
                                     random_crop_flip)
-
-TINY = dict(model="resnet18", dataset="fake:32", epochs=2, batch_size=8, lr=0.02, workers=0, seed=3)
+from helpers import TINY_TRAIN, interrupt_after
 
 
 def tiny_config(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **overrides})
+    return TrainConfig(**{**TINY_TRAIN, "out": str(tmp_path / name), **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -227,22 +226,11 @@ def test_checkpoints_load_weights_only_and_into_create_model(trained_run):
     torch.testing.assert_close(model(x), reference(x))
 
 
-def test_resume_after_interrupt_gives_the_same_run(tmp_path, trained_run, monkeypatch):
+def test_resume_after_interrupt_gives_the_same_run(tmp_path, trained_run):
     out_full, full = trained_run
-    real = trainer.train_one_epoch
-    calls = []
-
-    def interrupted_after_one_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after(trainer, epochs=1), pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path), log=lambda _: None)
     assert load_file(tmp_path / "run" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
     resumed = train(TrainConfig(resume=str(tmp_path / "run")), log=lambda _: None)
     a, b = load_file(out_full / "last.pt"), load_file(tmp_path / "run" / "last.pt")
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -279,7 +267,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
 def test_existing_run_folder_is_not_overwritten(trained_run):  # other files: test_train_runs.py
     out, _ = trained_run
     with pytest.raises(ValueError, match="already holds a run"):
-        train(TrainConfig(**{**TINY, "out": str(out)}))
+        train(TrainConfig(**{**TINY_TRAIN, "out": str(out)}))
 
 
 def test_truncated_checkpoint_is_one_error_line(tmp_path, trained_run, capsys):

@@ -10,16 +10,18 @@ import torch
 from backbonekit.checkpoint import load_file
 from backbonekit.train import TrainConfig
 from backbonekit.engine.launch import DistributedFailure, launch
+from helpers import TINY_TRAIN, interrupt_after
 
 pytestmark = pytest.mark.slow  # two spawned processes importing torch: ~10-30 s on 2 cores
 
 # fake:30 -> 30 train images (15 per rank) and 7 validation images (shards of 4 and 3)
-DDP = dict(model="resnet18", dataset="fake:30", epochs=2, batch_size=5, lr=0.02, workers=0, seed=1)
+DDP = {**TINY_TRAIN, "dataset": "fake:30", "batch_size": 5, "seed": 1}
 
 
 def ddp_worker(cfg_dict: dict, folders: list[str]) -> dict:
     """Each rank runs in its own working directory, so a file rank 1 wrote would show up in its folder."""
-    from backbonekit.train import dist, train
+    from backbonekit.engine import dist
+    from backbonekit.train import train
 
     os.chdir(folders[int(os.environ["RANK"])])
     try:
@@ -34,7 +36,8 @@ def ddp_worker(cfg_dict: dict, folders: list[str]) -> dict:
 
 def failing_worker(cfg_dict: dict, folder: str, failure: str) -> None:
     """Rank 1 fails in its first epoch (an exception, or a NaN in its weights); rank 0 must not hang."""
-    from backbonekit.train import dist, trainer
+    from backbonekit.engine import dist
+    from backbonekit.train import trainer
 
     os.chdir(folder)
     real = trainer.train_one_epoch
@@ -100,16 +103,8 @@ def interrupted_worker(cfg_dict: dict, folders: list[str]) -> None:
     """Every rank stops when its second epoch starts (as if the job were killed after epoch 1)."""
     from backbonekit.train import trainer
 
-    real, calls = trainer.train_one_epoch, []
-
-    def stop_at_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("interrupted")
-        return real(*args, **kwargs)
-
-    trainer.train_one_epoch = stop_at_second_epoch
-    ddp_worker(cfg_dict, folders)
+    with interrupt_after(trainer, epochs=1, error=RuntimeError("interrupted")):
+        ddp_worker(cfg_dict, folders)
 
 
 def test_distributed_resume_repeats_the_uninterrupted_run(tmp_path, ddp_run):

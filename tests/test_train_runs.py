@@ -24,8 +24,9 @@ from backbonekit.train import TrainConfig, train, trainer
 from backbonekit.engine.config import config_keys
 from backbonekit.engine.runs import LOCK_NAME, claim_run_folder
 from backbonekit.train.config import RESUME_RULES
+from helpers import TINY_TRAIN, interrupt_after
 
-TINY = dict(model="resnet18", dataset="fake:32", epochs=1, batch_size=8, lr=0.1, workers=0, seed=3)
+TINY = {**TINY_TRAIN, "epochs": 1, "lr": 0.1}
 QUIET = dict(log=lambda _: None)
 
 
@@ -182,8 +183,8 @@ def test_a_new_run_refuses_a_folder_of_other_files(tmp_path, capsys, files):
     assert {p.name: p.read_text() for p in out.iterdir()} == files  # untouched, no lock file left
 
 
-def failing_epoch(*args, **kwargs):
-    raise RuntimeError("stopped in the first epoch")
+def failing_in_the_first_epoch():
+    return interrupt_after(trainer, epochs=0, error=RuntimeError("stopped in the first epoch"))
 
 
 @pytest.mark.parametrize("failure", ["first_epoch", "missing_data"])
@@ -191,8 +192,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     if failure == "first_epoch":
         cfg = TrainConfig(**TINY)
-        monkeypatch.setattr(trainer, "train_one_epoch", failing_epoch)
-        with pytest.raises(RuntimeError, match="first epoch"):
+        with failing_in_the_first_epoch(), pytest.raises(RuntimeError, match="first epoch"):
             train(cfg, **QUIET)
     else:  # the folder is claimed (locked) before the data is read
         cfg = TrainConfig(**{**TINY, "dataset": "cifar10", "data_dir": str(tmp_path / "none"), "download": False})
@@ -201,16 +201,13 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path, monk
     stem = f"resnet18-{cfg.dataset.split(':')[0]}"
     assert list((tmp_path / "runs").iterdir()) == [] and trainer.default_out(cfg) == Path("runs") / stem
     if failure == "first_epoch":
-        monkeypatch.undo()
-        monkeypatch.chdir(tmp_path)
         assert train(cfg, **QUIET).out == Path("runs") / stem  # the next run takes the name, not ...-2
 
 
-def test_a_failed_start_in_the_users_empty_folder_keeps_the_folder(tmp_path, monkeypatch):
+def test_a_failed_start_in_the_users_empty_folder_keeps_the_folder(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
-    monkeypatch.setattr(trainer, "train_one_epoch", failing_epoch)
-    with pytest.raises(RuntimeError):
+    with failing_in_the_first_epoch(), pytest.raises(RuntimeError):
         train(TrainConfig(**TINY, out=str(out)), **QUIET)
     assert out.is_dir() and list(out.iterdir()) == []
 

@@ -23,11 +23,10 @@ from backbonekit.detection.weights import save_detector
 from backbonekit.train.config import TrainConfig
 from backbonekit.train.data import Normalizer
 from backbonekit.train.trainer import checkpoint_dict
-from helpers import randomized
+from helpers import TINY_DETECT, randomized
 
 MEAN, STD = (0.42, 0.51, 0.33), (0.21, 0.26, 0.19)
-TINY = dict(backbone="resnet18", input_size=64, neck_width=0.25, batch_size=4, anchors="coco", device="cpu",
-            score_thresh=0.01)
+TINY = {**TINY_DETECT, "score_thresh": 0.01}
 
 
 @pytest.fixture(scope="module")
