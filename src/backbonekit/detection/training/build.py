@@ -41,7 +41,7 @@ def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequen
                     "anchors": [list(map(float, a)) for a in anchors], "masks": [list(m) for m in YOLOV3_MASKS],
                     "neck_channels": list(cfg.neck_channels), **norm}
     kwargs = copy.deepcopy(model_kwargs)
-    kwargs["backbone_kwargs"]["frozen_stages"] = cfg.frozen_stages
+    kwargs["backbone_kwargs"]["frozen_stages"] = cfg.stages_to_freeze
     model = create_model(cfg.model, num_classes=num_classes, **kwargs)
     init_prior_bias(model)
     if source is not None:

@@ -133,7 +133,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.momentum)
 
     def schedule(epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-        return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup)
+        return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup_epochs)
 
     scheduler = schedule(cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
