@@ -18,9 +18,10 @@ from backbonekit.detection.training.config import DetectConfig, resolve_detect_c
 from backbonekit.detection.training.engine import (TrainBatches, augment_config, evaluate, shard_indices,
                                           train_one_epoch)
 from backbonekit.detection.data.photodigits import PhotoDigitsSpec, photodigits, write_yolo_dataset
-from backbonekit.detection.training.build import build_detector
+from backbonekit.detection.training.build import build_from_config
 from backbonekit.detection.training.history import METRIC_FIELDS
-from backbonekit.detection.training.trainer import evaluate_checkpoint, load_detector, resolve_anchors, train
+from backbonekit.detection.loading import load_run_checkpoint
+from backbonekit.detection.training.trainer import evaluate_checkpoint, resolve_anchors, train
 from backbonekit.engine.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")
@@ -63,7 +64,7 @@ def _fit(model, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
 def test_loss_falls_on_augmented_batches():
     data = tiny_set("train", 8, seed=1)
     cfg = DetectConfig(**TINY)
-    model, _ = build_detector(cfg, 10, resolve_anchors("coco", data, 64))
+    model, _ = build_from_config(cfg, 10, resolve_anchors("coco", data, 64))
     optimizer = build_optimizer("adamw", model, 3e-3, 0.0)
     scheduler = build_scheduler("cosine", optimizer, 3e-3, 12, 2, warmup_epochs=0.5)
     losses, xy = [], []
@@ -81,7 +82,7 @@ def test_loss_falls_on_augmented_batches():
 
 def test_detector_overfits_four_images():
     data = tiny_set("train", 4)
-    model, _ = build_detector(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
+    model, _ = build_from_config(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
     images, targets = next(iter(TrainBatches(data, 4, 64, CPU, seed=0, epoch=0)))
     losses = _fit(model, images, targets, steps=80)
     assert losses[-1] < 0.5 * losses[0]
@@ -113,7 +114,7 @@ def test_run_folder_holds_every_file(full_run):
     # best.pt alone is enough to evaluate: the same figures as the final report
     metrics = evaluate_checkpoint(out / "best.pt", out=out / "eval", device="cpu", log=lambda _: None)
     assert metrics.summary == pytest.approx(result.final.summary)
-    model, _ = load_detector(out / "best.pt")
+    model, _ = load_run_checkpoint(out / "best.pt")
     assert model.input_size == 64 and model.num_classes == 10
 
 

@@ -180,3 +180,30 @@ def test_a_comparison_plan_saved_with_old_names_reads_with_the_new_ones(tmp_path
         "model_options": {"yolov3": {"freeze": 0}}}))
     plan = read_plan(tmp_path)
     assert plan.settings["warmup_epochs"] == 2.0 and plan.model_options == {"yolov3": {"frozen_stages": 0}}
+
+
+# -- YOLOv3's input_mean/input_std -> image_mean/image_std ---------------------------------------------------
+
+def test_a_yolov3_checkpoint_recording_input_mean_and_input_std_loads_with_its_normalisation(tmp_path):
+    import backbonekit as bk
+    from backbonekit.detection.loading import load_detector
+
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    model = bk.create_model("yolov3", backbone="resnet18", num_classes=2, input_size=64, neck_channels=(16, 8, 4),
+                            image_mean=mean, image_std=std)
+    assert model.model_kwargs["image_mean"] == mean and "input_mean" not in model.model_kwargs
+    old_kwargs = {("input_" + k[len("image_"):] if k.startswith("image_") else k): v
+                  for k, v in model.model_kwargs.items()}
+    assert old_kwargs["input_mean"] == mean and "image_mean" not in old_kwargs
+    path = tmp_path / "best.pt"
+    torch.save({"format": "backbonekit", "task": "detection", "model": "yolov3", "model_kwargs": old_kwargs,
+                "num_classes": 2, "classes": ["a", "b"], "input_size": 64, "state_dict": model.state_dict(),
+                "config": {}}, path)
+    loaded, _ = load_detector(path)
+    assert loaded.image_mean.flatten().tolist() == pytest.approx(mean)
+    assert loaded.image_std.flatten().tolist() == pytest.approx(std)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.forward_raw(x), model.eval().forward_raw(x))
+    with pytest.raises(ValueError, match="input_mean and image_mean name the same YOLOv3 argument"):
+        bk.create_model("yolov3", backbone="resnet18", num_classes=2, input_mean=mean, image_mean=std)
