@@ -300,11 +300,11 @@ def detector_accuracy(run: Path, folder: Path, calib_images: int) -> dict[str, s
     """fp32 and int8 mAP@0.5 of a trained YOLOv3 on its val split (ONNX files, ``detect evaluate``'s path)."""
     from backbonekit.detection.export import export_yolov3_onnx
     from backbonekit.detection.onnx_eval import evaluate_onnx_detector
-    from backbonekit.detection.training.trainer import load_detector
+    from backbonekit.detection.loading import load_run_checkpoint
     from backbonekit.quantize import export_int8
 
     checkpoint = run_file(run)
-    model, ckpt = load_detector(checkpoint)
+    model, ckpt = load_run_checkpoint(checkpoint)
     config = ckpt.get("config") or {}
     dataset, data_dir = config.get("dataset", "photodigits"), config.get("data_dir")
     fp32_path = export_yolov3_onnx(model, folder / "det-fp32.onnx", dynamic_batch=True, classes=ckpt["classes"],

@@ -154,11 +154,11 @@ def test_faster_rcnn_proposal_counts_reach_torchvision_and_only_faster_rcnn_take
     counts = dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=200,
                   rpn_post_nms_top_n_test=100)
     cfg = DetectConfig(model="fasterrcnn", backbone="resnet18", input_size=64, **counts)
-    model, kwargs = detect_trainer.build_detector(cfg, 3, None)
+    model, kwargs = detect_trainer.build_from_config(cfg, 3, None)
     assert model.rpn._pre_nms_top_n == {"training": 600, "testing": 200}
     assert model.rpn._post_nms_top_n == {"training": 300, "testing": 100}
     assert {k: kwargs[k] for k in counts} == counts  # recorded in the checkpoint's model_kwargs
-    default, _ = detect_trainer.build_detector(DetectConfig(model="fasterrcnn", backbone="resnet18"), 3, None)
+    default, _ = detect_trainer.build_from_config(DetectConfig(model="fasterrcnn", backbone="resnet18"), 3, None)
     signature = inspect.signature(TorchvisionFasterRCNN).parameters  # unset: torchvision's own defaults
     assert default.rpn._pre_nms_top_n == {"training": signature["rpn_pre_nms_top_n_train"].default,
                                           "testing": signature["rpn_pre_nms_top_n_test"].default}

@@ -160,7 +160,7 @@ def test_torchvision_fcos_file_through_the_loader_gives_torchvision_detections(t
 
 
 def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
-    from backbonekit.detection.training.build import build_fpn_detector
+    from backbonekit.detection.training.build import build_torchvision_detector
 
     body = bk.create_model("resnet18", num_classes=4)
     path = tmp_path / "best.pt"
@@ -170,7 +170,7 @@ def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
                                                                    "classes": list("abcd"), "dataset": "x"}}, path)
     cfg = DetectConfig(model="fasterrcnn", backbone="resnet18", pretrained=str(path), input_size=64, device="cpu")
     with pytest.warns(UserWarning, match="backbone only"):
-        model, kwargs = build_fpn_detector(cfg, 3)
+        model, kwargs = build_torchvision_detector(cfg, 3)
     assert model.transform.image_mean == pytest.approx(mean) and model.transform.image_std == pytest.approx(std)
     assert kwargs["frozen_bn"] is True
     torch.testing.assert_close(model.backbone.body.state_dict()["layer1.0.conv1.weight"],

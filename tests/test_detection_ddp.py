@@ -18,7 +18,7 @@ from backbonekit.detection.training.config import DetectConfig
 from backbonekit.detection.data import load_detection_dataset
 from backbonekit.detection.training.engine import evaluate
 from backbonekit.detection.training.metrics import DetectionEvaluator
-from backbonekit.detection.training.trainer import load_detector
+from backbonekit.detection.loading import load_run_checkpoint
 from backbonekit.engine.launch import launch
 from helpers import TINY_DETECT, tiny_set, write_tiny_yolo
 
@@ -48,7 +48,7 @@ def test_two_gloo_ranks_compute_the_map_of_best_pt_once(tmp_path):
     assert results[1]["history"] == []  # only rank 0 computes the mAP
     assert yaml.safe_load((out / "config.yaml").read_text())["nproc"] == 2  # the real process count
 
-    model, ckpt = load_detector(out / "best.pt")
+    model, ckpt = load_run_checkpoint(out / "best.pt")
     val = load_detection_dataset(f"yolo:{root}", None, "val")  # the images the ranks evaluated
     metrics, items = evaluate(model, val, ckpt["classes"], device=torch.device("cpu"), batch_size=2,
                               score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, distributed=False)

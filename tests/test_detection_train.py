@@ -17,9 +17,10 @@ from backbonekit.detection.training import trainer
 from backbonekit.detection.training.config import DetectConfig, resolve_detect_config
 from backbonekit.detection.training.engine import (TrainBatches, augment_config, evaluate, shard_indices,
                                           train_one_epoch)
-from backbonekit.detection.training.build import build_detector
+from backbonekit.detection.training.build import build_from_config
 from backbonekit.detection.training.history import METRIC_FIELDS
-from backbonekit.detection.training.trainer import evaluate_checkpoint, load_detector, resolve_anchors, train
+from backbonekit.detection.loading import load_run_checkpoint
+from backbonekit.detection.training.trainer import evaluate_checkpoint, resolve_anchors, train
 from backbonekit.engine.optim import build_optimizer, build_scheduler
 from helpers import TINY_DETECT, fit_one_batch, interrupt_after, tiny_set
 
@@ -42,7 +43,7 @@ def full_run(yolo_dir, tmp_path_factory):
 def test_loss_falls_on_augmented_batches():
     data = tiny_set("train", 8, seed=1)
     cfg = DetectConfig(**TINY)
-    model, _ = build_detector(cfg, 10, resolve_anchors("coco", data, 64))
+    model, _ = build_from_config(cfg, 10, resolve_anchors("coco", data, 64))
     optimizer = build_optimizer("adamw", model, 3e-3, 0.0)
     scheduler = build_scheduler("cosine", optimizer, 3e-3, 12, 2, warmup_epochs=0.5)
     losses, xy = [], []
@@ -60,7 +61,7 @@ def test_loss_falls_on_augmented_batches():
 
 def test_detector_overfits_four_images():
     data = tiny_set("train", 4)
-    model, _ = build_detector(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
+    model, _ = build_from_config(DetectConfig(**TINY), 10, resolve_anchors("coco", data, 64))
     images, targets = next(iter(TrainBatches(data, 4, 64, CPU, seed=0, epoch=0)))
     losses = fit_one_batch(model, images, targets, steps=80)
     assert losses[-1] < 0.5 * losses[0]
@@ -92,7 +93,7 @@ def test_run_folder_holds_every_file(full_run):
     # best.pt alone is enough to evaluate: the same figures as the final report
     metrics = evaluate_checkpoint(out / "best.pt", out=out / "eval", device="cpu", log=lambda _: None)
     assert metrics.summary == pytest.approx(result.final.summary)
-    model, _ = load_detector(out / "best.pt")
+    model, _ = load_run_checkpoint(out / "best.pt")
     assert model.input_size == 64 and model.num_classes == 10
 
 

@@ -88,7 +88,7 @@ def _write(kind: str, path: Path) -> Path:
         model = _tiny_yolov3()
         write_safetensors(model.state_dict(), path, "yolov3", model.model_kwargs)
     elif kind == "backbonekit yolov3 safetensors, recorded normalisation":
-        model = _tiny_yolov3(input_mean=RUN[0], input_std=RUN[1])
+        model = _tiny_yolov3(image_mean=RUN[0], image_std=RUN[1])
         write_safetensors(model.state_dict(), path, "yolov3", model.model_kwargs)
     elif kind == "classification run best.pt":  # backbonekit train's: the run's preprocessing
         torch.save({"format": "backbonekit", "model": "resnet18", "model_kwargs": {}, "state_dict": _resnet18(),
@@ -147,8 +147,8 @@ def test_each_file_kind_gives_one_normalisation_on_both_detector_paths(kind, tmp
 
 
 def test_yolov3_arguments_follow_the_rule(tmp_path):
-    """YOLOv3 takes the rule's answer as ``input_mean``/``input_std``; none for raw input."""
+    """YOLOv3 takes the rule's answer as ``image_mean``/``image_std``; none for raw input."""
     imagenet = read_pretrained(_write("backbonekit resnet18 safetensors", tmp_path / "r.safetensors"))
-    assert imagenet.input_norm == {"input_mean": pytest.approx(IMAGENET[0]), "input_std": pytest.approx(IMAGENET[1])}
+    assert imagenet.input_norm == {"image_mean": pytest.approx(IMAGENET[0]), "image_std": pytest.approx(IMAGENET[1])}
     raw = read_pretrained(_write("backbonekit darknet53 safetensors, Darknet's slope", tmp_path / "d.safetensors"))
     assert raw.input_norm == {} and raw.backbone == "darknet53"

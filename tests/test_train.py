@@ -336,7 +336,7 @@ def test_cli_config_file_with_flag_override_trains_on_an_image_folder(tmp_path):
             for i in range(6 if split == "train" else 2):
                 Image.new("RGB", (40, 36), color).save(tmp_path / "imgs" / split / c / f"{i}.jpg")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({
-        "model": "resnet18", "dataset": f"imagefolder:{tmp_path / 'imgs'}", "image_size": 32, "epochs": 3,
+        "model": "resnet18", "dataset": f"imagefolder:{tmp_path / 'imgs'}", "input_size": 32, "epochs": 3,
         "batch_size": 4, "workers": 0, "out": str(tmp_path / "run")}))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--epochs", "1"]) == 0
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

@@ -57,7 +57,7 @@ def one_error_line(capsys) -> str:
     (dict(lr=math.nan), "lr must be > 0 and finite, found nan"),
     (dict(lr=math.inf), "lr must be > 0 and finite, found inf"),
     (dict(warmup_epochs=math.nan), "warmup_epochs must be >= 0 and finite, found nan"),
-    (dict(image_size=32, crop_padding=32), r"crop_padding must be in \[0, image_size\) = \[0, 32\), found 32"),
+    (dict(input_size=32, crop_padding=32), r"crop_padding must be in \[0, input_size\) = \[0, 32\), found 32"),
     (dict(crop_padding=-1), "crop_padding must be >= 0, found -1"),
 ])
 def test_out_of_range_values_are_refused(values, message):
@@ -76,7 +76,7 @@ def test_out_of_range_flags_are_one_line(tmp_path, capsys, flags, option):
 
 
 def test_sane_values_at_the_edges_are_accepted():
-    cfg = TrainConfig(momentum=0.0, label_smoothing=0.0, grad_clip=0.0, weight_decay=0.0, image_size=32,
+    cfg = TrainConfig(momentum=0.0, label_smoothing=0.0, grad_clip=0.0, weight_decay=0.0, input_size=32,
                       crop_padding=31)
     assert (cfg.momentum, cfg.crop_padding) == (0.0, 31)
     assert TrainConfig(momentum=0.99, label_smoothing=0.3).momentum == 0.99
@@ -86,7 +86,7 @@ def test_sane_values_at_the_edges_are_accepted():
 def test_crop_padding_not_smaller_than_the_image_is_refused_before_padding(image_size, padding):
     pytest.importorskip("sklearn")
     size = image_size or 32  # digits' default size
-    with pytest.raises(ValueError, match=rf"crop_padding must be in \[0, image_size\) = \[0, {size}\), "
+    with pytest.raises(ValueError, match=rf"crop_padding must be in \[0, input_size\) = \[0, {size}\), "
                                          rf"found {padding}"):
         load_dataset("digits", image_size=image_size, crop_padding=padding)
 
@@ -103,7 +103,7 @@ def test_single_class_image_folder_is_refused(tmp_path, capsys):
     root = image_folder(tmp_path / "imgs", {"only": 6})
     with pytest.raises(ValueError, match=r"has 1 class \[only\]: classification needs at least 2"):
         load_dataset(f"imagefolder:{root}", image_size=16)
-    assert main(["train", "--dataset", f"imagefolder:{root}", "--image-size", "16", "--workers", "0",
+    assert main(["train", "--dataset", f"imagefolder:{root}", "--input-size", "16", "--workers", "0",
                  "--out", str(tmp_path / "run")]) == 2
     assert "needs at least 2" in one_error_line(capsys)
 
@@ -148,9 +148,9 @@ def test_unreadable_image_is_refused_when_the_folder_is_indexed(tmp_path, capsys
     root = image_folder(tmp_path / "imgs", {"a": 4, "b": 4})
     (root / "b" / "bad.png").write_text("this is not an image")
     with pytest.raises(ValueError, match=r"1 of 9 files under .* are not readable images: \[b/bad.png\] "
-                                         r"\(UnidentifiedImageError.*--skip-bad-images"):
+                                         r"\(UnidentifiedImageError.*--skip-bad-data"):
         load_dataset(f"imagefolder:{root}", image_size=16)
-    assert main(["train", "--dataset", f"imagefolder:{root}", "--image-size", "16", "--workers", "1",
+    assert main(["train", "--dataset", f"imagefolder:{root}", "--input-size", "16", "--workers", "1",
                  "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "run")]) == 2
     err = one_error_line(capsys)
     assert "b/bad.png" in err and "DataLoader" not in err
@@ -187,8 +187,8 @@ def test_skip_bad_images_trains_reports_the_count_and_top5_only_with_more_than_5
     (root / "a" / "bad.png").write_text("not an image")
     (root / "c" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
-    assert main(["train", "--model", "resnet18", "--dataset", f"imagefolder:{root}", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "4", "--workers", "0", "--skip-bad-images",
+    assert main(["train", "--model", "resnet18", "--dataset", f"imagefolder:{root}", "--input-size", "32",
+                 "--epochs", "1", "--batch-size", "4", "--workers", "0", "--skip-bad-data",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "skipped 2 unreadable image file(s)" in printed and "a/bad.png" in printed
@@ -198,7 +198,7 @@ def test_skip_bad_images_trains_reports_the_count_and_top5_only_with_more_than_5
     assert "top5" not in json.loads((out / "eval.json").read_text())
     assert "top-5" not in (out / "report.html").read_text()
     assert main(["evaluate", str(out / "best.pt"), "--format", "json", "--out", str(tmp_path / "ev")]) == 2
-    assert "--skip-bad-images" in one_error_line(capsys)  # evaluate still refuses the folder with bad files
+    assert "--skip-bad-data" in one_error_line(capsys)  # evaluate still refuses the folder with bad files
     (root / "a" / "bad.png").unlink()
     (root / "c" / "empty.jpg").unlink()
     assert main(["evaluate", str(out / "best.pt"), "--format", "json", "--out", str(tmp_path / "ev")]) == 0

@@ -64,12 +64,12 @@ def test_onnx_without_nms_has_one_output(tmp_path) -> None:
 
 
 def test_a_normalising_detector_keeps_its_normalisation_in_onnx(tmp_path) -> None:
-    # input_mean/std is applied inside the network, so the file takes the same [0, 1] pixels as PyTorch
+    # image_mean/std is applied inside the network, so the file takes the same [0, 1] pixels as PyTorch
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     model = with_random_bn_statistics(bk.create_model("yolov3", backbone="resnet18", num_classes=2, input_size=64,
-                                                      neck_channels=(16, 8, 4), input_mean=mean, input_std=std)).eval()
+                                                      neck_channels=(16, 8, 4), image_mean=mean, image_std=std)).eval()
     plain = copy.deepcopy(model)
-    plain.input_mean = plain.input_std = None
+    plain.image_mean = plain.image_std = None
     path = export_yolov3_onnx(model, tmp_path / "normalised.onnx")
     x = torch.rand(1, 3, 64, 64)
     (pred,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})

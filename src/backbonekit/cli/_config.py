@@ -5,6 +5,7 @@ itself (in this process, or in ``--nproc`` processes)."""
 from __future__ import annotations
 
 import argparse
+import warnings
 from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,28 +34,81 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_t
     The parser must use ``argument_default=argparse.SUPPRESS``, so that only the flags given appear in the
     parsed arguments."""
     parser.add_argument("--config", help="YAML or JSON file with any of the options below (same names, '_' for '-')")
-    for f in fields(config_class):
-        flag, kind = "--" + f.name.replace("_", "-"), str(f.type)
-        help_text = f"{help_texts[f.name]} (default: {f.default})"
-        if kind.startswith("bool"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
-        elif kind.startswith("int"):
-            parser.add_argument(flag, dest=f.name, type=int, metavar="N", help=help_text)
-        elif kind.startswith("float"):
-            parser.add_argument(flag, dest=f.name, type=float, metavar="X", help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, choices=choices.get(f.name), help=help_text)
+    by_name = {f.name: f for f in fields(config_class)}
+    for f in by_name.values():
+        parser.add_argument(as_flag(f.name), **_flag_kwargs(f, choices), help=f"{help_texts[f.name]} "
+                                                                              f"(default: {f.default})")
+    for old, new in getattr(config_class, "RENAMED", {}).items():  # old names, hidden from --help
+        kwargs = _flag_kwargs(by_name[new], choices)
+        base = kwargs.pop("action", StoreRenamed)
+        parser.add_argument(as_flag(old), **kwargs, action=renamed_action(base, old, new), help=argparse.SUPPRESS)
+
+
+def as_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_kwargs(f: Any, choices: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The ``add_argument`` keywords (but the help) of field ``f``'s flag."""
+    kind = str(f.type)
+    if kind.startswith("bool"):
+        return dict(dest=f.name, action=argparse.BooleanOptionalAction)
+    if kind.startswith("int"):
+        return dict(dest=f.name, type=int, metavar="N")
+    if kind.startswith("float"):
+        return dict(dest=f.name, type=float, metavar="X")
+    return dict(dest=f.name, choices=choices.get(f.name))
+
+
+RENAMED_FLAGS = "renamed_flags"  # where a parsed namespace lists the old flags given, as (old, new) pairs
+
+
+class StoreRenamed(argparse.Action):
+    """Store the value (argparse's default action, for an old flag name)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+def renamed_action(base: type[argparse.Action], old: str, new: str) -> type[argparse.Action]:
+    """``base`` that also records on the namespace that the old flag was given (:func:`warn_renamed_flags`
+    warns once the command runs, where its warnings are printed on one line)."""
+    class Renamed(base):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            given = option_string or as_flag(old)
+            new_flag = given.replace(old.replace("_", "-"), new.replace("_", "-"))  # --no-X too
+            pairs = getattr(namespace, RENAMED_FLAGS, [])
+            setattr(namespace, RENAMED_FLAGS, pairs + [(given, new_flag)])
+            super().__call__(parser, namespace, values, option_string)
+
+    return Renamed
+
+
+def add_skip_bad_data_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--skip-bad-data`` (``args.skip_bad_data``) for a command that reads a detection dataset, and its old
+    name ``--skip-bad-labels`` hidden (the config field's name in both trainers)."""
+    parser.add_argument("--skip-bad-data", action=argparse.BooleanOptionalAction, default=False, help=help)
+    parser.add_argument("--skip-bad-labels", dest="skip_bad_data", help=argparse.SUPPRESS,
+                        action=renamed_action(argparse.BooleanOptionalAction, "skip_bad_labels", "skip_bad_data"))
+
+
+def warn_renamed_flags(args: argparse.Namespace) -> None:
+    """One FutureWarning per old flag name given."""
+    for old, new in dict(getattr(args, RENAMED_FLAGS, [])).items():
+        warnings.warn(f"{old} is now {new}; the old name is read until the next release", FutureWarning,
+                      stacklevel=2)
 
 
 def resolve_from_flags(args: argparse.Namespace, config_class: type,
                        read_file: Callable[[str], Mapping[str, Any]],
                        resolve: Callable[[str | None, Mapping[str, Any]], Any]) -> tuple[Any, set[str]]:
     """The config (defaults, then ``--config``, then flags) and the names the user gave explicitly."""
+    warn_renamed_flags(args)
     names = {f.name for f in fields(config_class)}
     overrides = {k: v for k, v in vars(args).items() if k in names}  # only the flags given (SUPPRESS)
     config_file = getattr(args, "config", None)
-    given = set(overrides) | (set(read_file(config_file)) if config_file else set())
-    return resolve(config_file, overrides), given
+    from_file = read_file(config_file) if config_file else {}
+    return resolve(None, {**from_file, **overrides}), set(overrides) | set(from_file)
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction, config_class: type, help_texts: Mapping[str, str],

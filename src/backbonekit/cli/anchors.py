@@ -7,6 +7,7 @@ import json
 
 from ..detection.task.anchors import BPR_IOU_THRESHOLD, anchors_for_dataset
 from ..detection.data import FORMATS, load_detection_dataset
+from ._config import add_skip_bad_data_flag, warn_renamed_flags
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -23,14 +24,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=BPR_IOU_THRESHOLD,
                    help="shape IoU a box's best anchor must reach to count for the best possible recall")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad-labels", action="store_true", help="drop bad label rows instead of stopping")
+    add_skip_bad_data_flag(p, help="drop bad label rows instead of stopping")
     p.add_argument("--format", choices=("text", "json"), default="text", help="how to print the result")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit and print the anchors."""
-    dataset = load_detection_dataset(args.dataset, args.data_dir, args.split, skip_bad_labels=args.skip_bad_labels)
+    warn_renamed_flags(args)
+    dataset = load_detection_dataset(args.dataset, args.data_dir, args.split, skip_bad_labels=args.skip_bad_data)
     fit = anchors_for_dataset(dataset, args.num, args.input_size, seed=args.seed, threshold=args.threshold)
     anchors = [[round(w, 1), round(h, 1)] for w, h in fit.anchors.tolist()]
     if args.format == "json":

@@ -12,7 +12,8 @@ import json
 
 from ..detection.training.config import DetectConfig
 from ..engine.config import RUN_CHOICES
-from ._config import RUN_FLAG_HELP, add_evaluate_parser, add_train_parser, run_training
+from ._config import (RUN_FLAG_HELP, add_evaluate_parser, add_skip_bad_data_flag, add_train_parser, run_training,
+                      warn_renamed_flags)
 
 FLAG_HELP = {
     **RUN_FLAG_HELP,
@@ -22,16 +23,17 @@ FLAG_HELP = {
     "data_dir": "images folder for coco:",
     "lr": "peak learning rate (cosine schedule after the warm-up)",
     "weight_decay": "weight decay on conv weights (not on BatchNorm or biases)",
-    "warmup": "epochs of linear learning-rate warm-up",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
     "input_size": "training and evaluation input size (a multiple of 32)",
-    "neck_width": "YOLOv3 neck widths (512, 256, 128) times this (YOLOv3 only)",
+    "neck_width": "a width multiplier (ultralytics' width_multiple), not a channel list: the YOLOv3 neck's widths "
+                  "(512, 256, 128) times this (YOLOv3 only)",
     "multiscale": "multi-scale training (Darknet's random=1: a new size every 10 steps; YOLOv3 only)",
     "mosaic": "probability of a Mosaic sample (four images in one)",
     "hflip": "random horizontal flips (off by default: digits are not mirror-symmetric)",
     "hsv": "HSV colour jitter (Darknet's hue/saturation/exposure)",
     "scale_jitter": "random scale in [1 - s, 1 + s] of the letterbox fit",
     "translate": "random translation, a fraction of the input side",
-    "freeze": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1; YOLOv3 only)",
+    "frozen_stages": "frozen backbone stages (-1 none, 0 stem; default 1 with --pretrained, else -1; YOLOv3 only)",
     "ema": "evaluate and save an exponential moving average of the weights",
     "anchors": "coco, auto (k-means on the training boxes) or nine 'w,h' pairs (YOLOv3 only)",
     "ignore_thresh": "IoU above which an unassigned prediction gets no objectness loss (Darknet's; YOLOv3 only)",
@@ -43,7 +45,7 @@ FLAG_HELP = {
     "resume": "continue the run in this folder (or from this last.pt) with its saved config",
     "pretrained": "darknet53.conv.74, a classification run's best.pt, a detector file, or a published tag "
                   "(darknet53.darknet_conv74, resnet50.tv2_in1k, ...: backbonekit weights)",
-    "skip_bad_labels": "drop bad label rows (with a count) instead of stopping",
+    "skip_bad_data": "drop bad label rows (with a count) instead of stopping; the images stay",
     "count_difficult": "evaluate VOC's difficult objects as ordinary ones (default: ignored, as VOC's protocol)",
     "nproc": "launch N processes on this machine (DistributedDataParallel)",
     "rpn_pre_nms_top_n_train": "Faster R-CNN: proposals per image before the RPN's NMS in training (torchvision: 2000)",
@@ -88,7 +90,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    help="test: a YOLO yaml's test entry or VOC's ImageSets/Main/test.txt")
     p.add_argument("--score-thresh", type=float, help="default: the training run's")
     p.add_argument("--nms-thresh", type=float, help="default: the training run's")
-    p.add_argument("--skip-bad-labels", action="store_true")
+    add_skip_bad_data_flag(p, help="drop bad label rows (with a count) instead of stopping")
     p.add_argument("--count-difficult", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate VOC's difficult objects as ordinary ones (default: the training run's choice; "
                         "ignored, as VOC's protocol, for runs that made none)")
@@ -98,9 +100,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..detection.training.metrics import format_table
     from ..detection.training.evaluate import evaluate_checkpoint
 
+    warn_renamed_flags(args)
     quiet = args.format == "json"
     common = dict(dataset=args.dataset, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
-                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_labels, force=args.force,
+                  nms_thresh=args.nms_thresh, out=args.out, skip_bad_labels=args.skip_bad_data, force=args.force,
                   count_difficult=args.count_difficult, log=(lambda _: None) if quiet else print)
     if str(args.checkpoint).lower().endswith(".onnx"):  # an exported YOLOv3 through ONNX Runtime
         from ..detection.onnx_eval import evaluate_onnx_detector

@@ -21,7 +21,7 @@ FLAG_HELP = {
     "schedule": "/".join(SCHEDULES) + " (per step; cosine with linear warm-up)",
     "warmup_epochs": "warm-up length of the cosine schedule",
     "label_smoothing": "cross-entropy label smoothing",
-    "image_size": "train/test image size (default: 32 for digits/cifar/fake, 224 for imagefolder)",
+    "input_size": "train/test image size (default: 32 for digits/cifar/fake, 224 for imagefolder)",
     "crop_padding": "random-crop padding in pixels (default: cifar 4, digits 2, imagefolder size/8)",
     "hflip": "random horizontal flips (default: on, off for digits)",
     "amp": "/".join(AMP_MODES) + ": mixed precision, CUDA only (auto: bf16 where supported)",
@@ -36,7 +36,7 @@ FLAG_HELP = {
     "sync_bn": "SyncBatchNorm across processes (distributed runs)",
     "nproc": "launch N processes on this machine through torchrun's API (DistributedDataParallel); "
              "under torchrun: its process count",
-    "skip_bad_images": "imagefolder: leave out files that are not readable images (default: refuse the folder)",
+    "skip_bad_data": "imagefolder: leave out files that are not readable images (default: refuse the folder)",
 }
 
 

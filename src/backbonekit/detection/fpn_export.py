@@ -33,7 +33,7 @@ from ..checkpoint import atomic_path, output_file
 from ..deploy.metadata import FPN_KEY
 from .models.torchvision_detectors import FCOS, FasterRCNN, RetinaNet, postprocess_settings
 
-FPN_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
+TORCHVISION_DETECTORS = ("fasterrcnn", "retinanet", "fcos")
 METADATA_KEY = FPN_KEY
 ONNX_OPSET = 17  # the TorchScript exporter's well-trodden range for torchvision's detection ops
 
@@ -52,7 +52,7 @@ class _OneImage(nn.Module):
 
 def fpn_kind(model: nn.Module) -> str | None:
     """``fasterrcnn``, ``retinanet`` or ``fcos`` for this package's torchvision detectors, else None."""
-    for kind, cls in zip(FPN_DETECTORS, (FasterRCNN, RetinaNet, FCOS)):
+    for kind, cls in zip(TORCHVISION_DETECTORS, (FasterRCNN, RetinaNet, FCOS)):
         if isinstance(model, cls):
             return kind
     return None

@@ -31,10 +31,11 @@ from ..pretrained import IMAGENET_MEAN, IMAGENET_STD
 from ..weights import (architecture_kwargs, check_destination, check_fits, detect_file_format, detect_layout,
                        load_into, lost_by_replacing, output_format_for, read_weights, to_backbonekit,
                        weights_from_checkpoint, write_safetensors)
+from .models.yolov3 import current_kwargs
 from .task.anchors import YOLOV3_MASKS
 
 Normalisation = tuple[list[float], list[float]]  # (mean, std) per RGB channel, applied to [0, 1] pixels
-NORM_KEYS = ("input_mean", "input_std")  # YOLOv3's names for it (torchvision's detectors: image_mean, image_std)
+NORM_KEYS = ("image_mean", "image_std")  # the detectors' arguments for it (YOLOv3's and torchvision's)
 YOLOV3_KEY = "head.convs_pred.0.weight"  # the first output conv: only a YOLOv3 detector has it
 CLASS_KEYS = {  # the tensors of torchvision's detectors whose shape depends on the number of classes
     "fasterrcnn": ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
@@ -63,18 +64,18 @@ class PretrainedSource:
 
     @property
     def input_norm(self) -> dict[str, list[float]]:
-        """The normalisation as YOLOv3's arguments (``input_mean``/``input_std``); empty for raw input."""
+        """The normalisation as YOLOv3's arguments (``image_mean``/``image_std``); empty for raw input."""
         return dict(zip(NORM_KEYS, self.normalisation)) if self.normalisation else {}
 
 
 # -- the normalisation rule ---------------------------------------------------------------------------
 def recorded_normalisation(model_kwargs: Mapping[str, Any], preprocessing: Any = None) -> Normalisation | None:
-    """(mean, std) a file records for its input: a detector's ``input_mean``/``input_std`` (YOLOv3) or
-    ``image_mean``/``image_std`` (torchvision's detectors) in its model arguments, else a classification
-    run's ``preprocessing``; None when it records none."""
+    """(mean, std) a file records for its input: a detector's ``image_mean``/``image_std`` in its model
+    arguments (YOLOv3's old ``input_mean``/``input_std`` too), else a classification run's ``preprocessing``;
+    None when it records none."""
     prep = preprocessing if isinstance(preprocessing, Mapping) else {}
-    for mean, std in ((model_kwargs.get("input_mean"), model_kwargs.get("input_std")),
-                      (model_kwargs.get("image_mean"), model_kwargs.get("image_std")),
+    model_kwargs = current_kwargs(model_kwargs)
+    for mean, std in ((model_kwargs.get("image_mean"), model_kwargs.get("image_std")),
                       (prep.get("mean"), prep.get("std"))):
         if mean is not None and std is not None:
             return [float(v) for v in mean], [float(v) for v in std]
@@ -270,9 +271,10 @@ def write_detector_state(state: Mapping[str, Tensor], path: str | os.PathLike, m
         if model_kwargs.get("backbone", "darknet53") != "darknet53":
             raise ValueError(f"the Darknet weights format holds YOLOv3 on darknet53 only, found backbone "
                              f"{model_kwargs['backbone']}; write .pt or .safetensors instead")
-        if model_kwargs.get("input_mean") is not None or model_kwargs.get("input_std") is not None:
-            raise ValueError(f"the Darknet weights format has no input normalisation, found input_mean="
-                             f"{model_kwargs.get('input_mean')} input_std={model_kwargs.get('input_std')} "
+        norm = current_kwargs(model_kwargs)
+        if norm.get("image_mean") is not None or norm.get("image_std") is not None:
+            raise ValueError(f"the Darknet weights format has no input normalisation, found image_mean="
+                             f"{norm.get('image_mean')} image_std={norm.get('image_std')} "
                              f"(Darknet would feed raw [0, 1] pixels); write .pt or .safetensors instead")
         write_yolov3_weights(state, path, header=header,
                              neck_channels=model_kwargs.get("neck_channels", YOLOV3_CFG_NECK_CHANNELS))

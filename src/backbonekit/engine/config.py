@@ -3,7 +3,9 @@ field's type), resolve (defaults, then a file, then flags), write; and the one-l
 ``validate()`` share.
 
 A trainer's config (:class:`backbonekit.train.TrainConfig`, ``DetectConfig``) is a dataclass whose fields
-are plain values; ``config.yaml`` in a run folder is one, resolved.
+are plain values; ``config.yaml`` in a run folder is one, resolved. Its ``RENAMED`` class attribute maps the
+fields' old names to their new ones: :func:`renamed_keys` reads old names wherever values enter (a config
+file, ``resolve_*config``, a saved run's config), so files and runs written before a rename keep working.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -61,6 +64,30 @@ def check_run_fields(cfg: Any) -> None:
 
 def config_keys(config_class: type) -> list[str]:
     return [f.name for f in fields(config_class)]
+
+
+def renamed_keys(values: Mapping[str, Any], config_class: type, where: str | None = None) -> dict[str, Any]:
+    """``values`` with the old names of ``config_class``'s fields (its ``RENAMED`` table) replaced by the new
+    ones. ``where`` (a file, "flags") gets one FutureWarning per old name found (FutureWarning: Python shows
+    it to a command's user, DeprecationWarning only to developers); ``None`` translates silently (a saved
+    run's config, which its user did not write). An old name given beside its new name is an error."""
+    renamed: Mapping[str, str] = getattr(config_class, "RENAMED", {})
+    out = dict(values)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"config keys {old!r} and {new!r}{_place(where)} name the same option "
+                             f"({old!r} is its old name): give only {new!r}")
+        out[new] = out.pop(old)
+        if where is not None:
+            warnings.warn(f"config key {old!r}{_place(where)} is now {new!r}; the old name is read until the "
+                          f"next release", FutureWarning, stacklevel=2)
+    return out
+
+
+def _place(where: str | None) -> str:
+    return f" in {where}" if where else ""
 
 
 def _coerce(name: str, value: Any, where: str, config_class: type) -> Any:
@@ -132,7 +159,9 @@ def read_config_file(path: str | os.PathLike, config_class: type) -> dict[str, A
     if not isinstance(data, Mapping):
         raise ValueError(f"config file {path} must hold a mapping of keys to values, found {type(data).__name__}")
     keys = config_keys(config_class)
-    unknown = sorted(set(map(str, data)) - set(keys))
+    data = renamed_keys({str(k): v for k, v in data.items()}, config_class, str(path))
+    lines = renamed_keys(lines, config_class)
+    unknown = sorted(set(data) - set(keys))
     if unknown:
         raise ValueError(f"unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(keys)})")
     return {k: _coerce(k, v, f"{path}:{lines[k]}" if k in lines else str(path), config_class) for k, v in data.items()}
@@ -144,7 +173,7 @@ def build_config(config_class: type[Config], config_file: str | os.PathLike | No
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(read_config_file(config_file, config_class))
-    values.update(dict(overrides or {}))
+    values.update(renamed_keys(overrides or {}, config_class, "the overrides"))
     unknown = sorted(set(values) - set(config_keys(config_class)))
     if unknown:
         raise ValueError(f"unknown config keys: {', '.join(unknown)}")

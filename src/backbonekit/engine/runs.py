@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, TypeVar
 
 from . import dist
+from .config import renamed_keys
 
 if TYPE_CHECKING:
     from torch import nn
@@ -113,6 +114,7 @@ def resumed_config(saved: Mapping[str, Any], cfg: Any, given: Collection[str] | 
     one line listing those it refuses. ``cfg`` is a config dataclass (TrainConfig, DetectConfig).
     ``legacy``: the value a field had before it existed, for runs saved without it (not today's default)."""
     config_class = type(cfg)
+    saved = renamed_keys(saved, config_class)  # a run saved before a field was renamed
     foreign = sorted(set(saved) - {f.name for f in fields(config_class)})
     if foreign:
         raise ValueError(f"cannot resume from {checkpoint}: it was written by another trainer (its config has "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..engine.config import build_config, check_choice, check_range, check_run_fields
 from ..engine.runs import EXTEND, FIXED, LOCAL
@@ -21,7 +21,9 @@ class TrainConfig:
     2-pixel random translation, 4 epochs (>= 98% test accuracy in a few minutes on a 2-core CPU).
     ``zero_init_residual`` (from scratch only) starts each residual branch at zero: without it
     Darknet-53 diverges within a few SGD steps at this learning rate.
-    ``None`` means "the dataset's default" (image size, crop padding, flip).
+    ``None`` means "the dataset's default" (input size, crop padding, flip).
+    ``skip_bad_data``: imagefolder files that are not readable images are left out (with a count) instead
+    of refusing the folder.
     ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes): the epochs and the schedule are
     fitted to it after each epoch (:mod:`.budget`); ``epochs`` then only sizes the first epoch's schedule.
     """
@@ -42,7 +44,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
-    image_size: int | None = None
+    input_size: int | None = None
     crop_padding: int | None = None
     hflip: bool | None = None
     device: str = "auto"
@@ -57,7 +59,10 @@ class TrainConfig:
     zero_init_residual: bool = True
     sync_bn: bool = False
     nproc: int = 1
-    skip_bad_images: bool = False
+    skip_bad_data: bool = False
+
+    # old field name -> new one (read from config files, flags and saved runs: engine.config.renamed_keys)
+    RENAMED: ClassVar[dict[str, str]] = {"image_size": "input_size", "skip_bad_images": "skip_bad_data"}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,12 +73,12 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_range("label_smoothing", self.label_smoothing, 0, high=1)
         check_range("warmup_epochs", self.warmup_epochs, 0)
-        if self.image_size is not None:
-            check_range("image_size", self.image_size, 8)
+        if self.input_size is not None:
+            check_range("input_size", self.input_size, 8)
         if self.crop_padding is not None:
             check_range("crop_padding", self.crop_padding, 0)
-            if self.image_size is not None:
-                check_crop_padding(self.crop_padding, self.image_size)
+            if self.input_size is not None:
+                check_crop_padding(self.crop_padding, self.input_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,20 +90,20 @@ RESUME_RULES: dict[str, str] = {
     "model": FIXED, "dataset": FIXED, "data_dir": LOCAL, "download": LOCAL, "epochs": EXTEND, "time": LOCAL,
     "batch_size": FIXED, "lr": FIXED, "optimizer": FIXED, "momentum": FIXED, "nesterov": FIXED,
     "weight_decay": FIXED, "schedule": FIXED, "warmup_epochs": FIXED, "label_smoothing": FIXED,
-    "grad_clip": FIXED, "image_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,
+    "grad_clip": FIXED, "input_size": FIXED, "crop_padding": FIXED, "hflip": FIXED, "device": LOCAL,
     "amp": FIXED, "channels_last": FIXED, "deterministic": FIXED, "seed": FIXED, "workers": LOCAL,
     "out": LOCAL,  # must name the run's own folder (checked in resumed_config)
     "resume": LOCAL, "pretrained": FIXED, "zero_init_residual": FIXED, "sync_bn": FIXED,
     "nproc": LOCAL,  # checked against the process count the checkpoint records
-    "skip_bad_images": FIXED,  # decides which images the run trains on
+    "skip_bad_data": FIXED,  # decides which images the run trains on
 }
 
 
-def check_crop_padding(padding: int, image_size: int) -> None:
+def check_crop_padding(padding: int, input_size: int) -> None:
     """A crop must keep part of the image: padding >= size gives blank crops and a padded copy of the
     split that grows with the square of the padding."""
-    if not 0 <= padding < image_size:
-        raise ValueError(f"crop_padding must be in [0, image_size) = [0, {image_size}), found {padding}")
+    if not 0 <= padding < input_size:
+        raise ValueError(f"crop_padding must be in [0, input_size) = [0, {input_size}), found {padding}")
 
 
 def resolve_config(config_file: str | os.PathLike | None = None,

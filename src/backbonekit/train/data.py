@@ -278,7 +278,7 @@ def _checked_folder(root: Path, transform, skip_bad_images: bool, log: Callable[
     names = [os.path.relpath(path, root) for path, _ in bad]
     if not skip_bad_images:
         raise ValueError(f"imagefolder: {len(bad)} of {len(folder.samples)} files under {root} are not readable "
-                         f"images: {few(names)} ({bad[0][1]}); remove them or pass --skip-bad-images")
+                         f"images: {few(names)} ({bad[0][1]}); remove them or pass --skip-bad-data")
     dropped = {path for path, _ in bad}
     folder.samples = [(path, target) for path, target in folder.samples if path not in dropped]
     folder.imgs, folder.targets = folder.samples, [target for _, target in folder.samples]

@@ -102,7 +102,7 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
                          f"(found device {device.type})")
     set_determinism(cfg.seed, cfg.deterministic, device)
     data = _load_data_once(cfg, log)
-    cfg = dataclasses.replace(cfg, image_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip,
+    cfg = dataclasses.replace(cfg, input_size=data.image_size, crop_padding=data.crop_padding, hflip=data.hflip,
                               nproc=dist.world_size())
     if dist.is_main():
         # the file repeats the run: no --out (a rerun writes a new folder), the real process count
@@ -215,8 +215,8 @@ def _check_process_count(cfg: TrainConfig, resumed: dict[str, Any] | None) -> No
 def _load_data_once(cfg: TrainConfig, log: Callable[[str], None]) -> DataBundle:
     """Rank 0 loads (and downloads if needed) first, then the first rank of every other node, then the
     rest: each node prepares its files once, without a shared filesystem too."""
-    return dist.per_node_first(lambda: load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.crop_padding,
-                                                    cfg.hflip, cfg.download, skip_bad_images=cfg.skip_bad_images,
+    return dist.per_node_first(lambda: load_dataset(cfg.dataset, cfg.data_dir, cfg.input_size, cfg.crop_padding,
+                                                    cfg.hflip, cfg.download, skip_bad_images=cfg.skip_bad_data,
                                                     log=log if dist.is_main() else None))
 
 

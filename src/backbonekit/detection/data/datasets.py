@@ -160,7 +160,7 @@ class LabelProblems:
         if self.bad and not self.skip_bad:
             more = f" (and {len(self.bad) - 1} more bad rows)" if len(self.bad) > 1 else ""
             raise ValueError(f"{self.bad[0]}{more}; fix the labels or pass skip_bad_labels=True "
-                             "(--skip-bad-labels) to drop bad rows")
+                             "(--skip-bad-data) to drop bad rows")
         dataset.skipped_labels, dataset.missing_labels = len(self.bad), self.missing
         if self.bad:
             warnings.warn(f"{self.what}: skipped {len(self.bad)} bad label rows, the first: {self.bad[0]}",

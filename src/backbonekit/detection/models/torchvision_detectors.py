@@ -153,7 +153,7 @@ class FCOS(_ZeroBasedLabels, tvd.FCOS):
 def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
     """One anchor size per pyramid map, i-th map the i-th of torchvision's defaults extended by doubling:
     RPN 32, 64, ... (aspect 0.5, 1, 2); RetinaNet x, x 2^(1/3), x 2^(2/3) for x = 32, 64, ...; FCOS 8, 16, ...
-    (one square "anchor" whose size sets the map's regression range [4 s, 8 s], see :func:`build_detector`)."""
+    (one square "anchor" whose size sets the map's regression range [4 s, 8 s], see :func:`assemble_torchvision_detector`)."""
     if kind == "fcos":
         return AnchorGenerator(tuple((8 * 2 ** i,) for i in range(num_maps)), ((1.0,),) * num_maps)
     if kind == "retinanet":
@@ -162,7 +162,8 @@ def anchor_generator(kind: str, num_maps: int) -> AnchorGenerator:
     return AnchorGenerator(tuple((32 * 2 ** i,) for i in range(num_maps)), ((0.5, 1.0, 2.0),) * num_maps)
 
 
-def build_detector(kind: str, backbone: BackboneWithFPN, num_classes: int, **kwargs: Any) -> nn.Module:
+def assemble_torchvision_detector(kind: str, backbone: BackboneWithFPN, num_classes: int,
+                                  **kwargs: Any) -> nn.Module:
     """torchvision's detector ``kind`` on ``backbone``: anchors per map, and for Faster R-CNN the level-aware
     RoI pooler over the backbone's own maps. ``kwargs`` go to torchvision's class unchanged."""
     num_maps = len(backbone.levels)
@@ -226,7 +227,7 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     frozen = pretrained is not None if frozen_bn is None else bool(frozen_bn)
     body = build_fpn_backbone(backbone, kind, frozen=frozen, trainable_layers=trainable_layers, bn_eps=bn_eps,
                               out_channels=out_channels, backbone_kwargs=backbone_kwargs)
-    model = build_detector(kind, body, num_classes, **kwargs)
+    model = assemble_torchvision_detector(kind, body, num_classes, **kwargs)
     model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else {}),
                           **({"out_channels": out_channels} if out_channels != 256 else {}),
                           **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))}}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,11 +36,14 @@ from .head import YOLOv3Head
 from .neck import YOLOV3_NECK_CHANNELS, YOLOv3Neck
 
 LEVEL_STRIDES = (8, 16, 32)  # the backbone maps the neck takes, shallow to deep
+# old YOLOv3 argument name -> new one: checkpoints written before the rename record the old names in model_kwargs
+RENAMED_KWARGS = {"input_mean": "image_mean", "input_std": "image_std"}
 # ``backbonekit.detection.models.yolov3.letterbox``, the path the docs showed, is the LIST letterbox
 # (transforms.letterbox_images), not the one-image transforms.letterbox: call letterbox_images.
 letterbox = letterbox_images
-__all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "YOLOv3", "build_backbone", "check_images",
-           "letterbox", "letterbox_geometry", "letterbox_images", "postprocess", "yolov3"]
+__all__ = ["LETTERBOX_FILL", "LEVEL_STRIDES", "LetterboxGeometry", "RENAMED_KWARGS", "YOLOv3", "build_backbone",
+           "check_images", "current_kwargs", "letterbox", "letterbox_geometry", "letterbox_images", "postprocess",
+           "yolov3"]
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
@@ -75,9 +78,10 @@ class YOLOv3(nn.Module):
         neck_channels: ``n`` of each detection block, deepest first (Darknet: 512, 256, 128).
         input_size: the letterboxed input size of ``model(images)`` (a multiple of 32).
         score_thresh, nms_thresh, detections_per_img: postprocessing defaults (arguments of :meth:`detect`).
-        input_mean, input_std: per-channel normalisation applied inside the network, ``(x - mean) / std``
+        image_mean, image_std: per-channel normalisation applied inside the network, ``(x - mean) / std``
             on the [0, 1] input, for a backbone trained on normalised images (a ``backbonekit train`` run);
-            default None: Darknet's raw [0, 1] input.
+            default None: Darknet's raw [0, 1] input. torchvision's detectors' names; :func:`yolov3` also
+            takes the old ``input_mean``/``input_std`` (:data:`RENAMED_KWARGS`).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int = 80,
@@ -85,7 +89,7 @@ class YOLOv3(nn.Module):
                  masks: Sequence[Sequence[int]] = YOLOV3_MASKS,
                  neck_channels: Sequence[int] = YOLOV3_NECK_CHANNELS, input_size: int = 416,
                  score_thresh: float = 0.05, nms_thresh: float = 0.45, detections_per_img: int = 100,
-                 input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None) -> None:
+                 image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None) -> None:
         super().__init__()
         strides = tuple(info.stride for info in getattr(backbone, "feature_info", []))
         if not getattr(backbone, "features_only", False) or strides != LEVEL_STRIDES:
@@ -105,9 +109,9 @@ class YOLOv3(nn.Module):
         self.in_chans = 3
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.register_buffer("anchors", table, persistent=False)  # (K, 2) px; recorded in model_kwargs, not weights
-        mean, std = input_normalisation(input_mean, input_std)  # recorded in model_kwargs, not weights
-        self.register_buffer("input_mean", mean, persistent=False)
-        self.register_buffer("input_std", std, persistent=False)
+        mean, std = input_normalisation(image_mean, image_std)  # recorded in model_kwargs, not weights
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
         self.backbone = backbone
         self.neck = YOLOv3Neck([info.channels for info in backbone.feature_info], neck_channels)
         self.head = YOLOv3Head(self.neck.out_channels, num_classes, [len(m) for m in masks])
@@ -126,9 +130,9 @@ class YOLOv3(nn.Module):
     def forward_levels(self, x: Tensor) -> list[Tensor]:
         """Raw head outputs, stride 32, 16, 8: each (N, A*(5+C), H, W), anchor-major channels.
 
-        ``x`` holds [0, 1] pixels; with ``input_mean``/``input_std`` the backbone sees them normalised."""
-        if self.input_mean is not None:
-            x = (x - self.input_mean) / self.input_std
+        ``x`` holds [0, 1] pixels; with ``image_mean``/``image_std`` the backbone sees them normalised."""
+        if self.image_mean is not None:
+            x = (x - self.image_mean) / self.image_std
         return self.head(self.neck(self.backbone.forward_levels(x, self.backbone.out_indices)))
 
     def level_anchors(self) -> list[Tensor]:
@@ -142,7 +146,7 @@ class YOLOv3(nn.Module):
 
     def forward_raw(self, x: Tensor) -> Tensor:
         """Darknet's decoded predictions for a batch already at the input size, values in [0, 1] (with the
-        default ``input_mean``/``input_std`` of None, exactly Darknet's contract; otherwise the network
+        default ``image_mean``/``image_std`` of None, exactly Darknet's contract; otherwise the network
         normalises them first)."""
         self.check_input(x)
         return self.decode(self.forward_levels(x))
@@ -214,15 +218,28 @@ def input_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
         return None, None
     values = [list(v) if isinstance(v, (list, tuple)) else v for v in (mean, std)]
     if any(not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) for v in values):
-        raise ValueError(f"input_mean and input_std must both be 3 numbers (one per RGB channel), found "
-                         f"input_mean={mean!r}, input_std={std!r}")
+        raise ValueError(f"image_mean and image_std must both be 3 numbers (one per RGB channel), found "
+                         f"image_mean={mean!r}, image_std={std!r}")
     if min(values[1]) <= 0:
-        raise ValueError(f"input_std must be positive, found {values[1]}")
+        raise ValueError(f"image_std must be positive, found {values[1]}")
     with torch.device("cpu"):
         return torch.tensor(values[0]).view(1, 3, 1, 1), torch.tensor(values[1]).view(1, 3, 1, 1)
 
 
 # -- building -----------------------------------------------------------------------------------
+def current_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` with YOLOv3's old argument names (:data:`RENAMED_KWARGS`) replaced by today's: what
+    a checkpoint written before the rename records still builds the same model."""
+    out = dict(model_kwargs)
+    for old, new in RENAMED_KWARGS.items():
+        if old in out:
+            value = out.pop(old)
+            if out.get(new, value) != value:
+                raise ValueError(f"{old} and {new} name the same YOLOv3 argument ({old} is its old name), found "
+                                 f"{old}={value!r} and {new}={out[new]!r}")
+            out[new] = value
+    return out
+
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """A registered backbone as a features_only model of its maps at strides 8, 16 and 32."""
     from ...models import create_model
@@ -258,16 +275,17 @@ def yolov3(*, num_classes: int | None = None, in_chans: int = 3, pretrained: str
     ``yolov3-voc.weights``, any class count), a backbone file (``darknet53.conv.74``: the neck and head
     start from scratch, as YOLOv3's training recipe does), or a backbonekit checkpoint.
     ``kwargs``: :class:`YOLOv3` options (``anchors``, ``masks``, ``neck_channels``, ``input_size``,
-    thresholds).
+    thresholds, ``image_mean``/``image_std``; the old names ``input_mean``/``input_std`` are read too).
     """
     from ..weights import load_pretrained, read_pretrained
 
+    kwargs = current_kwargs(kwargs)
     if in_chans != 3:
         raise ValueError(f"YOLOv3 takes RGB images: expected in_chans=3, found {in_chans}")
     source = read_pretrained(pretrained, "yolov3", kwargs.get("neck_channels", YOLOV3_NECK_CHANNELS)) \
         if pretrained is not None else None
     if source is not None:
-        recorded = {**source.input_norm, **source.model_kwargs}  # the normalisation its weights were trained with
+        recorded = {**source.input_norm, **current_kwargs(source.model_kwargs)}  # normalisation: the weights' own
         backbone = backbone or recorded.pop("backbone", None)
         backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
         for key, value in recorded.items():

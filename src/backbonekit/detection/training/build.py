@@ -12,6 +12,7 @@ from torch import nn
 
 from ...models import create_model
 from ...pretrained import IMAGENET_MEAN, IMAGENET_STD, weights_file
+from ..models.yolov3 import current_kwargs
 from ..task.anchors import YOLOV3_MASKS
 from ..task.loss import YOLOv3Loss
 from ..weights import NORM_KEYS, PretrainedSource, load_fine_tuned, normalisation_of, read_pretrained
@@ -20,28 +21,28 @@ from .config import DetectConfig
 RAW_INPUT = ([0.0] * 3, [1.0] * 3)  # Darknet's [0, 1] pixels as torchvision's transform takes them
 
 
-def build_detector(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]] | None, *,
+def build_from_config(cfg: DetectConfig, num_classes: int, anchors: Sequence[Sequence[float]] | None, *,
                    load_pretrained: bool = True, resumed_kwargs: dict | None = None,
                    log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
     """``cfg.model`` on ``cfg.backbone`` ready to train (YOLOv3 with its loss attached), and the model
     arguments a checkpoint records.
 
-    YOLOv3's input normalisation (``input_mean``/``input_std``) is the pretrained source's
+    YOLOv3's input normalisation (``image_mean``/``image_std``) is the pretrained source's
     (:func:`~backbonekit.detection.weights.pretrained_normalisation`), or ``resumed_kwargs``'s (the run being
     resumed records it); none for Darknet's raw [0, 1] input.
     ``cfg.pretrained`` may be a file, a URL or a published tag (fetched once into torch's hub cache)."""
     if cfg.model != "yolov3":
-        return build_fpn_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
+        return build_torchvision_detector(cfg, num_classes, load_pretrained=load_pretrained, resumed_kwargs=resumed_kwargs)
     # a resumed run keeps the backbone options it recorded (act_slope of a timm file, ...)
     source, arch = (_pretrained_source(cfg) if cfg.pretrained and load_pretrained
                     else (None, dict((resumed_kwargs or {}).get("backbone_kwargs") or {})))
     norm = source.input_norm if source is not None else \
-        {k: v for k, v in (resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
+        {k: v for k, v in current_kwargs(resumed_kwargs or {}).items() if k in NORM_KEYS and v is not None}
     model_kwargs = {"backbone": cfg.backbone, "backbone_kwargs": dict(arch), "input_size": cfg.input_size,
                     "anchors": [list(map(float, a)) for a in anchors], "masks": [list(m) for m in YOLOV3_MASKS],
                     "neck_channels": list(cfg.neck_channels), **norm}
     kwargs = copy.deepcopy(model_kwargs)
-    kwargs["backbone_kwargs"]["frozen_stages"] = cfg.frozen_stages
+    kwargs["backbone_kwargs"]["frozen_stages"] = cfg.stages_to_freeze
     model = create_model(cfg.model, num_classes=num_classes, **kwargs)
     init_prior_bias(model)
     if source is not None:
@@ -62,8 +63,8 @@ def _pretrained_source(cfg: DetectConfig) -> tuple[PretrainedSource, dict]:
     return source, dict(source.backbone_kwargs)
 
 
-def build_fpn_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,
-                       resumed_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
+def build_torchvision_detector(cfg: DetectConfig, num_classes: int, *, load_pretrained: bool = True,
+                               resumed_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
     """torchvision's ``cfg.model`` (fasterrcnn, retinanet, fcos) on ``cfg.backbone`` through an FPN, taking
     ``cfg.input_size`` images as they come (``min_size = max_size = input_size``), normalised as the
     pretrained backbone was (:func:`~backbonekit.detection.weights.pretrained_normalisation`; ImageNet's

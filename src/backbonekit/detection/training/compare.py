@@ -139,7 +139,7 @@ def make_plan(pairs: Sequence[str] | None = None, *, preset: str | None = None,
               speed_repeats: int | None = None) -> ComparePlan:
     """A plan from a preset (or nothing), then a ``detect train`` config file of shared options, then
     ``settings``; ``pairs`` replace the preset's. One ValueError line for anything no comparison can run."""
-    from ...engine.config import read_config_file
+    from ...engine.config import read_config_file, renamed_keys
 
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
@@ -148,9 +148,10 @@ def make_plan(pairs: Sequence[str] | None = None, *, preset: str | None = None,
         plan.pairs = [Pair.parse(p) for p in pairs]
     if config_file is not None:
         plan.settings.update(read_config_file(config_file, DetectConfig))
-    plan.settings.update(settings or {})
+    plan.settings.update(renamed_keys(settings or {}, DetectConfig, "the shared settings"))
     models = {pair.model for pair in plan.pairs}
     for model, options in (model_options or {}).items():
+        options = renamed_keys(options, DetectConfig, f"{model}'s options")
         if options and model not in models:
             raise ValueError(f"options of {model} ({', '.join(options)}) given, but no {model} pair among "
                              f"{', '.join(map(str, plan.pairs))}")
@@ -226,13 +227,18 @@ def read_plan(out: str | Path) -> ComparePlan:
     """The plan a comparison folder was started with (its ``compare.yaml``)."""
     import yaml
 
+    from ...engine.config import renamed_keys
+
     path = Path(out) / PLAN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no comparison in {out}: expected {path}, written by backbonekit detect compare")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        plan = ComparePlan(pairs=[Pair.parse(p) for p in data["pairs"]], settings=dict(data.get("settings") or {}),
-                           model_options={k: dict(v) for k, v in (data.get("model_options") or {}).items()},
+        # a plan saved before a detect train option was renamed: its old names, read silently
+        plan = ComparePlan(pairs=[Pair.parse(p) for p in data["pairs"]],
+                           settings=renamed_keys(data.get("settings") or {}, DetectConfig),
+                           model_options={k: renamed_keys(v, DetectConfig)
+                                          for k, v in (data.get("model_options") or {}).items()},
                            speed_images=data.get("speed_images", SPEED_IMAGES),
                            speed_repeats=data.get("speed_repeats", SPEED_REPEATS))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as exc:

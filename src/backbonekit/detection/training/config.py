@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ...engine.config import build_config, check_choice, check_range, check_run_fields
 from ...engine.runs import EXTEND, FIXED, LOCAL
@@ -30,17 +30,20 @@ __all__ = ["DetectConfig", "check_fraction", "check_input_size", "check_postproc
 class DetectConfig:
     """Everything that decides a detector training run.
 
-    ``freeze``: backbone stages kept frozen (the backbone's ``frozen_stages``: -1 none, 0 the stem,
-    k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without.
+    ``frozen_stages``: backbone stages kept frozen (the backbone's ``frozen_stages``: -1 none, 0 the stem,
+    k the stem and k stages); ``None`` means 1 with ``pretrained`` weights and -1 without
+    (:attr:`stages_to_freeze` resolves it).
     ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
     ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
     ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~.loss.YOLOv3Loss`): the ignore region's
     IoU, and the shape IoU above which a box is assigned to more anchors than its best one (AlexeyAB's
     Darknet; 1 turns that off, as ``yolov3.cfg``).
-    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``freeze`` and the
+    ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``frozen_stages`` and the
     two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
-    ``warmup``: epochs of linear warm-up before the cosine decay. ``neck_width``: the YOLOv3 neck's
-    widths (512, 256, 128) times this. ``count_difficult``: evaluate VOC's difficult objects as ordinary
+    ``warmup_epochs``: epochs of linear warm-up before the cosine decay. ``neck_width``: a width multiplier
+    (ultralytics' ``width_multiple``, not a list of channels): the YOLOv3 neck's widths (512, 256, 128) times
+    this (:attr:`neck_channels`). ``skip_bad_data``: bad label rows are dropped (with a count) instead of
+    stopping the run; the images stay, with their other boxes. ``count_difficult``: evaluate VOC's difficult objects as ordinary
     ones (by default they are ignored, as VOC's protocol does).
     ``rpn_*_nms_top_n_*``: Faster R-CNN's region proposals per image kept before and after the RPN's NMS,
     in training and in evaluation (torchvision's arguments; None: torchvision's 2000, 2000, 1000, 1000).
@@ -62,7 +65,7 @@ class DetectConfig:
     optimizer: str = "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup: float = 1.0
+    warmup_epochs: float = 1.0
     grad_clip: float = 10.0
     input_size: int = 128
     neck_width: float = 0.5
@@ -72,7 +75,7 @@ class DetectConfig:
     hsv: bool = True
     scale_jitter: float = 0.25
     translate: float = 0.1
-    freeze: int | None = None
+    frozen_stages: int | None = None
     ema: bool = False
     anchors: str | list = "auto"
     ignore_thresh: float = 0.7
@@ -86,13 +89,17 @@ class DetectConfig:
     out: str | None = None
     resume: str | None = None
     pretrained: str | None = None
-    skip_bad_labels: bool = False
+    skip_bad_data: bool = False
     count_difficult: bool = False
     nproc: int = 1
     rpn_pre_nms_top_n_train: int | None = None
     rpn_post_nms_top_n_train: int | None = None
     rpn_pre_nms_top_n_test: int | None = None
     rpn_post_nms_top_n_test: int | None = None
+
+    # old field name -> new one (read from config files, flags and saved runs: engine.config.renamed_keys)
+    RENAMED: ClassVar[dict[str, str]] = {"warmup": "warmup_epochs", "freeze": "frozen_stages",
+                                         "skip_bad_labels": "skip_bad_data"}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,7 +110,7 @@ class DetectConfig:
         check_choice("backbone", self.backbone, tuple(_backbones()))  # not a detector: those are --model
         self._check_yolo_only()
         check_run_fields(self)
-        for name in ("warmup", "translate", "scale_jitter"):
+        for name in ("warmup_epochs", "translate", "scale_jitter"):
             check_range(name, getattr(self, name), 0)
         check_input_size(self.input_size)
         if not 0 < self.neck_width <= 4:
@@ -112,8 +119,9 @@ class DetectConfig:
             check_fraction(name, getattr(self, name))
         if self.scale_jitter >= 1:
             raise ValueError(f"scale_jitter must be < 1 (scales drawn in [1 - s, 1 + s]), found {self.scale_jitter}")
-        if self.freeze is not None and self.freeze < -1:
-            raise ValueError(f"freeze must be >= -1 (-1: nothing frozen, 0: the stem), found {self.freeze}")
+        if self.frozen_stages is not None and self.frozen_stages < -1:
+            raise ValueError(f"frozen_stages must be >= -1 (-1: nothing frozen, 0: the stem), found "
+                             f"{self.frozen_stages}")
         parse_anchors(self.anchors)
         for name in RPN_PROPOSAL_FIELDS:
             if getattr(self, name) is not None:
@@ -124,10 +132,10 @@ class DetectConfig:
         if self.model == "yolov3":
             return
         defaults = {f.name: f.default for f in fields(self)}
-        for name in ("neck_width", "multiscale", "freeze", "ignore_thresh", "iou_thresh"):
+        for name in ("neck_width", "multiscale", "frozen_stages", "ignore_thresh", "iou_thresh"):
             if getattr(self, name) != defaults[name]:
                 note = (" (the FPN detectors freeze as torchvision does: stem and first stage with --pretrained)"
-                        if name == "freeze" else "")
+                        if name == "frozen_stages" else "")
                 raise ValueError(f"{name} is a YOLOv3 option: expected it unset for {self.model}, found "
                                  f"{getattr(self, name)!r}{note}")
         if self.anchors != "auto":
@@ -148,10 +156,10 @@ class DetectConfig:
         return dataclasses.asdict(self)
 
     @property
-    def frozen_stages(self) -> int:
-        """``freeze`` resolved: one stage (and the stem) frozen when starting from pretrained weights."""
-        if self.freeze is not None:
-            return self.freeze
+    def stages_to_freeze(self) -> int:
+        """``frozen_stages`` resolved: one stage (and the stem) frozen when starting from pretrained weights."""
+        if self.frozen_stages is not None:
+            return self.frozen_stages
         return 1 if self.pretrained else -1
 
     @property

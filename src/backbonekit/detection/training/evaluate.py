@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..._text import few
+from ...engine.config import renamed_keys
 from ...engine.runs import evaluation_folder, evaluation_output
 from ...engine.device import resolve_device
 from ..data.formats import load_detection_dataset
@@ -62,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, dataset: str | None = 
         raise ValueError(f"--batch-size must be >= 1, found {batch_size}")
     dev = resolve_device(device)
     model, ckpt = load_run_checkpoint(checkpoint, dev)
-    saved = ckpt.get("config") or {}
+    saved = renamed_keys(ckpt.get("config") or {}, DetectConfig)  # a run saved before a rename: its old names
     name = dataset or saved.get("dataset", "photodigits")
     out = evaluation_output(out or evaluation_folder(checkpoint, name, split), force=force)  # before the work
     data = load_detection_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), split,

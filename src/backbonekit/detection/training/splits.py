@@ -15,9 +15,9 @@ from .config import DetectConfig, parse_anchors
 
 
 def load_splits(cfg: DetectConfig):
-    """The training and validation sets, every label checked (one error line, or a count with skip_bad_labels)."""
-    train_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "train", skip_bad_labels=cfg.skip_bad_labels)
-    val_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "val", skip_bad_labels=cfg.skip_bad_labels)
+    """The training and validation sets, every label checked (one error line, or a count with skip_bad_data)."""
+    train_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "train", skip_bad_labels=cfg.skip_bad_data)
+    val_set = load_detection_dataset(cfg.dataset, cfg.data_dir, "val", skip_bad_labels=cfg.skip_bad_data)
     if list(train_set.classes) != list(val_set.classes):
         raise ValueError(f"{cfg.dataset}: the train and val splits name different classes "
                          f"({few(list(train_set.classes))} vs {few(list(val_set.classes))})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
@@ -32,8 +31,7 @@ from ...engine.optim import build_optimizer, build_scheduler, epoch_progress
 from ...engine.report import write_metrics
 from ...engine.runs import (RunResult, check_resumed_world, read_training_checkpoint, resume_checkpoint,
                             resumed_config, run_in_folder)
-from ..loading import load_run_checkpoint
-from .build import build_detector
+from .build import build_from_config
 from .config import DETECT_RESUME_RULES, DetectConfig, legacy_values
 from .ema import ema_model
 from .engine import EpochLosses, TrainBatches, augment_config, evaluate, train_one_epoch
@@ -68,12 +66,6 @@ def checkpoint_dict(model: nn.Module, cfg: DetectConfig, classes: Sequence[str],
             "world_size": dist.world_size()}
     ckpt.update(training_state or {})
     return ckpt
-
-
-def load_detector(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The detector in a best.pt/last.pt written by :func:`train` (eval mode), and the checkpoint dict
-    (:func:`~.loading.load_run_checkpoint`)."""
-    return load_run_checkpoint(checkpoint, device)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -113,9 +105,9 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     anchors = None
     if cfg.model == "yolov3":
         anchors = resumed["anchors"] if resumed else resolve_anchors(cfg.anchors, train_set, cfg.input_size)
-    model, model_kwargs = build_detector(cfg, len(classes), anchors, load_pretrained=resumed is None,
-                                         resumed_kwargs=resumed["model_kwargs"] if resumed else None,
-                                         log=log if dist.is_main() else (lambda _: None))
+    model, model_kwargs = build_from_config(cfg, len(classes), anchors, load_pretrained=resumed is None,
+                                            resumed_kwargs=resumed["model_kwargs"] if resumed else None,
+                                            log=log if dist.is_main() else (lambda _: None))
     cfg = dataclasses.replace(cfg, nproc=dist.world_size())
     if dist.is_main():  # the file repeats the run: no --out (a rerun writes a new folder), the real process count
         write_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
@@ -133,7 +125,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay, cfg.momentum)
 
     def schedule(epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-        return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup)
+        return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup_epochs)
 
     scheduler = schedule(cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
