@@ -246,3 +246,45 @@ def test_every_moved_module_still_imports_as_the_same_module_with_a_warning(old,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert importlib.import_module(f"{NAME}.{new}") is new_module  # the new path: no warning
+
+
+# -- what the README and docs show ----------------------------------------------------------------
+
+ROOT = PACKAGE.parents[1]
+DOCUMENTED_NON_MODULES = {"backbonekit.lock", "backbonekit.fpn"}  # a lock file's and an ONNX metadata key's names
+
+
+def documented_paths() -> list[str]:
+    import re
+
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = {m.group(0).rstrip(".") for path in texts if path.exists()
+             for m in re.finditer(r"\bbackbonekit(?:\.[A-Za-z_]\w*)+", path.read_text(encoding="utf-8"))}
+    return sorted(found - DOCUMENTED_NON_MODULES)
+
+
+def resolves(path: str) -> bool:
+    """``path`` is a module, or an attribute (chain) of the longest importable module prefix."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:end]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[end:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="run from an installed copy without the docs")
+def test_every_python_path_the_readme_and_docs_show_imports():
+    paths = documented_paths()
+    assert len(paths) > 30  # the scan reads the docs (a broken regex would pass with nothing to check)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        broken = [path for path in paths if not resolves(path)]
+    assert not broken, f"documented but not importable: {broken}"
