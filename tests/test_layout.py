@@ -288,3 +288,14 @@ def test_every_python_path_the_readme_and_docs_show_imports():
         warnings.simplefilter("ignore", DeprecationWarning)
         broken = [path for path in paths if not resolves(path)]
     assert not broken, f"documented but not importable: {broken}"
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="run from an installed copy without the docs")
+def test_every_benchmark_script_the_readme_and_docs_name_exists():
+    import re
+
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {m.group(0) for path in texts for m in re.finditer(r"\bbenchmarks/\w+\.py\b", path.read_text(encoding="utf-8"))}
+    assert len(named) > 3  # the scan reads the docs
+    missing = sorted(name for name in named if not (ROOT / name).is_file())
+    assert not missing, f"documented but not in the repository: {missing}"

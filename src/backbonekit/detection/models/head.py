@@ -4,7 +4,7 @@ In ``cfg/yolov3.cfg`` these are the two convs before each ``[yolo]`` layer (laye
 104-105): the 3x3 has BatchNorm and LeakyReLU(0.1), the 1x1 ``filters=255`` has neither
 (``activation=linear``) and so has its own bias. Output channels are anchor-major: channel
 ``a * (5 + C) + k`` is item ``k`` (tx, ty, tw, th, to, class logits) of anchor ``a``
-(see :mod:`.coder`). Module names follow mmdetection's ``YOLOV3Head``.
+(see :mod:`backbonekit.detection.task.coder`). Module names follow mmdetection's ``YOLOV3Head``.
 """
 
 from __future__ import annotations

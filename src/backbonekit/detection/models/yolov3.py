@@ -4,8 +4,8 @@ The detector is five parts called in order, as torchvision's detectors are: ``tr
 (letterbox each image to the input size with :func:`~backbonekit.detection.data.transforms.letterbox`, the
 same function training and evaluation use), ``backbone`` (Darknet-53's C3-C5, or
 any registered backbone's three maps at strides 8, 16 and 32), ``neck`` (:mod:`.neck`), ``head``
-(:mod:`.head`) and ``postprocess`` (decode with :mod:`.coder`, score threshold, class-aware NMS,
-boxes back into each image's pixels).
+(:mod:`.head`) and ``postprocess`` (decode with :mod:`backbonekit.detection.task.coder`, score threshold,
+class-aware NMS, boxes back into each image's pixels).
 
 Three ways in:
 
@@ -187,7 +187,7 @@ def postprocess(decoded: Tensor, boxes: Sequence[LetterboxGeometry], score_thres
     objectness x class probability (each class its own candidate, as Darknet), drop scores <= ``score_thresh``
     and boxes with no area inside the image (those in the letterbox padding: clipped, nothing is left),
     class-aware NMS, keep the best ``detections_per_img``, map boxes back into the original image.
-    The exported graph (:func:`.export.append_nms`) does the same, operation for operation."""
+    The exported graph (:func:`backbonekit.detection.export.append_nms`) does the same, operation for operation."""
     results = []
     for pred, box in zip(decoded, boxes):
         scores = pred[:, 4:5] * pred[:, 5:]

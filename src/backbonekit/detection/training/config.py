@@ -35,9 +35,9 @@ class DetectConfig:
     (:attr:`stages_to_freeze` resolves it).
     ``anchors``: ``coco`` (Darknet's nine, input pixels), ``auto`` (k-means on the training boxes at
     ``input_size``, YOLOv2's method) or nine ``w,h`` pairs (``"10,13 16,30 ..."`` or a YAML list).
-    ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~.loss.YOLOv3Loss`): the ignore region's
-    IoU, and the shape IoU above which a box is assigned to more anchors than its best one (AlexeyAB's
-    Darknet; 1 turns that off, as ``yolov3.cfg``).
+    ``ignore_thresh``, ``iou_thresh``: YOLOv3's loss (:class:`~backbonekit.detection.task.loss.YOLOv3Loss`):
+    the ignore region's IoU, and the shape IoU above which a box is assigned to more anchors than its best
+    one (AlexeyAB's Darknet; 1 turns that off, as ``yolov3.cfg``).
     ``model``: one of :data:`DETECTORS`; ``anchors``, ``neck_width``, ``multiscale``, ``frozen_stages`` and the
     two thresholds are YOLOv3's and refused for the others. ``mosaic``: probability of a Mosaic sample.
     ``warmup_epochs``: epochs of linear warm-up before the cosine decay. ``neck_width``: a width multiplier

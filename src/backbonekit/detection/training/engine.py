@@ -59,7 +59,7 @@ class _Resized(Dataset):
 
 def augment_config(scale_jitter: float = 0.25, translate: float = 0.1, hflip: bool = False,
                    hsv: bool = True) -> AugmentConfig:
-    """The batched augmentation of a training batch (:func:`~.augment.augment_batch`)."""
+    """The batched augmentation of a training batch (:func:`~backbonekit.detection.data.augment.augment_batch`)."""
     colour = {} if hsv else {"hue": 0.0, "saturation": 1.0, "value": 1.0}
     return AugmentConfig(scale=(1 - scale_jitter, 1 + scale_jitter), translate=translate,
                          hflip=0.5 if hflip else 0.0, **colour)
@@ -70,8 +70,8 @@ class TrainBatches:
 
     The dataset's items are letterboxed to ``input_size`` (or made into mosaics with probability
     ``mosaic``) in DataLoader workers; each uint8 batch is then scaled, translated, flipped and
-    colour-jittered at once on ``device`` (:func:`~.augment.augment_batch`), at a size that changes
-    every 10 steps with ``multiscale`` (Darknet's ``random=1``). Each rank takes its share of a
+    colour-jittered at once on ``device`` (:func:`~backbonekit.detection.data.augment.augment_batch`), at a
+    size that changes every 10 steps with ``multiscale`` (Darknet's ``random=1``). Each rank takes its share of a
     seeded permutation (torch's DistributedSampler); incomplete batches are dropped.
     """
 
