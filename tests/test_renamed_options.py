@@ -109,7 +109,7 @@ def to_old_names(run: Path, renamed: dict[str, str]) -> None:
     checkpoints' config."""
     back = {new: old for old, new in renamed.items()}
     for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(run / name, map_location="cpu", weights_only=False)
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
         ckpt["config"] = {back.get(k, k): v for k, v in ckpt["config"].items()}
         torch.save(ckpt, run / name)
     written = yaml.safe_load((run / "config.yaml").read_text())
