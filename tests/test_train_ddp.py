@@ -163,3 +163,19 @@ def test_rerunning_a_distributed_runs_config_yaml_repeats_it(tmp_path, ddp_run, 
         assert torch.equal(again["state_dict"][key], value), key
     untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in c["history"]] for c in (first, again)]
     assert untimed[0] == untimed[1]
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_the_reported_failure_is_the_cause_not_a_rank_that_lost_its_peer(order):
+    from types import SimpleNamespace
+
+    from backbonekit.engine.launch import root_failure
+
+    lost = SimpleNamespace(message={"message": "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed "
+                                               "by peer [127.0.0.1]:18340"}, timestamp=100, exitcode=1)
+    cause = SimpleNamespace(message={"message": "RuntimeError: rank 1 cannot go on"}, timestamp=101, exitcode=1)
+    failures = {0: lost, 1: cause} if order == (0, 1) else {1: cause, 0: lost}
+    assert root_failure(failures) == (1, cause)  # later, but the cause
+    assert root_failure({0: lost}) == (0, lost)  # no other: the only failure
+    first = SimpleNamespace(message={"message": "ValueError: bad"}, timestamp=99, exitcode=1)
+    assert root_failure({**failures, 2: first})[0] == 2  # of two causes, the earliest

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 import uuid
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .._text import first_line
 
@@ -36,12 +36,40 @@ def launch(fn: Callable[..., Any], args: Sequence[Any], nproc: int,
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
     try:
-        return elastic_launch(config, fn)(*args)
+        return elastic_launch(config, run_and_let_the_cause_report_first)(fn, *args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = root_failure(exc.failures)
         reason = failure_reason(failure.message) or "its error is printed above"
         raise DistributedFailure(f"distributed run stopped: rank {rank} failed (exit code {failure.exitcode}: "
                                  f"{reason}); the other ranks were stopped") from None
+
+
+# what a rank raises when another rank's process went away in the middle of a collective: a consequence
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+PEER_LOST_GRACE_S = 3.0  # how long a rank that lost its peers waits before failing, so the cause is seen first
+
+
+def run_and_let_the_cause_report_first(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a rank; a rank that fails because another went away mid-collective waits a moment
+    before failing, so the agent sees (and reports) the rank that failed first for a reason of its own."""
+    import time
+
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if any(s in str(exc) for s in PEER_LOST):
+            time.sleep(PEER_LOST_GRACE_S)
+        raise
+
+
+def root_failure(failures: Mapping[int, Any]) -> tuple[int, Any]:
+    """The (rank, failure) that stopped the job: the earliest that is not a rank losing its peers in a
+    collective (which follows the real failure, and often reaches the agent first), else the earliest."""
+    in_order = sorted(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    causes = [item for item in in_order if not any(s in failure_reason(item[1].message) for s in PEER_LOST)]
+    return (causes or in_order)[0]
 
 
 def failure_reason(message) -> str:
