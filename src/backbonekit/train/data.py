@@ -28,12 +28,11 @@ from torch.utils.data import Dataset
 
 from .._text import few, first_line
 from ..digits import DIGITS_SPLIT_SEED, digits_split
+from ..pretrained import IMAGENET_MEAN, IMAGENET_STD  # ImageFolder data: no pass over the files to measure statistics
 from .config import check_crop_padding
 
 FOLDER_VAL_FRACTION = 0.2
 PROBE_CHUNK = 256  # image headers read per task of the thread pool that checks a folder
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageFolder data: no pass over the files to measure statistics
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
                                         "data_batch_5", "test_batch", "batches.meta"],

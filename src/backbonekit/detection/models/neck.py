@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...darknet_yolov3 import YOLOV3_CFG_NECK_CHANNELS
 from ...models.darknet import ConvNormAct
 
-YOLOV3_NECK_CHANNELS: tuple[int, ...] = (512, 256, 128)  # n per level, deepest first
+YOLOV3_NECK_CHANNELS = YOLOV3_CFG_NECK_CHANNELS  # n per level, deepest first: yolov3.cfg's, one definition
 
 
 class DetectionBlock(nn.Module):

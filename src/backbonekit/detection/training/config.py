@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Mapping
 
 from ...engine.config import build_config, check_choice, check_range, check_run_fields
+from ...darknet_yolov3 import YOLOV3_CFG_NECK_CHANNELS as YOLOV3_NECK_CHANNELS
 from ...engine.runs import EXTEND, FIXED, LOCAL
 
 ANCHOR_CHOICES = ("coco", "auto")
@@ -165,7 +166,7 @@ class DetectConfig:
     @property
     def neck_channels(self) -> tuple[int, int, int]:
         """YOLOv3's (512, 256, 128) scaled by ``neck_width`` (multiples of 8, at least 8)."""
-        return tuple(max(8, int(round(n * self.neck_width / 8)) * 8) for n in (512, 256, 128))
+        return tuple(max(8, int(round(n * self.neck_width / 8)) * 8) for n in YOLOV3_NECK_CHANNELS)
 
 
 # What a YOLOv3 run saved before these fields existed trained with (a resume keeps it, whatever today's
