@@ -181,6 +181,8 @@ def test_pretrained_classification_run_sets_the_normalisation(tmp_path):
     (["--model", "fasterrcnn", "--anchors", "coco"], "anchors is a YOLOv3 option"),
     (["--model", "fcos", "--neck-width", "0.25"], "neck_width is a YOLOv3 option"),
     (["--model", "ssd"], "model"),
+    (["--model", "yolov3", "--fpn-min-level", "3"], "fpn_min_level is an option of the FPN detectors"),
+    (["--model", "retinanet", "--fpn-min-level", "4"], "fpn_min_level must be 2"),
 ])
 def test_yolo_only_options_and_unknown_models_are_one_line(argv, message, capsys):
     assert main(["detect", "train", *argv, "--device", "cpu"]) == 2
@@ -204,6 +206,28 @@ def test_profile_leaves_the_anchor_cache_usable():
     with torch.no_grad():
         after = model(image)[0]
     torch.testing.assert_close(after["boxes"], before["boxes"])
+
+
+def test_a_checkpoint_rebuilds_the_pyramid_it_trained_with(tmp_path):
+    """A RetinaNet on DetNet-59 trained from P3 loads from its file with P3-P6 (its config and model_kwargs
+    record it), with the same detections as the model that was saved."""
+    from backbonekit.detection.training import trainer as detect_trainer
+
+    cfg = DetectConfig(model="retinanet", backbone="detnet59", input_size=64, fpn_min_level=3)
+    model, kwargs = detect_trainer.build_from_config(cfg, 3, None)
+    assert kwargs["fpn_min_level"] == 3
+    randomized(model)
+    path = tmp_path / "best.pt"
+    torch.save(detect_trainer.checkpoint_dict(model, cfg, ["a", "b", "c"], kwargs, epoch=1, history=[],
+                                              best_map=0.0), path)
+    loaded, _ = load_detector(path)
+    assert loaded.backbone.strides == (8, 16, 16, 16)
+    image = torch.rand(3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        ours, theirs = model([image])[0], loaded([image])[0]
+    assert len(ours["scores"]) > 0
+    torch.testing.assert_close(ours["scores"], theirs["scores"])
 
 
 def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys):

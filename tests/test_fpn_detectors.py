@@ -63,6 +63,45 @@ def test_detnet_pyramid_is_stages_2_to_6_and_topdown_adds_equal_strides_without_
     assert len(out) == 5 and all(torch.equal(a, b) for a, b in zip(out, expected))
 
 
+@pytest.mark.parametrize("kind, backbone, min_level, strides, bodies", [
+    ("retinanet", "detnet59", None, (4, 8, 16, 16, 16), ["layer1", "layer2", "layer3", "layer4", "layer5"]),
+    ("retinanet", "detnet59", 3, (8, 16, 16, 16), ["layer2", "layer3", "layer4", "layer5"]),
+    ("fcos", "detnet59", 3, (8, 16, 16, 16), ["layer2", "layer3", "layer4", "layer5"]),
+    ("retinanet", "resnet18", 2, (4, 8, 16, 32, 64, 128), ["layer1", "layer2", "layer3", "layer4"]),
+    ("fasterrcnn", "resnet18", 3, (8, 16, 32, 64), ["layer2", "layer3", "layer4"]),
+    ("fasterrcnn", "detnet59", 3, (8, 16, 16, 16), ["layer2", "layer3", "layer4", "layer5"]),
+])
+def test_fpn_min_level_starts_the_pyramid_at_p2_or_p3(kind, backbone, min_level, strides, bodies):
+    model = small_detector(kind, backbone, fpn_min_level=min_level)
+    first = 2 if min_level is None else min_level
+    assert model.backbone.strides == strides
+    assert model.backbone.levels == tuple(range(first, first + len(strides)))
+    assert [info.module for info in model.backbone.body.feature_info] == bodies
+    with torch.no_grad():
+        maps = list(model.backbone(torch.rand(1, 3, 128, 128)).values())
+    assert [m.shape[-1] for m in maps] == [-(-128 // s) for s in strides]  # ceil: stride-2 convs pad
+    if kind == "fasterrcnn":  # the RoI pooler reads the backbone's own maps at their levels
+        assert model.roi_heads.box_roi_pool.levels == model.backbone.levels[:len(bodies)]
+    assert model.model_kwargs.get("fpn_min_level") == min_level  # recorded, so a checkpoint rebuilds it
+
+
+def test_detnet_retinanet_from_p3_sees_about_a_resnets_share_of_positions():
+    """At 128 px: DetNet P2-P6 32^2 + 16^2 + 3 * 8^2 = 1472 positions, P3-P6 448, ResNet's P3-P7 341."""
+    def positions(model):
+        with torch.no_grad():
+            return sum(m.shape[-1] * m.shape[-2] for m in model.backbone(torch.rand(1, 3, 128, 128)).values())
+
+    assert positions(small_detector("retinanet", "detnet59")) == 1472
+    assert positions(small_detector("retinanet", "detnet59", fpn_min_level=3)) == 448
+    assert positions(small_detector("retinanet", "resnet50")) == 341
+
+
+@pytest.mark.parametrize("level", [1, 4, "3"])
+def test_an_fpn_min_level_other_than_2_or_3_is_one_line(level):
+    with pytest.raises(ValueError, match=r"fpn_min_level must be one of 2, 3 .*found"):
+        small_detector("retinanet", "resnet18", fpn_min_level=level)
+
+
 def _level_features(sizes, channels=8):
     torch.manual_seed(1)
     return OrderedDict((str(i), torch.randn(1, channels, h, h)) for i, h in enumerate(sizes))

@@ -52,6 +52,8 @@ FLAG_HELP = {
     "rpn_post_nms_top_n_train": "Faster R-CNN: proposals per image kept after the RPN's NMS in training (torchvision: 2000)",
     "rpn_pre_nms_top_n_test": "Faster R-CNN: proposals per image before the RPN's NMS in evaluation (torchvision: 1000)",
     "rpn_post_nms_top_n_test": "Faster R-CNN: proposals per image kept after the RPN's NMS in evaluation (torchvision: 1000)",
+    "fpn_min_level": "Faster R-CNN, RetinaNet, FCOS: the pyramid's first level, 2 (stride 4) or 3 (stride 8) "
+                     "(default: P2 for Faster R-CNN and DetNet-59, P3 for RetinaNet/FCOS on the others)",
 }
 
 

@@ -17,7 +17,8 @@ DetNet-59          every detector              4, 8, 16, 16, 16    2, 3, 4, 5, 6
 ================  ==========================  ==================  ====================
 
 DetNet's stages 4-6 keep stride 16, so its pyramid is its five stages (P2-P6) and needs no extra
-level. The top-down path needs no change for it: torchvision's ``FeaturePyramidNetwork`` resizes the
+level. ``fpn_min_level=3`` starts any of them at P3 (stride 8): DetNet then gives P3-P6 (strides 8, 16,
+16, 16), about the cost of a ResNet's P3-P7 in a one-stage detector's head. The top-down path needs no change for it: torchvision's ``FeaturePyramidNetwork`` resizes the
 coarser map to the lateral's size with nearest-neighbour ``F.interpolate``, and between maps of equal
 size that is an exact copy, so equal-stride levels are added without upsampling (tested).
 
@@ -41,6 +42,7 @@ from torchvision.ops.poolers import LevelMapper
 from ...models import Backbone, FeatureInfo
 
 EXTRA_LEVELS = ("maxpool", "p6p7", "none")  # what BackboneWithFPN adds above the backbone's last map
+FPN_MIN_LEVELS = (2, 3)  # where a detector's pyramid may start: P2 (stride 4) or P3 (stride 8)
 
 
 def _extra_block(extra: ExtraFPNBlock | str | None, out_channels: int) -> tuple[ExtraFPNBlock | None, int | None]:
@@ -105,17 +107,25 @@ def fpn_backbone(name: str, *, out_channels: int = 256, out_indices: Sequence[in
     return BackboneWithFPN(body, out_channels, extra_blocks)
 
 
-def detector_pyramid(feature_info: Sequence[FeatureInfo], two_stage: bool) -> tuple[tuple[int, ...], str]:
+def detector_pyramid(feature_info: Sequence[FeatureInfo], two_stage: bool,
+                     min_level: int | None = None) -> tuple[tuple[int, ...], str]:
     """``(out_indices, extra_blocks)`` of the pyramid a detector takes from a backbone (table above).
 
     ``feature_info``: every level of the backbone (stem included). A backbone with equal-stride stages
     (DetNet) gives all its maps from stride 4 on and no extra level; others give strides 4-32 plus a
     max-pool level (two-stage) or strides 8-32 plus P6 and P7 (one-stage), as torchvision's ResNet detectors.
+    ``min_level`` (2 or 3) starts the pyramid at P2 (stride 4) or P3 (stride 8) instead: 3 gives DetNet the
+    P3-P6 a one-stage detector takes from a ResNet (RetinaNet leaves out P2 for its cost, Lin et al. 2017).
     """
+    if min_level is not None and min_level not in FPN_MIN_LEVELS:
+        raise ValueError(f"fpn_min_level must be one of {', '.join(map(str, FPN_MIN_LEVELS))} (the pyramid's "
+                         f"first level: P2 at stride 4 or P3 at stride 8), found {min_level!r}")
     strides = [info.stride for info in feature_info]
     if len(set(strides)) < len(strides):
-        return tuple(info.index for info in feature_info if info.stride >= 4), "none"
-    wanted = (4, 8, 16, 32) if two_stage else (8, 16, 32)
+        first = 4 if min_level is None else 2 ** min_level
+        return tuple(info.index for info in feature_info if info.stride >= first), "none"
+    first = (4 if two_stage else 8) if min_level is None else 2 ** min_level
+    wanted = tuple(s for s in (4, 8, 16, 32) if s >= first)
     by_stride = {info.stride: info.index for info in feature_info}
     missing = [s for s in wanted if s not in by_stride]
     if missing:
@@ -174,8 +184,10 @@ def freeze_batchnorm(module: nn.Module, eps: float | None = None) -> nn.Module:
 
 
 def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: int | None, bn_eps: float | None,
-                       out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None) -> BackboneWithFPN:
-    """The backbone named ``name`` with the FPN ``kind`` takes; frozen BatchNorm and trainable layers as torchvision."""
+                       out_channels: int = 256, backbone_kwargs: Mapping[str, Any] | None = None,
+                       min_level: int | None = None) -> BackboneWithFPN:
+    """The backbone named ``name`` with the FPN ``kind`` takes (from P``min_level``, default: the table above);
+    frozen BatchNorm and trainable layers as torchvision."""
     from ... import create_model
     from ...models import model_info
 
@@ -194,5 +206,5 @@ def build_fpn_backbone(name: str, kind: str, *, frozen: bool, trainable_layers: 
     elif trainable_layers is not None:
         warnings.warn(f"trainable_layers={trainable_layers} has no effect on a backbone trained from scratch "
                       f"(no pretrained=): every layer trains, as torchvision does", stacklevel=4)
-    out_indices, extra = detector_pyramid(body.feature_info, two_stage=kind == "fasterrcnn")
+    out_indices, extra = detector_pyramid(body.feature_info, two_stage=kind == "fasterrcnn", min_level=min_level)
     return BackboneWithFPN(body.as_features(out_indices), out_channels, extra)

@@ -188,7 +188,7 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
                     pretrained: str | os.PathLike | None = None, backbone: str | None = None,
                     backbone_kwargs: Mapping[str, Any] | None = None, trainable_layers: int | None = None,
                     frozen_bn: bool | None = None, bn_eps: float | None = None, out_channels: int | None = None,
-                    **kwargs: Any) -> nn.Module:
+                    fpn_min_level: int | None = None, **kwargs: Any) -> nn.Module:
     """torchvision's ``kind`` detector on ``backbone`` (default: the file's, else resnet50) through an FPN.
 
     Args:
@@ -204,6 +204,9 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
         frozen_bn: ``FrozenBatchNorm2d`` in the backbone (default: with weights only).
         bn_eps: the frozen BatchNorms' epsilon; pass 0.0 with torchvision's COCO files of
             ``fasterrcnn_resnet50_fpn`` and ``retinanet_resnet50_fpn`` (their builders set it).
+        fpn_min_level: the pyramid's first level, 2 (stride 4) or 3 (stride 8); default: P2 for Faster
+            R-CNN and for DetNet, P3 for RetinaNet and FCOS on the other backbones, as torchvision
+            (:func:`~backbonekit.detection.models.fpn.detector_pyramid`).
         **kwargs: keyword arguments of torchvision's class (``min_size``, ``max_size``, ``box_score_thresh``,
             ``rpn_post_nms_top_n_test``, ``score_thresh``, ``detections_per_img``, ...).
     """
@@ -216,7 +219,10 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     backbone = backbone or recorded.pop("backbone", None) or DEFAULT_BACKBONE
     backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
     out_channels = out_channels or recorded.pop("out_channels", None) or 256
-    for own in ("backbone", "backbone_kwargs", "out_channels", "frozen_bn", "bn_eps", "trainable_layers"):
+    recorded_level = recorded.pop("fpn_min_level", None)
+    fpn_min_level = recorded_level if fpn_min_level is None else fpn_min_level
+    for own in ("backbone", "backbone_kwargs", "out_channels", "fpn_min_level", "frozen_bn", "bn_eps",
+                "trainable_layers"):
         recorded.pop(own, None)
     for key, value in recorded.items():
         kwargs.setdefault(key, value)
@@ -226,10 +232,11 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
         raise ValueError(f"num_classes must be an integer >= 1 (object classes, no background), found {num_classes!r}")
     frozen = pretrained is not None if frozen_bn is None else bool(frozen_bn)
     body = build_fpn_backbone(backbone, kind, frozen=frozen, trainable_layers=trainable_layers, bn_eps=bn_eps,
-                              out_channels=out_channels, backbone_kwargs=backbone_kwargs)
+                              out_channels=out_channels, backbone_kwargs=backbone_kwargs, min_level=fpn_min_level)
     model = assemble_torchvision_detector(kind, body, num_classes, **kwargs)
     model.model_kwargs = {"backbone": backbone, **({"backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else {}),
                           **({"out_channels": out_channels} if out_channels != 256 else {}),
+                          **({"fpn_min_level": fpn_min_level} if fpn_min_level is not None else {}),
                           **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, tuple))}}
     if source is not None:
         _load(model, kind, source, num_classes, pretrained)

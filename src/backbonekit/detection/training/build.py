@@ -82,6 +82,8 @@ def build_torchvision_detector(cfg: DetectConfig, num_classes: int, *, load_pret
     if cfg.model == "retinanet":
         model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
     model_kwargs.update(cfg.rpn_proposals)  # Faster R-CNN's proposal counts, when set
+    if cfg.fpn_min_level is not None:
+        model_kwargs["fpn_min_level"] = cfg.fpn_min_level
     pretrained = cfg.pretrained if load_pretrained else None
     model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
     return model, model_kwargs

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping
 from ...engine.config import build_config, check_choice, check_range, check_run_fields
 from ...darknet_yolov3 import YOLOV3_CFG_NECK_CHANNELS as YOLOV3_NECK_CHANNELS
 from ...engine.runs import EXTEND, FIXED, LOCAL
+from ..models.fpn import FPN_MIN_LEVELS
 
 ANCHOR_CHOICES = ("coco", "auto")
 RPN_PROPOSAL_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
@@ -50,6 +51,10 @@ class DetectConfig:
     in training and in evaluation (torchvision's arguments; None: torchvision's 2000, 2000, 1000, 1000).
     Fewer make Faster R-CNN cheaper on a CPU (by about 1.3x a training step at ``detect compare``'s preset
     counts; ``docs/detection-compare.md``).
+    ``fpn_min_level``: the FPN detectors' first pyramid level, 2 (stride 4) or 3 (stride 8); None: P2 for
+    Faster R-CNN and for DetNet-59 (the DetNet paper's P2-P6), P3 for RetinaNet and FCOS on the others
+    (torchvision's P3-P7). 3 gives a one-stage detector on DetNet-59 the P3-P6 pyramid, about a third of the
+    head's cost at P2-P6 (:func:`~backbonekit.detection.models.fpn.detector_pyramid`).
     ``time``: a wall-clock budget (``90s``, ``10m``, ``1.5h``, or minutes) that the epochs and the schedule
     are fitted to after each epoch (:mod:`backbonekit.engine.budget`); ``epochs`` then only sizes the first
     epoch's schedule.
@@ -97,6 +102,7 @@ class DetectConfig:
     rpn_post_nms_top_n_train: int | None = None
     rpn_pre_nms_top_n_test: int | None = None
     rpn_post_nms_top_n_test: int | None = None
+    fpn_min_level: int | None = None
 
     # old field name -> new one (read from config files, flags and saved runs: engine.config.renamed_keys)
     RENAMED: ClassVar[dict[str, str]] = {"warmup": "warmup_epochs", "freeze": "frozen_stages",
@@ -127,10 +133,17 @@ class DetectConfig:
         for name in RPN_PROPOSAL_FIELDS:
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), 1)
+        if self.fpn_min_level is not None and self.fpn_min_level not in FPN_MIN_LEVELS:
+            raise ValueError(f"fpn_min_level must be 2 (the pyramid from stride 4) or 3 (from stride 8), found "
+                             f"{self.fpn_min_level!r}")
 
     def _check_yolo_only(self) -> None:
         """The FPN detectors refuse YOLOv3's options in one line (``anchors: auto``, the default, is ignored)."""
         if self.model == "yolov3":
+            if self.fpn_min_level is not None:
+                raise ValueError(f"fpn_min_level is an option of the FPN detectors (fasterrcnn, retinanet, fcos): "
+                                 f"expected it unset for yolov3 (its neck reads strides 8, 16, 32), found "
+                                 f"{self.fpn_min_level!r}")
             return
         defaults = {f.name: f.default for f in fields(self)}
         for name in ("neck_width", "multiscale", "frozen_stages", "ignore_thresh", "iou_thresh"):
