@@ -18,9 +18,11 @@ DetNet-59          every detector              4, 8, 16, 16, 16    2, 3, 4, 5, 6
 
 DetNet's stages 4-6 keep stride 16, so its pyramid is its five stages (P2-P6) and needs no extra
 level. ``fpn_min_level=3`` starts any of them at P3 (stride 8): DetNet then gives P3-P6 (strides 8, 16,
-16, 16), about the cost of a ResNet's P3-P7 in a one-stage detector's head. The top-down path needs no change for it: torchvision's ``FeaturePyramidNetwork`` resizes the
-coarser map to the lateral's size with nearest-neighbour ``F.interpolate``, and between maps of equal
-size that is an exact copy, so equal-stride levels are added without upsampling (tested).
+16, 16), about the cost of a ResNet's P3-P7 in a one-stage detector's head.
+
+The top-down path needs no change for DetNet: torchvision's ``FeaturePyramidNetwork`` resizes the coarser
+map to the lateral's size with nearest-neighbour ``F.interpolate``, and between maps of equal size that is
+an exact copy, so equal-stride levels are added without upsampling (tested).
 
 :func:`build_fpn_backbone` is the backbone of ``create_model("fasterrcnn" | "retinanet" | "fcos")``: the
 pyramid above, with torchvision's ``FrozenBatchNorm2d`` and trainable layers when it starts from weights.

@@ -219,8 +219,8 @@ def create_detector(kind: str, *, num_classes: int | None = None, in_chans: int 
     backbone = backbone or recorded.pop("backbone", None) or DEFAULT_BACKBONE
     backbone_kwargs = backbone_kwargs or recorded.pop("backbone_kwargs", None)
     out_channels = out_channels or recorded.pop("out_channels", None) or 256
-    recorded_level = recorded.pop("fpn_min_level", None)
-    fpn_min_level = recorded_level if fpn_min_level is None else fpn_min_level
+    if fpn_min_level is None:
+        fpn_min_level = recorded.get("fpn_min_level")
     for own in ("backbone", "backbone_kwargs", "out_channels", "fpn_min_level", "frozen_bn", "bn_eps",
                 "trainable_layers"):
         recorded.pop(own, None)
