@@ -172,3 +172,92 @@ def test_train_budget_ends_onecycle_at_its_final_rate(tmp_path, monkeypatch):
     scheduler = load_file(run / "last.pt")["scheduler"]
     assert scheduler["total_steps"] == scheduler["last_epoch"] == 2 * steps
     assert fitted[-1] == pytest.approx(0.02 / 25 / 1e4, rel=1e-6)
+
+
+# -- the first epoch's early estimate ---------------------------------------------------------------------
+
+class StepClock:
+    """A clock that moves one second per training step and stands still otherwise."""
+
+    def __init__(self, monkeypatch, module) -> None:
+        self.now = 0.0
+        self.real = module.train_one_epoch
+        monkeypatch.setattr(budget, "clock", lambda: self.now)
+        monkeypatch.setattr(module, "train_one_epoch", self.epoch)
+
+    def ticking(self, batches):
+        for batch in batches:
+            yield batch
+            self.now += 1.0
+
+    def epoch(self, model, batches, *args, **kwargs):
+        inner = self
+
+        class Ticking:  # the trainer's batches with their length, one second per batch taken
+            def __len__(self):
+                return len(batches)
+
+            def __iter__(self):
+                return inner.ticking(batches)
+
+        return self.real(model, Ticking(), *args, **kwargs)
+
+
+def test_a_first_epoch_longer_than_half_the_budget_is_estimated_early_and_still_decays(monkeypatch):
+    """20 steps of 1 s per epoch, 25 s, planned for 100 epochs with a warm-up of one epoch: after the
+    first 2 steps (a tenth) one epoch is all that fits, so the cosine is shortened to 20 steps, its warm-up
+    to half of them (10), and the rate reaches 0 at the epoch's end instead of ending the warm-up there."""
+    clock = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: clock[0])
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = budget_schedule(optimizer, epochs=100, steps=20)
+    timer = budget.TimeBudget(25.0)
+    timer.begin_epoch()
+    planned = {}
+
+    def probe(steps_done):
+        planned["epochs"] = budget.fit_first_epoch(timer, scheduler, steps_done, 20, 100)
+        planned["at"] = steps_done
+
+    rates = []
+    for _ in timer.batches(range(20), on_probe=probe):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        clock[0] += 1.0
+    assert planned == {"epochs": 1, "at": 2}
+    assert rates[:2] == pytest.approx([0.1 * cosine(s, 20, 2000) for s in (0, 1)])  # the 100-epoch plan
+    assert rates[2:] == pytest.approx([0.1 * cosine(s, 10, 20) for s in range(2, 20)])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def budget_schedule(optimizer, epochs, steps):
+    from backbonekit.engine.optim import build_scheduler
+
+    return build_scheduler("cosine", optimizer, 0.1, epochs, steps, warmup_epochs=1.0)
+
+
+def test_a_budget_that_fits_more_than_planned_or_a_stopped_clock_leaves_the_first_epoch_alone(monkeypatch):
+    monkeypatch.setattr(budget, "clock", lambda: 0.0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = budget_schedule(optimizer, epochs=3, steps=10)
+    timer = budget.TimeBudget(1000.0)
+    timer.begin_epoch()
+    assert budget.fit_first_epoch(timer, scheduler, 1, 10, 3) == 3  # the clock has not moved: no estimate
+    monkeypatch.setattr(budget, "clock", lambda: 1.0)
+    assert budget.fit_first_epoch(timer, scheduler, 1, 10, 3) == 3  # 10 s epochs, 100 fit: keep 3
+    assert scheduler.lr_lambdas[0].total == 30 and scheduler.lr_lambdas[0].warmup == 10
+
+
+def test_detect_run_whose_one_epoch_fills_the_budget_ends_its_schedule_in_it(yolo_dir, tmp_path, monkeypatch):
+    """2 steps of 1 s per epoch, 2.5 s, 100 epochs planned: the probe after step 1 fits one epoch, whose
+    second step then decays to 0; without it the run would stop at the top of its warm-up."""
+    run = tmp_path / "run"
+    StepClock(monkeypatch, detect_trainer)
+    result = detect_trainer.train(DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=100, time="2.5s",
+                                               out=str(run)), log=lambda _: None)
+    last = load_file(run / "last.pt")
+    assert len(result.history) == 1 and last["config"]["epochs"] == 1
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert last["scheduler"]["lr_lambdas"][0] == {"requested_warmup": 2, "total": 2, "warmup": 1}

@@ -5,7 +5,10 @@ writes after them count in the time spent, not in the mean) and, after each one,
 total epochs to what fits in the time left: ``floor(left / mean epoch seconds)`` more. When that total
 changes, the learning-rate schedule is rebuilt for the new length at the step the run has reached
 (:func:`refit_schedule`), so the warm-up and the decay fit the epochs the budget allows and the last
-planned epoch ends at the schedule's final rate. Inside an epoch, training stops at the first step after
+planned epoch ends at the schedule's final rate. The first epoch is also estimated early, from its first
+tenth of steps (validation not counted yet), and a cosine schedule is shortened then if fewer epochs fit
+than planned (:func:`fit_first_epoch`): a detector whose first epoch takes most of the budget still decays
+in it instead of spending the whole budget warming up. Inside an epoch, training stops at the first step after
 the budget is spent (an epoch longer than the budget, or a machine that slowed down); that epoch is then
 evaluated and saved as usual. ultralytics' ``time=`` re-estimates its epochs the same way.
 
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from . import dist
+from .optim import WarmupCosine
 
 clock = time.monotonic  # replaced by tests that need epochs of a known length
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -97,24 +101,56 @@ class TimeBudget:
         return {"seconds": self.seconds, "spent_s": self._spent_here(), "epochs_s": self.epoch_seconds,
                 "epochs_timed": self.epochs_timed}
 
-    def batches(self, batches: Any) -> "BudgetedBatches":
-        return BudgetedBatches(batches, self)
+    def batches(self, batches: Any, on_probe: Callable[[int], None] | None = None) -> "BudgetedBatches":
+        """``batches`` ending when the budget is spent; ``on_probe(steps_done)`` is called once, after the
+        first tenth of the first timed epoch's steps (:data:`PROBE_FRACTION`)."""
+        return BudgetedBatches(batches, self, on_probe if not self.epochs_timed else None)
+
+    def epoch_elapsed(self) -> float:
+        """Seconds since :meth:`begin_epoch` (the ranks' mean)."""
+        return dist.sum_values(clock() - self.epoch_started)[0] / dist.world_size()
+
+
+PROBE_FRACTION = 0.1  # the share of the first epoch's steps after which its length is estimated
 
 
 class BudgetedBatches:
     """An epoch's batches that end at the first step after the budget is spent (at least one step)."""
 
-    def __init__(self, batches: Any, budget: TimeBudget) -> None:
-        self.inner, self.budget = batches, budget
+    def __init__(self, batches: Any, budget: TimeBudget, on_probe: Callable[[int], None] | None = None) -> None:
+        self.inner, self.budget, self.on_probe = batches, budget, on_probe
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def __iter__(self) -> Iterator[Any]:
+        probe_step = max(1, math.ceil(PROBE_FRACTION * len(self.inner))) if self.on_probe else -1
         for step, batch in enumerate(self.inner):
             if step and self.budget.expired():
                 return
+            if step == probe_step:
+                self.on_probe(step)
             yield batch
+
+
+def fit_first_epoch(budget: TimeBudget, scheduler: torch.optim.lr_scheduler.LRScheduler, steps_done: int,
+                    steps_per_epoch: int, epochs: int) -> int:
+    """The epochs that fit the budget, estimated ``steps_done`` steps into the first epoch; a cosine
+    schedule planned for more is shortened to them in place (the optimizer's next step takes the new rate).
+    Only shortens: the refit after the epoch, validation counted, sets the final plan either way. Other
+    schedules (OneCycleLR) and a clock that has not moved keep ``epochs``."""
+    factor = getattr(scheduler, "lr_lambdas", [None])[0]
+    elapsed = budget.epoch_elapsed()
+    if not isinstance(factor, WarmupCosine) or elapsed <= 0:
+        return epochs
+    epoch_seconds = elapsed * steps_per_epoch / steps_done
+    left = budget.seconds - budget.spent() + elapsed  # what was left when this epoch began
+    fitted = max(1, math.floor(left / epoch_seconds))
+    if fitted >= epochs:
+        return epochs
+    factor.resize(fitted * steps_per_epoch)
+    fast_forward(scheduler, scheduler.last_epoch)  # the current rate, from the resized factor
+    return fitted
 
 
 def fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:

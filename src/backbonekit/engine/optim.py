@@ -40,11 +40,19 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
 class WarmupCosine:
     """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total`` steps (a LambdaLR factor).
 
-    A class, not a closure, so LambdaLR's state_dict holds plain values.
+    The warm-up takes at most half the steps, so a run shorter than two warm-ups still decays
+    (:meth:`resize` keeps that when a time budget shortens the run). A class, not a closure, so LambdaLR's
+    state_dict holds plain values.
     """
 
     def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
+        self.requested_warmup = warmup
+        self.resize(total)
+
+    def resize(self, total: int) -> None:
+        """End the decay at ``total`` steps instead (the warm-up asked for, at most half of them)."""
+        self.total = total
+        self.warmup = min(self.requested_warmup, total // 2)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -64,7 +72,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, epoc
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
                                                    pct_start=max(0.25, 2 / total), cycle_momentum=False)
     if name == "cosine":
-        warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch))) if total > 1 else 0
+        warmup = int(round(warmup_epochs * steps_per_epoch))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(warmup, 0), total))
     raise ValueError(f"unknown schedule {name!r}: expected onecycle or cosine")
 

@@ -18,7 +18,7 @@ from .._text import few, first_line
 from ..checkpoint import CheckpointError, atomic_save, load_file
 from ..pretrained import weights_file
 from ..engine import dist
-from ..engine.budget import TimeBudget, fast_forward, refit_schedule
+from ..engine.budget import TimeBudget, fast_forward, fit_first_epoch, refit_schedule
 from ..engine.config import write_config
 from ..engine.device import resolve_amp, resolve_device, set_determinism, unwrap
 from ..engine.optim import build_optimizer, build_scheduler, epoch_progress
@@ -134,6 +134,11 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         return build_scheduler(cfg.schedule, optimizer, cfg.lr, epochs, steps, cfg.warmup_epochs)
 
     scheduler = schedule(cfg.epochs)
+
+    def first_epoch_probe(steps_done: int) -> None:  # the plan from the first epoch's first steps (engine.budget)
+        nonlocal cfg
+        cfg = dataclasses.replace(cfg, epochs=fit_first_epoch(budget, scheduler, steps_done, steps, cfg.epochs))
+
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     history: list[dict[str, float]] = []
     best_acc, start_epoch, val_count = -1.0, 0, 0
@@ -169,7 +174,7 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         train_batches = batches("train", epoch)
         if budget is not None:
             budget.begin_epoch()
-            train_batches = budget.batches(train_batches)
+            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe)
         stats = _train_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg, device, amp_dtype, scaler,
                              epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates (and keeps) rank 0's BatchNorm statistics

@@ -24,7 +24,7 @@ from torch import nn
 from ..._text import first_line
 from ...checkpoint import CheckpointError, atomic_save
 from ...engine import dist
-from ...engine.budget import TimeBudget, fast_forward, refit_schedule
+from ...engine.budget import TimeBudget, fast_forward, fit_first_epoch, refit_schedule
 from ...engine.config import write_config
 from ...engine.device import resolve_amp, resolve_device, set_determinism, unwrap
 from ...engine.optim import build_optimizer, build_scheduler, epoch_progress
@@ -128,6 +128,11 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         return build_scheduler("cosine", optimizer, cfg.lr, epochs, steps, cfg.warmup_epochs)
 
     scheduler = schedule(cfg.epochs)
+
+    def first_epoch_probe(steps_done: int) -> None:  # the plan from the first epoch's first steps (engine.budget)
+        nonlocal cfg
+        cfg = dataclasses.replace(cfg, epochs=fit_first_epoch(budget, scheduler, steps_done, steps, cfg.epochs))
+
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ema = ema_model(unwrap(model)).to(device) if cfg.ema else None
     history: list[dict[str, float]] = []
@@ -168,7 +173,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         train_batches = batches(epoch, epoch * steps)
         if budget is not None:
             budget.begin_epoch()
-            train_batches = budget.batches(train_batches)
+            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe)
         losses = _train_epoch(model, train_batches, optimizer, scheduler, cfg, device, amp_dtype, scaler, ema,
                               epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates rank 0's BatchNorm statistics
