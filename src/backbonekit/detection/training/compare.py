@@ -485,21 +485,20 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_frontier(rows: Sequence[Mapping[str, Any]], path: Path, latency_label: str) -> None:
-    """mAP@[.5:.95] against inference latency, each pair labelled, the Pareto front joined."""
+    """mAP@[.5:.95] against inference latency, one colour per pair (in the legend, so close points cannot hide
+    each other's labels; the colours of :func:`plot_map_curves`), the Pareto front ringed and joined."""
     from ...engine.report import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for row in rows:
-        ax.scatter(row["latency_ms"], 100 * row["map"], s=36)
-        ax.annotate(f"{row['detector']}:{row['backbone']}", (row["latency_ms"], 100 * row["map"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(row["latency_ms"], 100 * row["map"], s=36, label=f"{row['detector']}:{row['backbone']}")
     front = pareto_front(rows)
-    ax.plot([r["latency_ms"] for r in front], [100 * r["map"] for r in front], "--", color="gray",
-            label="Pareto front (faster or better)")
+    ax.plot([r["latency_ms"] for r in front], [100 * r["map"] for r in front], "--o", color="gray",
+            markerfacecolor="none", markersize=11, label="Pareto front (no pair faster and better)")
     ax.set(xlabel=f"inference latency ({latency_label})", ylabel="mAP@[.5:.95] (%)",
            title="Accuracy against speed")
-    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+    ax.margins(x=0.1, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
