@@ -176,14 +176,8 @@ def test_train_budget_ends_onecycle_at_its_final_rate(tmp_path, monkeypatch):
 
 # -- the first epoch's early estimate ---------------------------------------------------------------------
 
-class StepClock:
+class StepClock(EpochClock):
     """A clock that moves one second per training step and stands still otherwise."""
-
-    def __init__(self, monkeypatch, module) -> None:
-        self.now = 0.0
-        self.real = module.train_one_epoch
-        monkeypatch.setattr(budget, "clock", lambda: self.now)
-        monkeypatch.setattr(module, "train_one_epoch", self.epoch)
 
     def ticking(self, batches):
         for batch in batches:
