@@ -9,6 +9,7 @@ hand-written expectations. Tiny everything: ResNet-18, 64-128 px, 4 images.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -228,6 +229,12 @@ def test_a_checkpoint_rebuilds_the_pyramid_it_trained_with(tmp_path):
         ours, theirs = model([image])[0], loaded([image])[0]
     assert len(ours["scores"]) > 0
     torch.testing.assert_close(ours["scores"], theirs["scores"])
+    # fine-tuning from the file, and resuming a run, keep its level when the config sets none, and record it
+    plain = DetectConfig(model="retinanet", backbone="detnet59", input_size=64)
+    tuned, tuned_kwargs = detect_trainer.build_from_config(dataclasses.replace(plain, pretrained=str(path)), 3, None)
+    resumed, _ = detect_trainer.build_from_config(plain, 3, None, load_pretrained=False, resumed_kwargs=kwargs)
+    assert tuned.backbone.strides == resumed.backbone.strides == (8, 16, 16, 16)
+    assert tuned_kwargs["fpn_min_level"] == 3
 
 
 def test_loader_refuses_a_file_that_is_no_detector_in_one_line(tmp_path, capsys):

@@ -255,3 +255,17 @@ def test_detect_run_whose_one_epoch_fills_the_budget_ends_its_schedule_in_it(yol
     assert len(result.history) == 1 and last["config"]["epochs"] == 1
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert last["scheduler"]["lr_lambdas"][0] == {"requested_warmup": 2, "total": 2, "warmup": 1}
+
+
+def test_a_budget_given_on_resume_leaves_the_resumed_epoch_schedule_alone(yolo_dir, tmp_path, monkeypatch):
+    """A run without a budget, resumed after epoch 1 of 2 with --time: the early estimate is the first epoch's
+    alone, so the resumed epoch keeps the 2-epoch cosine (4 steps) instead of a schedule shortened to what
+    fits from now on, counted as if from step 0."""
+    run = tmp_path / "run"
+    cfg = DetectConfig(**TINY_DETECT, dataset=f"yolo:{yolo_dir}", epochs=2, out=str(run))
+    with interrupt_after(detect_trainer, epochs=1), pytest.raises(KeyboardInterrupt):
+        detect_trainer.train(cfg, log=lambda _: None)
+    StepClock(monkeypatch, detect_trainer)
+    detect_trainer.train(DetectConfig(resume=str(run), device="cpu", time="1.5s"), log=lambda _: None)
+    last = load_file(run / "last.pt")
+    assert last["epoch"] == 2 and last["scheduler"]["lr_lambdas"][0]["total"] == 4

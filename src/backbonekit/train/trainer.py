@@ -174,7 +174,7 @@ def _train(cfg: TrainConfig, out: Path, resumed: dict[str, Any] | None, device: 
         train_batches = batches("train", epoch)
         if budget is not None:
             budget.begin_epoch()
-            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe)
+            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe if epoch == 0 else None)
         stats = _train_epoch(model, train_batches, optimizer, scheduler, loss_fn, cfg, device, amp_dtype, scaler,
                              epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates (and keeps) rank 0's BatchNorm statistics

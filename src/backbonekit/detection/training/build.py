@@ -82,10 +82,13 @@ def build_torchvision_detector(cfg: DetectConfig, num_classes: int, *, load_pret
     if cfg.model == "retinanet":
         model_kwargs["detections_per_img"] = 100  # COCO's maxDets (torchvision's RetinaNet keeps 300)
     model_kwargs.update(cfg.rpn_proposals)  # Faster R-CNN's proposal counts, when set
-    if cfg.fpn_min_level is not None:
-        model_kwargs["fpn_min_level"] = cfg.fpn_min_level
+    level = cfg.fpn_min_level if cfg.fpn_min_level is not None else (resumed_kwargs or {}).get("fpn_min_level")
+    if level is not None:
+        model_kwargs["fpn_min_level"] = level
     pretrained = cfg.pretrained if load_pretrained else None
     model = create_model(cfg.model, num_classes=num_classes, pretrained=pretrained, **model_kwargs)
+    if "fpn_min_level" in model.model_kwargs:  # the pretrained file's own level, when the config sets none
+        model_kwargs["fpn_min_level"] = model.model_kwargs["fpn_min_level"]
     return model, model_kwargs
 
 

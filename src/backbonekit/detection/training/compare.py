@@ -220,7 +220,7 @@ def _build_on_meta(cfg: DetectConfig) -> None:
                          neck_channels=list(cfg.neck_channels))
         else:
             create_model(cfg.model, backbone=cfg.backbone, num_classes=1, min_size=cfg.input_size,
-                         max_size=cfg.input_size, **cfg.rpn_proposals)
+                         max_size=cfg.input_size, fpn_min_level=cfg.fpn_min_level, **cfg.rpn_proposals)
 
 
 def read_plan(out: str | Path) -> ComparePlan:

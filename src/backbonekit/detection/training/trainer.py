@@ -173,7 +173,7 @@ def _train(cfg: DetectConfig, out: Path, resumed: dict[str, Any] | None, device:
         train_batches = batches(epoch, epoch * steps)
         if budget is not None:
             budget.begin_epoch()
-            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe)
+            train_batches = budget.batches(train_batches, on_probe=first_epoch_probe if epoch == 0 else None)
         losses = _train_epoch(model, train_batches, optimizer, scheduler, cfg, device, amp_dtype, scaler, ema,
                               epoch, out)
         dist.broadcast_buffers(unwrap(model))  # every rank evaluates rank 0's BatchNorm statistics
