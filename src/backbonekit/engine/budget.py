@@ -102,9 +102,9 @@ class TimeBudget:
                 "epochs_timed": self.epochs_timed}
 
     def batches(self, batches: Any, on_probe: Callable[[int], None] | None = None) -> "BudgetedBatches":
-        """``batches`` ending when the budget is spent; ``on_probe(steps_done)`` is called once, after the
-        first tenth of the first timed epoch's steps (:data:`PROBE_FRACTION`)."""
-        return BudgetedBatches(batches, self, on_probe if not self.epochs_timed else None)
+        """``batches`` ending when the budget is spent; ``on_probe(steps_done)``, which the trainers pass in a
+        run's first epoch only, is called once after the first tenth of the steps (:data:`PROBE_FRACTION`)."""
+        return BudgetedBatches(batches, self, on_probe)
 
     def epoch_elapsed(self) -> float:
         """Seconds since :meth:`begin_epoch` (the ranks' mean)."""
